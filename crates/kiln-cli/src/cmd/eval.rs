@@ -1,0 +1,8 @@
+//! `kiln eval`.
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`kiln eval` is not implemented yet")
+}

@@ -1,0 +1,1 @@
+//! GPT-2 model: config, parameters, explicit forward/backward over a Backend, generation, checkpoints.

@@ -1,0 +1,1 @@
+//! Host arrays, 16-bit dtypes and the built-in multi-threaded CPU backend.

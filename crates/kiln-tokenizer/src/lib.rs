@@ -1,0 +1,1 @@
+//! Byte-level BPE tokenizer: train, encode, decode; tokenizer.json, tiktoken and GPT-2 formats.

@@ -1,0 +1,1 @@
+//! Training loop: model + optimizer + data loader + checkpoints/resume + metrics.

@@ -1,0 +1,1 @@
+//! Placeholder: the CPU backend as a plugin.

@@ -1,0 +1,1 @@
+//! Workspace integration tests: one crate, one module per area.

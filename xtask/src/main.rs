@@ -1,0 +1,112 @@
+//! `cargo xtask <chore>`: project automation in Rust, no shell scripts.
+//!
+//! - `ci`       fmt check, clippy -D warnings, build plugins, tests (what `.ci/run` runs)
+//! - `plugins`  build the cdylib plugins into `target/plugins/`
+//! - `bench [NAME]` run the criterion benchmarks (all, or one bench target)
+//! - `demo`     the main job: `kiln pipeline` in release mode
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("plugins") => plugins("release").map(|_| ()),
+        Some("bench") => bench(args.get(1).map(String::as_str)),
+        Some("demo") => cargo(&["run", "--release", "-p", "kiln-cli", "--", "pipeline"]),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|plugins|bench [NAME]|demo>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> Result<(), String> {
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+/// The plugin crates: every folder under `plugins/`.
+fn plugin_crates() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root().join("plugins"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("Cargo.toml").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Builds every plugin and copies the shared libraries to `target/plugins/`.
+fn plugins(profile: &str) -> Result<PathBuf, String> {
+    let out = root().join("target").join("plugins");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    for name in plugin_crates() {
+        let mut args = vec!["build", "-p", name.as_str()];
+        if profile == "release" {
+            args.push("--release");
+        }
+        cargo(&args)?;
+        let lib = format!(
+            "{}{}{}",
+            std::env::consts::DLL_PREFIX,
+            name.replace('-', "_"),
+            std::env::consts::DLL_SUFFIX
+        );
+        let built = root().join("target").join(profile).join(&lib);
+        if built.exists() {
+            std::fs::copy(&built, out.join(&lib)).map_err(|e| e.to_string())?;
+            eprintln!("plugin: {}", out.join(&lib).display());
+        }
+    }
+    Ok(out)
+}
+
+fn bench(name: Option<&str>) -> Result<(), String> {
+    let mut args = vec!["bench", "-p", "kiln-benches"];
+    if let Some(n) = name {
+        args.extend(["--bench", n]);
+    }
+    cargo(&args)
+}
+
+fn ci() -> Result<(), String> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    plugins("debug")?;
+    cargo(&["test", "--workspace"])
+}
