@@ -1,1 +1,33 @@
-//! Byte-level BPE tokenizer: train, encode, decode; tokenizer.json, tiktoken and GPT-2 formats.
+//! Byte-level BPE tokenizer: train, encode, decode; tokenizer.json, tiktoken
+//! and GPT-2 formats.
+//!
+//! - [`Tokenizer`]: encode (special tokens per call via [`SpecialPolicy`]),
+//!   decode, streaming decode ([`StreamDecoder`]).
+//! - [`Pattern`]: GPT-2/r50k, cl100k, o200k pre-tokenization through a
+//!   hand-written lexer (regex-identical), or any regex via fancy-regex.
+//! - [`formats`]: tiktoken rank files, GPT-2 vocab.json + merges.txt, HF
+//!   tokenizer.json (read and write).
+//! - [`train`]: BPE training with a deterministic tie-break.
+
+pub mod bpe;
+pub mod byte_unicode;
+pub mod char_class;
+pub mod error;
+pub mod formats;
+pub mod lexer;
+pub mod pattern;
+pub mod special;
+pub mod stream;
+pub mod tokenizer;
+pub mod train;
+
+pub use error::{DecodeError, EncodeError, Error, LoadError};
+pub use lexer::Lexer;
+pub use pattern::{Pattern, PreTokenizer};
+pub use special::{SpecialMode, SpecialPolicy};
+pub use stream::StreamDecoder;
+pub use tokenizer::{MergeRule, Tokenizer};
+pub use train::{train, TrainConfig, Trainer};
+
+/// The end-of-text token used between documents.
+pub const ENDOFTEXT: &str = "<|endoftext|>";

@@ -1,0 +1,370 @@
+//! Hugging Face `tokenizer.json` for byte-level BPE: read and write.
+//!
+//! Read: model `BPE` (vocab, merges as `"a b"` strings or `["a","b"]`
+//! pairs, `ignore_merges`), pre-tokenizer `ByteLevel` (GPT-2 regex) or
+//! `Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)]`, added
+//! tokens (matched before pre-tokenization, as HF does). Anything that
+//! would change ids and that kiln does not implement (a normalizer,
+//! `add_prefix_space`, byte fallback, subword prefixes, dropout) is refused
+//! with the field named, never silently ignored.
+//!
+//! Write: pair-form merges, special tokens in `added_tokens` and in
+//! `model.vocab` (HF ignores an added token's id otherwise), the pattern's
+//! non-possessive spelling (Oniguruma reads `{1,3}+` differently).
+
+use crate::byte_unicode::{bytes_to_string, string_to_bytes};
+use crate::error::{Error, LoadError};
+use crate::pattern::Pattern;
+use crate::tokenizer::{MergeRule, Tokenizer};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+struct Ctx<'a> {
+    source: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, problem: impl Into<String>) -> LoadError {
+        LoadError::new(self.source, field, problem)
+    }
+
+    fn obj<'v>(&self, v: &'v Value, field: &str) -> Result<&'v Map<String, Value>, LoadError> {
+        v.as_object()
+            .ok_or_else(|| self.err(field, "expected a JSON object"))
+    }
+
+    /// A boolean field that kiln supports only at `supported`.
+    fn flag(
+        &self,
+        o: &Map<String, Value>,
+        field: &str,
+        key: &str,
+        supported: bool,
+    ) -> Result<(), LoadError> {
+        match o.get(key) {
+            None | Some(Value::Null) => Ok(()),
+            Some(Value::Bool(b)) if *b == supported => Ok(()),
+            Some(v) => Err(self.err(
+                format!("{field}.{key}"),
+                format!("{v} is not supported (kiln implements {key} = {supported})"),
+            )),
+        }
+    }
+
+    fn type_of<'v>(&self, o: &'v Map<String, Value>, field: &str) -> Result<&'v str, LoadError> {
+        o.get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.err(format!("{field}.type"), "missing or not a string"))
+    }
+
+    fn byte_level(
+        &self,
+        o: &Map<String, Value>,
+        field: &str,
+        regex: bool,
+    ) -> Result<(), LoadError> {
+        self.flag(o, field, "add_prefix_space", false)?;
+        self.flag(o, field, "use_regex", regex)
+    }
+}
+
+fn parse_pre_tokenizer(c: &Ctx, v: Option<&Value>) -> Result<Pattern, LoadError> {
+    let field = "pre_tokenizer";
+    let v = match v {
+        None | Some(Value::Null) => {
+            return Err(c.err(
+                field,
+                "missing: a byte-level BPE needs a ByteLevel pre-tokenizer",
+            ))
+        }
+        Some(v) => v,
+    };
+    let o = c.obj(v, field)?;
+    match c.type_of(o, field)? {
+        "ByteLevel" => {
+            c.byte_level(o, field, true)?;
+            Ok(Pattern::Gpt2)
+        }
+        "Sequence" => {
+            let list = o
+                .get("pretokenizers")
+                .and_then(Value::as_array)
+                .ok_or_else(|| c.err("pre_tokenizer.pretokenizers", "missing or not an array"))?;
+            let [split, bl] = &list[..] else {
+                return Err(c.err(
+                    "pre_tokenizer.pretokenizers",
+                    "expected exactly [Split, ByteLevel(use_regex=false)]",
+                ));
+            };
+            let f0 = "pre_tokenizer.pretokenizers[0]";
+            let so = c.obj(split, f0)?;
+            if c.type_of(so, f0)? != "Split" {
+                return Err(c.err(format!("{f0}.type"), "expected \"Split\""));
+            }
+            let behavior = so.get("behavior").and_then(Value::as_str).unwrap_or("");
+            if behavior != "Isolated" {
+                return Err(c.err(
+                    format!("{f0}.behavior"),
+                    format!("{behavior:?} is not supported; kiln implements \"Isolated\""),
+                ));
+            }
+            c.flag(so, f0, "invert", false)?;
+            let pat = so
+                .get("pattern")
+                .and_then(Value::as_object)
+                .ok_or_else(|| c.err(format!("{f0}.pattern"), "missing or not an object"))?;
+            let pattern = if let Some(r) = pat.get("Regex").and_then(Value::as_str) {
+                Pattern::from_regex(r)
+            } else if let Some(s) = pat.get("String").and_then(Value::as_str) {
+                Pattern::Custom(fancy_regex::escape(s).into_owned())
+            } else {
+                return Err(c.err(
+                    format!("{f0}.pattern"),
+                    "expected {\"Regex\": ...} or {\"String\": ...}",
+                ));
+            };
+            let f1 = "pre_tokenizer.pretokenizers[1]";
+            let bo = c.obj(bl, f1)?;
+            if c.type_of(bo, f1)? != "ByteLevel" {
+                return Err(c.err(format!("{f1}.type"), "expected \"ByteLevel\""));
+            }
+            c.byte_level(bo, f1, false)?;
+            Ok(pattern)
+        }
+        other => Err(c.err(
+            format!("{field}.type"),
+            format!(
+                "{other:?} is not supported; kiln reads ByteLevel or Sequence[Split, ByteLevel]"
+            ),
+        )),
+    }
+}
+
+fn parse_merges(c: &Ctx, v: &Value) -> Result<Vec<(String, String)>, LoadError> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| c.err("model.merges", "missing or not an array"))?;
+    arr.iter()
+        .enumerate()
+        .map(|(k, m)| {
+            let field = || format!("model.merges[{k}]");
+            match m {
+                Value::String(s) => {
+                    let mut p = s.split(' ');
+                    match (p.next(), p.next(), p.next()) {
+                        (Some(l), Some(r), None) => Ok((l.to_string(), r.to_string())),
+                        _ => Err(c.err(field(), "a string merge must be \"left right\"")),
+                    }
+                }
+                Value::Array(p) => match &p[..] {
+                    [Value::String(l), Value::String(r)] => Ok((l.clone(), r.clone())),
+                    _ => Err(c.err(field(), "a pair merge must be [\"left\", \"right\"]")),
+                },
+                _ => Err(c.err(field(), "expected a string or a pair of strings")),
+            }
+        })
+        .collect()
+}
+
+/// Parses tokenizer.json bytes.
+pub fn from_slice(json: &[u8], source: &str) -> Result<Tokenizer, LoadError> {
+    let c = Ctx { source };
+    let root: Value =
+        serde_json::from_slice(json).map_err(|e| c.err("(root)", format!("invalid JSON: {e}")))?;
+    let root = c.obj(&root, "(root)")?;
+    match root.get("normalizer") {
+        None | Some(Value::Null) => {}
+        Some(_) => {
+            return Err(c.err(
+                "normalizer",
+                "normalizers are not supported by kiln's byte-level BPE; set it to null",
+            ))
+        }
+    }
+    let pattern = parse_pre_tokenizer(&c, root.get("pre_tokenizer"))?;
+    let model = c.obj(
+        root.get("model").ok_or_else(|| c.err("model", "missing"))?,
+        "model",
+    )?;
+    if let Some(t) = model.get("type") {
+        if t != "BPE" {
+            return Err(c.err(
+                "model.type",
+                format!("{t} is not supported; expected \"BPE\""),
+            ));
+        }
+    }
+    c.flag(model, "model", "byte_fallback", false)?;
+    for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
+        match model.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s.is_empty() => {}
+            Some(v) => {
+                return Err(c.err(
+                    format!("model.{key}"),
+                    format!("{v} is not supported; use null"),
+                ))
+            }
+        }
+    }
+    match model.get("dropout") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_f64() == Some(0.0) => {}
+        Some(v) => return Err(c.err("model.dropout", format!("{v}: dropout is not supported"))),
+    }
+    let ignore_merges = model
+        .get("ignore_merges")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+
+    let vocab_obj = model
+        .get("vocab")
+        .and_then(Value::as_object)
+        .ok_or_else(|| c.err("model.vocab", "missing or not an object"))?;
+    let mut vocab: HashMap<&str, u32> = HashMap::with_capacity(vocab_obj.len());
+    for (k, v) in vocab_obj {
+        let id = v
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| {
+                c.err(
+                    format!("model.vocab[{k:?}]"),
+                    "the id is not a non-negative integer",
+                )
+            })?;
+        vocab.insert(k, id);
+    }
+
+    let mut specials = Vec::new();
+    if let Some(added) = root.get("added_tokens") {
+        let arr = added
+            .as_array()
+            .ok_or_else(|| c.err("added_tokens", "not an array"))?;
+        for (k, a) in arr.iter().enumerate() {
+            let f = format!("added_tokens[{k}]");
+            let o = c.obj(a, &f)?;
+            let content = o
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or_else(|| c.err(format!("{f}.content"), "missing or not a string"))?;
+            let id = o
+                .get("id")
+                .and_then(Value::as_u64)
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| c.err(format!("{f}.id"), "missing or not a non-negative integer"))?;
+            // HF prefers the model's id when the token is in the vocab.
+            let id = vocab.get(content).copied().unwrap_or(id);
+            specials.push((content.to_string(), id));
+        }
+    }
+
+    let mut ordinary = Vec::with_capacity(vocab.len());
+    for (s, id) in &vocab {
+        if specials.iter().any(|(t, _)| t == s) {
+            continue;
+        }
+        let bytes = string_to_bytes(s).ok_or_else(|| {
+            c.err(
+                format!("model.vocab[{s:?}]"),
+                "the token has characters outside the byte-level alphabet and is not an added token",
+            )
+        })?;
+        ordinary.push((bytes, *id));
+    }
+    let merges = parse_merges(&c, model.get("merges").unwrap_or(&Value::Array(Vec::new())))?;
+    let mut merge_bytes = Vec::with_capacity(merges.len());
+    for (k, (l, r)) in merges.iter().enumerate() {
+        match (string_to_bytes(l), string_to_bytes(r)) {
+            (Some(lb), Some(rb)) => merge_bytes.push((lb, rb)),
+            _ => {
+                return Err(c.err(
+                    format!("model.merges[{k}]"),
+                    "a character is outside the byte-level alphabet",
+                ))
+            }
+        }
+    }
+    Tokenizer::from_merges(ordinary, &merge_bytes, pattern, specials, ignore_merges).map_err(
+        |mut e| {
+            e.source_name = source.to_string();
+            if e.location == "vocabulary" {
+                e.location = "model.vocab".into();
+            } else if e.location.starts_with("merges[") {
+                e.location = format!("model.{}", e.location);
+            }
+            e
+        },
+    )
+}
+
+/// Loads a tokenizer.json file.
+pub fn load(path: &Path) -> Result<Tokenizer, Error> {
+    let data = super::read(path)?;
+    Ok(from_slice(&data, &path.display().to_string())?)
+}
+
+/// Renders a tokenizer as tokenizer.json.
+pub fn to_value(tok: &Tokenizer) -> Result<Value, LoadError> {
+    let mut vocab = Map::new();
+    for (id, bytes) in tok.ordinary_tokens() {
+        vocab.insert(bytes_to_string(bytes), id.into());
+    }
+    let mut added = Vec::new();
+    for (s, id) in tok.special_tokens() {
+        vocab.insert(s.clone(), (*id).into());
+        added.push(json!({
+            "id": id, "content": s, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
+    }
+    let merges: Vec<Value> = tok
+        .merges()?
+        .into_iter()
+        .map(|(l, r, _)| {
+            let s = |id: u32| bytes_to_string(tok.token_bytes(id).expect("merge part is a token"));
+            json!([s(l), s(r)])
+        })
+        .collect();
+    let pre = match tok.pattern() {
+        Pattern::Gpt2 => json!({
+            "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
+        }),
+        p => json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": p.hf_regex()}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+            ]
+        }),
+    };
+    // Rank files merge whole pre-tokens first (tiktoken); merge lists do not.
+    let ignore_merges = matches!(tok.merge_rule(), MergeRule::Ranks) || tok.ignores_merges();
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre,
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
+            "vocab": vocab, "merges": merges
+        }
+    }))
+}
+
+/// tokenizer.json text.
+pub fn to_string(tok: &Tokenizer) -> Result<String, LoadError> {
+    Ok(serde_json::to_string(&to_value(tok)?).expect("json serializes"))
+}
+
+/// Writes tokenizer.json atomically.
+pub fn save(tok: &Tokenizer, path: &Path) -> Result<(), Error> {
+    let text = to_string(tok)?;
+    kiln_stdx::fs::write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))
+}
