@@ -1,1 +1,29 @@
-//! GPT-2 model: config, parameters, explicit forward/backward over a Backend, generation, checkpoints.
+//! GPT-2 over a kiln [`Backend`](kiln_abi::Backend): config, parameters,
+//! one explicit forward and backward per layer (llm.c style, no autograd),
+//! KV-cache generation and sampling, and checkpoints in Hugging Face's GPT-2
+//! format (safetensors + config.json).
+//!
+//! Data flow of a training step: [`Gpt::forward`] (encoder -> blocks ->
+//! ln_f -> tied lm_head -> fused cross-entropy, activations kept) ->
+//! [`Gpt::backward`] (the same ops mirrored, gradients accumulated into
+//! [`Param::grad`]) -> an optimizer over [`Gpt::params`].
+
+mod activations;
+mod backward;
+mod checkpoint;
+mod config;
+mod error;
+mod forward;
+mod generate;
+mod model;
+mod ops;
+mod params;
+pub mod rng;
+pub mod sample;
+
+pub use config::{padded_vocab, GptConfig, PRESETS};
+pub use error::ModelError;
+pub use model::Gpt;
+pub use params::Param;
+pub use rng::Rng;
+pub use sample::{sample_token, SampleOptions};

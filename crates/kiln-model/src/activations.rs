@@ -1,0 +1,148 @@
+//! Activation and gradient-scratch buffers for training forward/backward.
+//!
+//! Sized for a capacity of `rows = B*T` and `att = B*NH*T*T` elements; a call
+//! with a larger batch reallocates once, smaller ones reuse the buffers (ops
+//! accept buffers larger than they need), so steady-state steps allocate
+//! nothing.
+
+use kiln_abi::{BackendBox, BufId, DType, IntoBResult};
+
+use crate::{GptConfig, ModelError};
+
+/// Saved activations of one transformer block (llm.c naming).
+pub(crate) struct LayerActs {
+    pub ln1: BufId,
+    pub ln1_mean: BufId,
+    pub ln1_rstd: BufId,
+    pub qkv: BufId,
+    pub atty: BufId,
+    pub att: BufId,
+    pub attproj: BufId,
+    pub residual2: BufId,
+    pub ln2: BufId,
+    pub ln2_mean: BufId,
+    pub ln2_rstd: BufId,
+    pub fch: BufId,
+    pub fch_gelu: BufId,
+    pub fcproj: BufId,
+    /// Block output (input of the next block).
+    pub residual3: BufId,
+}
+
+/// Gradient scratch, reused block after block during backward.
+pub(crate) struct GradScratch {
+    /// d(residual stream), carried from the top of the model to the encoder.
+    pub dresidual: BufId,
+    /// d(layernorm output) or d(attention output), `[rows, C]`.
+    pub dln: BufId,
+    pub datty: BufId,
+    pub dqkv: BufId,
+    pub dfch_gelu: BufId,
+    pub dfch: BufId,
+    pub dlogits: BufId,
+    /// Per-row loss weights for crossentropy_backward.
+    pub dlosses: BufId,
+}
+
+pub(crate) struct Activations {
+    /// Capacity: rows (B*T) and attention elements (B*NH*T*T).
+    pub rows: usize,
+    pub att_len: usize,
+    pub tokens: BufId,
+    pub targets: BufId,
+    pub encoded: BufId,
+    pub layers: Vec<LayerActs>,
+    pub lnf: BufId,
+    pub lnf_mean: BufId,
+    pub lnf_rstd: BufId,
+    pub logits: BufId,
+    pub probs: BufId,
+    pub losses: BufId,
+    pub grads: GradScratch,
+    all: Vec<BufId>,
+}
+
+impl Activations {
+    pub fn new(
+        be: &mut BackendBox,
+        cfg: &GptConfig,
+        rows: usize,
+        att_len: usize,
+    ) -> Result<Self, ModelError> {
+        let c = cfg.n_embd;
+        let vp = cfg.padded_vocab_size;
+        let mut all = Vec::new();
+        let mut buf = |dtype: DType, len: usize| -> Result<BufId, ModelError> {
+            let id = be.alloc(dtype, len.max(1)).ok_or_err()?;
+            all.push(id);
+            Ok(id)
+        };
+        let f = DType::F32;
+        let tokens = buf(DType::U32, rows)?;
+        let targets = buf(DType::U32, rows)?;
+        let encoded = buf(f, rows * c)?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for _ in 0..cfg.n_layer {
+            layers.push(LayerActs {
+                ln1: buf(f, rows * c)?,
+                ln1_mean: buf(f, rows)?,
+                ln1_rstd: buf(f, rows)?,
+                qkv: buf(f, rows * 3 * c)?,
+                atty: buf(f, rows * c)?,
+                att: buf(f, att_len)?,
+                attproj: buf(f, rows * c)?,
+                residual2: buf(f, rows * c)?,
+                ln2: buf(f, rows * c)?,
+                ln2_mean: buf(f, rows)?,
+                ln2_rstd: buf(f, rows)?,
+                fch: buf(f, rows * 4 * c)?,
+                fch_gelu: buf(f, rows * 4 * c)?,
+                fcproj: buf(f, rows * c)?,
+                residual3: buf(f, rows * c)?,
+            });
+        }
+        let lnf = buf(f, rows * c)?;
+        let lnf_mean = buf(f, rows)?;
+        let lnf_rstd = buf(f, rows)?;
+        let logits = buf(f, rows * vp)?;
+        let probs = buf(f, rows * vp)?;
+        let losses = buf(f, rows)?;
+        let grads = GradScratch {
+            dresidual: buf(f, rows * c)?,
+            dln: buf(f, rows * c)?,
+            datty: buf(f, rows * c)?,
+            dqkv: buf(f, rows * 3 * c)?,
+            dfch_gelu: buf(f, rows * 4 * c)?,
+            dfch: buf(f, rows * 4 * c)?,
+            dlogits: buf(f, rows * vp)?,
+            dlosses: buf(f, rows)?,
+        };
+        Ok(Activations {
+            rows,
+            att_len,
+            tokens,
+            targets,
+            encoded,
+            layers,
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            probs,
+            losses,
+            grads,
+            all,
+        })
+    }
+
+    pub fn fits(&self, rows: usize, att_len: usize) -> bool {
+        rows <= self.rows && att_len <= self.att_len
+    }
+
+    pub fn release(self, be: &mut BackendBox) -> Result<(), ModelError> {
+        for id in self.all {
+            be.free(id).ok_or_err()?;
+        }
+        Ok(())
+    }
+}

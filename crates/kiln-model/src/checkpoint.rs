@@ -1,0 +1,409 @@
+//! Checkpoints in Hugging Face's GPT-2 format: `model.safetensors` (HF tensor
+//! names, Conv1D `[in, out]` layout, real vocabulary rows only, lm_head tied
+//! so absent) plus a `config.json` that `GPT2LMHeadModel.from_pretrained`
+//! loads. A directory is written under a temporary name and renamed into
+//! place, so it is complete or absent.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use kiln_abi::BackendBox;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Value};
+
+use crate::params::{self, ParamSpec, WTE};
+use crate::{Gpt, GptConfig, ModelError};
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Tensors HF checkpoints may carry that kiln does not need (the causal-mask
+/// buffers of old transformers versions).
+const IGNORED_SUFFIXES: [&str; 2] = [".attn.bias", ".attn.masked_bias"];
+
+impl Gpt {
+    /// Writes `dir/model.safetensors` and `dir/config.json` atomically
+    /// (replacing an existing directory of that name).
+    pub fn save_pretrained(&self, be: &mut BackendBox, dir: &Path) -> Result<(), ModelError> {
+        let values = self.read_params(be)?;
+        let specs = params::specs(&self.config);
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(specs.len());
+        for (spec, v) in specs.iter().zip(&values) {
+            let (shape, data) = to_hf(spec, v, &self.config);
+            tensors.push((
+                spec.name.clone(),
+                shape,
+                bytemuck::cast_slice(&data).to_vec(),
+            ));
+        }
+        let views = tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ModelError::format(dir.join(WEIGHTS_FILE), e.to_string()))?;
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let weights = safetensors::serialize(views, Some(metadata))
+            .map_err(|e| ModelError::format(dir.join(WEIGHTS_FILE), e.to_string()))?;
+        let config = serde_json::to_vec_pretty(&hf_config_json(&self.config))
+            .expect("a JSON value always serialises");
+        write_dir_atomic(dir, &[(WEIGHTS_FILE, &weights), (CONFIG_FILE, &config)])
+    }
+
+    /// Loads a directory written by [`Gpt::save_pretrained`] or by HF
+    /// `save_pretrained` (any vocabulary size; names with or without the
+    /// `transformer.` prefix; an `lm_head.weight` must equal `wte`).
+    pub fn load_pretrained(be: &mut BackendBox, dir: &Path) -> Result<Gpt, ModelError> {
+        let config = read_hf_config(&dir.join(CONFIG_FILE))?;
+        let path = dir.join(WEIGHTS_FILE);
+        if !path.exists() && dir.join("model.safetensors.index.json").exists() {
+            return Err(ModelError::format(
+                &path,
+                "sharded checkpoints (model.safetensors.index.json) are not supported; \
+                 re-save with a single model.safetensors",
+            ));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+        let values = read_weights(&path, &bytes, &config)?;
+        Gpt::from_values(be, config, &values)
+    }
+}
+
+/// A kiln-layout parameter as HF stores it: (shape, row-major values).
+fn to_hf(spec: &ParamSpec, v: &[f32], cfg: &GptConfig) -> (Vec<usize>, Vec<f32>) {
+    if spec.hf_transposed {
+        let (rows, cols) = (spec.shape[0], spec.shape[1]);
+        (vec![cols, rows], transpose(v, rows, cols))
+    } else if spec.name == params::specs_name_wte() {
+        let c = cfg.n_embd;
+        (vec![cfg.vocab_size, c], v[..cfg.vocab_size * c].to_vec())
+    } else {
+        (spec.shape.clone(), v.to_vec())
+    }
+}
+
+/// `[rows, cols]` -> `[cols, rows]`.
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+fn hf_config_json(cfg: &GptConfig) -> Value {
+    json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.max_seq_len,
+        "n_ctx": cfg.max_seq_len,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": null,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": cfg.layer_norm_eps,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "initializer_range": 0.02,
+        "scale_attn_weights": true,
+        "scale_attn_by_inverse_layer_idx": false,
+        "reorder_and_upcast_attn": false,
+        "add_cross_attention": false,
+        "tie_word_embeddings": true,
+        "use_cache": true,
+        "dtype": "float32",
+        "kiln_padded_vocab_size": cfg.padded_vocab_size,
+    })
+}
+
+/// Parses an HF GPT-2 `config.json`, refusing settings that change the maths.
+fn read_hf_config(path: &Path) -> Result<GptConfig, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))?;
+    let bad = |m: String| ModelError::format(path, m);
+    let int = |key: &str| -> Result<Option<usize>, ModelError> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => x
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| bad(format!("\"{key}\" must be a non-negative integer, got {x}"))),
+        }
+    };
+    let need = |key: &str| -> Result<usize, ModelError> {
+        int(key)?.ok_or_else(|| bad(format!("missing required key \"{key}\"")))
+    };
+    if let Some(mt) = v.get("model_type").and_then(Value::as_str) {
+        if mt != "gpt2" {
+            return Err(bad(format!(
+                "model_type is {mt:?}; kiln loads \"gpt2\" only"
+            )));
+        }
+    }
+    let vocab = need("vocab_size")?;
+    let positions = match int("n_positions")? {
+        Some(n) => n,
+        None => need("n_ctx")?,
+    };
+    let (n_embd, n_layer, n_head) = (need("n_embd")?, need("n_layer")?, need("n_head")?);
+    let eps = match v.get("layer_norm_epsilon") {
+        None | Some(Value::Null) => 1e-5,
+        Some(x) => x
+            .as_f64()
+            .ok_or_else(|| bad(format!("\"layer_norm_epsilon\" must be a number, got {x}")))?
+            as f32,
+    };
+    let act = v
+        .get("activation_function")
+        .and_then(Value::as_str)
+        .unwrap_or("gelu_new");
+    if !matches!(act, "gelu_new" | "gelu_pytorch_tanh") {
+        return Err(bad(format!(
+            "activation_function {act:?} is not supported (kiln uses GELU with the tanh approximation: \"gelu_new\")"
+        )));
+    }
+    if let Some(inner) = int("n_inner")? {
+        if inner != 4 * n_embd {
+            return Err(bad(format!(
+                "n_inner {inner} is not supported (kiln's MLP width is 4 * n_embd = {})",
+                4 * n_embd
+            )));
+        }
+    }
+    let flag = |key: &str, default: bool| v.get(key).and_then(Value::as_bool).unwrap_or(default);
+    for (key, want) in [
+        ("tie_word_embeddings", true),
+        ("scale_attn_weights", true),
+        ("scale_attn_by_inverse_layer_idx", false),
+        ("add_cross_attention", false),
+    ] {
+        if flag(key, want) != want {
+            return Err(bad(format!(
+                "\"{key}\": {} is not supported (kiln needs {want})",
+                !want
+            )));
+        }
+    }
+    let mut cfg = GptConfig::new(vocab, positions, n_layer, n_head, n_embd);
+    cfg.layer_norm_eps = eps;
+    cfg.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(cfg)
+}
+
+/// Reads every parameter of `cfg` from a safetensors file into kiln layout.
+fn read_weights(path: &Path, bytes: &[u8], cfg: &GptConfig) -> Result<Vec<Vec<f32>>, ModelError> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| ModelError::format(path, format!("not a valid safetensors file: {e}")))?;
+    let specs = params::specs(cfg);
+    // Map each stored name to the canonical HF name ("transformer." optional).
+    let mut stored: HashMap<String, String> = HashMap::new();
+    let mut unknown = Vec::new();
+    let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    for name in st.names() {
+        let canonical = if name.starts_with("transformer.") || name.starts_with("lm_head.") {
+            name.to_string()
+        } else {
+            format!("transformer.{name}")
+        };
+        if known.contains(canonical.as_str()) {
+            stored.insert(canonical, name.to_string());
+        } else if canonical == "lm_head.weight" {
+            // checked against wte below
+        } else if !IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            unknown.push(name.to_string());
+        }
+    }
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(ModelError::format(
+            path,
+            format!(
+                "unexpected tensors for a GPT-2 of this config: {}",
+                unknown.join(", ")
+            ),
+        ));
+    }
+    let mut values = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let Some(stored_name) = stored.get(&spec.name) else {
+            return Err(ModelError::format(
+                path,
+                format!("missing tensor {} (config {})", spec.name, describe(cfg)),
+            ));
+        };
+        let view = st
+            .tensor(stored_name)
+            .map_err(|e| ModelError::format(path, format!("tensor {stored_name}: {e}")))?;
+        let want = hf_shape(spec, cfg);
+        if view.shape() != want.as_slice() {
+            return Err(ModelError::format(
+                path,
+                format!(
+                    "tensor {stored_name} has shape {:?}, config ({}) needs {:?}",
+                    view.shape(),
+                    describe(cfg),
+                    want
+                ),
+            ));
+        }
+        let data = to_f32(path, stored_name, view.dtype(), view.data())?;
+        values.push(from_hf(spec, data, cfg));
+    }
+    if let Ok(lm_head) = st.tensor("lm_head.weight") {
+        let data = to_f32(path, "lm_head.weight", lm_head.dtype(), lm_head.data())?;
+        let c = cfg.n_embd;
+        if lm_head.shape() != [cfg.vocab_size, c] || data[..] != values[WTE][..cfg.vocab_size * c] {
+            return Err(ModelError::format(
+                path,
+                "lm_head.weight differs from transformer.wte.weight: untied output embeddings are not supported",
+            ));
+        }
+    }
+    Ok(values)
+}
+
+fn describe(cfg: &GptConfig) -> String {
+    format!(
+        "vocab_size {}, n_positions {}, n_embd {}, n_layer {}, n_head {}",
+        cfg.vocab_size, cfg.max_seq_len, cfg.n_embd, cfg.n_layer, cfg.n_head
+    )
+}
+
+fn hf_shape(spec: &ParamSpec, cfg: &GptConfig) -> Vec<usize> {
+    if spec.hf_transposed {
+        vec![spec.shape[1], spec.shape[0]]
+    } else if spec.name == params::specs_name_wte() {
+        vec![cfg.vocab_size, cfg.n_embd]
+    } else {
+        spec.shape.clone()
+    }
+}
+
+/// HF layout values -> kiln layout (transpose Conv1D, pad wte rows with 0).
+fn from_hf(spec: &ParamSpec, data: Vec<f32>, cfg: &GptConfig) -> Vec<f32> {
+    if spec.hf_transposed {
+        // stored [in, out] = [shape[1], shape[0]]
+        transpose(&data, spec.shape[1], spec.shape[0])
+    } else if spec.name == params::specs_name_wte() {
+        let mut v = data;
+        v.resize(cfg.padded_vocab_size * cfg.n_embd, 0.0);
+        v
+    } else {
+        data
+    }
+}
+
+fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
+    Ok(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(ModelError::format(
+                path,
+                format!("tensor {name} has dtype {other:?}; kiln reads F32, F16 and BF16"),
+            ))
+        }
+    })
+}
+
+/// Writes `files` into a fresh temporary directory next to `dir`, then swaps
+/// it into place: readers see the old directory, nothing, or the new one.
+fn write_dir_atomic(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), ModelError> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| ModelError::format(dir, "checkpoint path has no directory name"))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
+    let pid = std::process::id();
+    let tmp = parent.join(format!(".{name}.tmp-{pid}"));
+    let old = parent.join(format!(".{name}.old-{pid}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| {
+        std::fs::create_dir(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+        for (file, bytes) in files {
+            let p = tmp.join(file);
+            kiln_stdx::fs::write_atomic(&p, bytes).map_err(|e| ModelError::io(&p, e))?;
+        }
+        if dir.exists() {
+            std::fs::rename(dir, &old).map_err(|e| ModelError::io(dir, e))?;
+        }
+        kiln_stdx::fs::rename_dir_atomic(&tmp, dir).map_err(|e| ModelError::io(dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_round_trips() {
+        let v: Vec<f32> = (0..6).map(|x| x as f32).collect();
+        let t = transpose(&v, 2, 3);
+        assert_eq!(t, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        assert_eq!(transpose(&t, 3, 2), v);
+    }
+
+    #[test]
+    fn config_errors_name_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        std::fs::write(&p, "{ not json").unwrap();
+        let e = read_hf_config(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("config.json") && e.contains("invalid JSON"),
+            "{e}"
+        );
+        std::fs::write(
+            &p,
+            r#"{"vocab_size": 10, "n_positions": 8, "n_layer": 1, "n_head": 2}"#,
+        )
+        .unwrap();
+        let e = read_hf_config(&p).unwrap_err().to_string();
+        assert!(e.contains("n_embd"), "{e}");
+        std::fs::write(
+            &p,
+            r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 8, "n_layer": 1, "n_head": 2, "activation_function": "relu"}"#,
+        )
+        .unwrap();
+        let e = read_hf_config(&p).unwrap_err().to_string();
+        assert!(e.contains("relu"), "{e}");
+    }
+
+    #[test]
+    fn hf_config_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        let cfg = GptConfig::new(301, 32, 2, 4, 32);
+        std::fs::write(&p, serde_json::to_vec(&hf_config_json(&cfg)).unwrap()).unwrap();
+        assert_eq!(read_hf_config(&p).unwrap(), cfg);
+    }
+}

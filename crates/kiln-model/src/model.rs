@@ -1,0 +1,157 @@
+//! The [`Gpt`] handle: parameters on a backend plus reusable buffers.
+
+use kiln_abi::{BackendBox, BackendExt, IntoBResult};
+
+use crate::activations::Activations;
+use crate::generate::GenBuffers;
+use crate::params::{self, Param};
+use crate::{GptConfig, ModelError, Rng};
+
+/// What backward needs to know about the last forward.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LastForward {
+    pub b: usize,
+    pub t: usize,
+    /// Targets that count towards the mean loss (None: forward had no targets).
+    pub counted: Option<usize>,
+}
+
+/// A GPT-2 model whose parameters live in backend buffers. The backend is
+/// passed to every call; buffers are freed by [`Gpt::release`].
+pub struct Gpt {
+    pub config: GptConfig,
+    pub(crate) params: Vec<Param>,
+    pub(crate) acts: Option<Activations>,
+    pub(crate) gen: Option<GenBuffers>,
+    pub(crate) last: Option<LastForward>,
+    /// Host staging for uploads that must cover a whole buffer.
+    pub(crate) host_u32: Vec<u32>,
+    pub(crate) host_f32: Vec<f32>,
+    /// Targets of the last forward, padded to the activation capacity.
+    pub(crate) host_targets: Vec<u32>,
+}
+
+impl Gpt {
+    /// GPT-2 init, deterministic from `seed`: N(0, 0.02) weights, residual
+    /// projections (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2*n_layer)),
+    /// biases 0, LayerNorm weight 1 and bias 0, padding rows of wte 0.
+    pub fn new(be: &mut BackendBox, config: GptConfig, seed: u64) -> Result<Gpt, ModelError> {
+        config.validate()?;
+        let specs = params::specs(&config);
+        let mut rng = Rng::new(seed);
+        let values: Vec<Vec<f32>> = specs
+            .iter()
+            .map(|s| params::init_values(s, &mut rng))
+            .collect();
+        Gpt::from_values(be, config, &values)
+    }
+
+    /// A model holding `values` (kiln layout, [`Gpt::params`] order).
+    pub(crate) fn from_values(
+        be: &mut BackendBox,
+        config: GptConfig,
+        values: &[Vec<f32>],
+    ) -> Result<Gpt, ModelError> {
+        config.validate()?;
+        let specs = params::specs(&config);
+        check_value_shapes(&specs, values)?;
+        let params = params::upload_params(be, &specs, values)?;
+        Ok(Gpt {
+            config,
+            params,
+            acts: None,
+            gen: None,
+            last: None,
+            host_u32: Vec::new(),
+            host_f32: Vec::new(),
+            host_targets: Vec::new(),
+        })
+    }
+
+    /// All parameters, in HF `named_parameters` order: wte, wpe, per block
+    /// (ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj; weight then
+    /// bias), ln_f.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Parameter count with the real vocabulary (see [`GptConfig::num_params`]).
+    pub fn num_params(&self) -> usize {
+        self.config.num_params()
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grad(&mut self, be: &mut BackendBox) -> Result<(), ModelError> {
+        for p in &self.params {
+            be.zero(p.grad).ok_or_err()?;
+        }
+        Ok(())
+    }
+
+    /// Parameter values copied to the host, in [`Gpt::params`] order (kiln layout).
+    pub fn read_params(&self, be: &mut BackendBox) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.params
+            .iter()
+            .map(|p| Ok(be.download_f32(p.value)?))
+            .collect()
+    }
+
+    /// Gradients copied to the host, in [`Gpt::params`] order (kiln layout).
+    pub fn read_grads(&self, be: &mut BackendBox) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.params
+            .iter()
+            .map(|p| Ok(be.download_f32(p.grad)?))
+            .collect()
+    }
+
+    /// Overwrites parameter values (kiln layout, [`Gpt::params`] order).
+    pub fn write_params(
+        &mut self,
+        be: &mut BackendBox,
+        values: &[Vec<f32>],
+    ) -> Result<(), ModelError> {
+        let specs = params::specs(&self.config);
+        check_value_shapes(&specs, values)?;
+        for (p, v) in self.params.iter().zip(values) {
+            be.upload_f32(p.value, v)?;
+        }
+        Ok(())
+    }
+
+    /// Frees every backend buffer the model holds.
+    pub fn release(mut self, be: &mut BackendBox) -> Result<(), ModelError> {
+        if let Some(a) = self.acts.take() {
+            a.release(be)?;
+        }
+        if let Some(g) = self.gen.take() {
+            g.release(be)?;
+        }
+        for p in self.params.drain(..) {
+            be.free(p.value).ok_or_err()?;
+            be.free(p.grad).ok_or_err()?;
+        }
+        Ok(())
+    }
+}
+
+fn check_value_shapes(specs: &[params::ParamSpec], values: &[Vec<f32>]) -> Result<(), ModelError> {
+    if specs.len() != values.len() {
+        return Err(ModelError::Input(format!(
+            "expected {} parameter tensors, got {}",
+            specs.len(),
+            values.len()
+        )));
+    }
+    for (s, v) in specs.iter().zip(values) {
+        let n: usize = s.shape.iter().product();
+        if v.len() != n {
+            return Err(ModelError::Input(format!(
+                "parameter {} needs {n} values (shape {:?}), got {}",
+                s.name,
+                s.shape,
+                v.len()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! AdamW (decoupled weight decay), `torch.optim.AdamW` semantics, with the
+//! update itself done by the backend's fused `adamw` op.
+
+use kiln_abi::{AdamWArgs, BackendBox, BackendExt, BufId, DType, IntoBResult};
+use serde::{Deserialize, Serialize};
+
+use crate::{OptimError, ParamRef};
+
+/// Hyper-parameters other than the learning rate (which changes per step).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Applied only to parameters with `ParamRef::decay`.
+    pub weight_decay: f32,
+}
+
+impl Default for AdamWConfig {
+    /// GPT-2 / llm.c pretraining defaults: betas (0.9, 0.95), eps 1e-8, decay 0.1.
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
+    }
+}
+
+/// Moments and step count, for training-state files (resume is exact).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWState {
+    /// Number of updates done so far.
+    pub step: u64,
+    /// First moment per parameter, in the order of the `ParamRef`s.
+    pub m: Vec<Vec<f32>>,
+    /// Second moment per parameter.
+    pub v: Vec<Vec<f32>>,
+}
+
+/// AdamW with one f32 `m` and `v` buffer per parameter on the backend.
+pub struct AdamW {
+    config: AdamWConfig,
+    m: Vec<BufId>,
+    v: Vec<BufId>,
+    lens: Vec<usize>,
+    step: u64,
+}
+
+impl AdamW {
+    /// Allocates zeroed moments for `params`.
+    pub fn new(
+        be: &mut BackendBox,
+        params: &[ParamRef],
+        config: AdamWConfig,
+    ) -> Result<Self, OptimError> {
+        let ok = |x: f32| x.is_finite();
+        if !(0.0..1.0).contains(&config.beta1)
+            || !(0.0..1.0).contains(&config.beta2)
+            || !ok(config.eps)
+            || config.eps < 0.0
+            || !ok(config.weight_decay)
+        {
+            return Err(OptimError::Config(format!(
+                "{config:?}: betas must lie in [0, 1), eps and weight_decay must be finite"
+            )));
+        }
+        let mut m = Vec::with_capacity(params.len());
+        let mut v = Vec::with_capacity(params.len());
+        for p in params {
+            m.push(be.alloc_buf(DType::F32, p.len)?);
+            v.push(be.alloc_buf(DType::F32, p.len)?);
+        }
+        Ok(AdamW {
+            config,
+            m,
+            v,
+            lens: params.iter().map(|p| p.len).collect(),
+            step: 0,
+        })
+    }
+
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// One update with learning rate `lr`; gradients are multiplied by
+    /// `grad_scale` first (clipping factor, 1/loss-scale). Weight decay only
+    /// where `ParamRef::decay`. Increments the step count.
+    pub fn step(
+        &mut self,
+        be: &mut BackendBox,
+        params: &[ParamRef],
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<(), OptimError> {
+        self.check_params(params)?;
+        if !lr.is_finite() || !grad_scale.is_finite() {
+            return Err(OptimError::Config(format!(
+                "lr {lr} and grad_scale {grad_scale} must be finite"
+            )));
+        }
+        let step = self.step + 1;
+        for (i, p) in params.iter().enumerate() {
+            be.adamw(AdamWArgs {
+                params: p.value,
+                grads: p.grad,
+                m: self.m[i],
+                v: self.v[i],
+                n: p.len,
+                lr,
+                beta1: self.config.beta1,
+                beta2: self.config.beta2,
+                eps: self.config.eps,
+                weight_decay: if p.decay {
+                    self.config.weight_decay
+                } else {
+                    0.0
+                },
+                grad_scale,
+                step,
+            })
+            .ok_or_err()?;
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// Updates done so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Step and moments, copied to the host.
+    pub fn export_state(&self, be: &mut BackendBox) -> Result<AdamWState, OptimError> {
+        let mut m = Vec::with_capacity(self.m.len());
+        let mut v = Vec::with_capacity(self.v.len());
+        for (&mb, &vb) in self.m.iter().zip(&self.v) {
+            m.push(be.download_f32(mb)?);
+            v.push(be.download_f32(vb)?);
+        }
+        Ok(AdamWState {
+            step: self.step,
+            m,
+            v,
+        })
+    }
+
+    /// Restores a state written by [`AdamW::export_state`] for the same parameters.
+    pub fn import_state(
+        &mut self,
+        be: &mut BackendBox,
+        state: &AdamWState,
+    ) -> Result<(), OptimError> {
+        if state.m.len() != self.lens.len() || state.v.len() != self.lens.len() {
+            return Err(OptimError::Mismatch(format!(
+                "saved state has {} / {} moment tensors, the model has {} parameters",
+                state.m.len(),
+                state.v.len(),
+                self.lens.len()
+            )));
+        }
+        for (i, &len) in self.lens.iter().enumerate() {
+            if state.m[i].len() != len || state.v[i].len() != len {
+                return Err(OptimError::Mismatch(format!(
+                    "parameter {i}: saved moments have {} / {} elements, the parameter has {len}",
+                    state.m[i].len(),
+                    state.v[i].len()
+                )));
+            }
+        }
+        for i in 0..self.lens.len() {
+            be.upload_f32(self.m[i], &state.m[i])?;
+            be.upload_f32(self.v[i], &state.v[i])?;
+        }
+        self.step = state.step;
+        Ok(())
+    }
+
+    /// Frees the moment buffers.
+    pub fn release(self, be: &mut BackendBox) -> Result<(), OptimError> {
+        for b in self.m.into_iter().chain(self.v) {
+            be.free(b).ok_or_err()?;
+        }
+        Ok(())
+    }
+
+    fn check_params(&self, params: &[ParamRef]) -> Result<(), OptimError> {
+        if params.len() != self.lens.len() {
+            return Err(OptimError::Mismatch(format!(
+                "step got {} parameters, the optimizer was built for {}",
+                params.len(),
+                self.lens.len()
+            )));
+        }
+        for (i, (p, &len)) in params.iter().zip(&self.lens).enumerate() {
+            if p.len != len {
+                return Err(OptimError::Mismatch(format!(
+                    "parameter {i} has {} elements, the optimizer was built for {len}",
+                    p.len
+                )));
+            }
+        }
+        Ok(())
+    }
+}
