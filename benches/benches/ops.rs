@@ -1,0 +1,184 @@
+//! Criterion benchmarks of the CPU backend's ops at the `small` training
+//! config (B=8, T=256, C=384, NH=6, Vp=8192) and GPT-2 124M matmul shapes.
+//! matmul reports FLOP/s as "elem/s" (2*m*n*k per call); both GEMM engines
+//! run so docs/perf-ops.md can compare them on the same machine.
+//!
+//! Threads: `KILN_THREADS` (default: all cores).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kiln_abi::{BackendBox, BackendExt, Backend_TO, BufId, IntoBResult, MatmulArgs};
+use kiln_tensor::{CpuBackend, GemmEngine};
+
+const B: usize = 8;
+const T: usize = 256;
+const C: usize = 384;
+const NH: usize = 6;
+const V: usize = 8192;
+const VP: usize = 8192;
+
+fn threads() -> Option<usize> {
+    std::env::var("KILN_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+}
+
+fn backend(engine: GemmEngine) -> BackendBox {
+    Backend_TO::from_value(
+        CpuBackend::with_engine(threads(), engine),
+        kiln_abi::abi_stable::sabi_trait::TD_Opaque,
+    )
+}
+
+/// A buffer of `n` deterministic values in [-1, 1).
+fn data(be: &mut BackendBox, n: usize, seed: u32) -> BufId {
+    let v: Vec<f32> = (0..n)
+        .map(|i| {
+            let x = (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed.wrapping_mul(40503));
+            (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect();
+    be.from_f32(&v).unwrap()
+}
+
+fn matmul(c: &mut Criterion) {
+    let bt = B * T;
+    // (label, m, n, k, trans_a, trans_b): forward `x @ W^T`, backward
+    // `dout @ W` and `dout^T @ x` as the model issues them.
+    let shapes = [
+        ("small qkv fwd", bt, 3 * C, C, false, true),
+        ("small fc fwd", bt, 4 * C, C, false, true),
+        ("small fcproj fwd", bt, C, 4 * C, false, true),
+        ("small lm_head fwd", bt, VP, C, false, true),
+        ("small lm_head dinp", bt, C, VP, false, false),
+        ("small lm_head dW", VP, C, bt, true, false),
+        ("gpt2 1024x768x768", 1024, 768, 768, false, true),
+        ("gpt2 1024x3072x768", 1024, 3072, 768, false, true),
+    ];
+    let mut g = c.benchmark_group("matmul");
+    g.sample_size(10);
+    for engine in [GemmEngine::Gemm, GemmEngine::MatrixMultiply] {
+        let mut be = backend(engine);
+        for &(label, m, n, k, ta, tb) in &shapes {
+            let (a, b, out) = (
+                data(&mut be, m * k, 1),
+                data(&mut be, k * n, 2),
+                data(&mut be, m * n, 3),
+            );
+            let args = MatmulArgs {
+                out,
+                a,
+                b,
+                bias: None.into(),
+                m,
+                n,
+                k,
+                trans_a: ta,
+                trans_b: tb,
+                alpha: 1.0,
+                beta: 0.0,
+            };
+            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            g.bench_function(BenchmarkId::new(format!("{engine:?}"), label), |bch| {
+                bch.iter(|| be.matmul(args).ok_or_err().unwrap())
+            });
+            for id in [a, b, out] {
+                be.free(id).unwrap();
+            }
+        }
+    }
+    g.finish();
+}
+
+fn layers(c: &mut Criterion) {
+    let bt = B * T;
+    let mut be = backend(GemmEngine::Gemm);
+    let mut g = c.benchmark_group("ops-small");
+    g.sample_size(10);
+
+    let qkv = data(&mut be, bt * 3 * C, 4);
+    let (out, att) = (data(&mut be, bt * C, 5), data(&mut be, B * NH * T * T, 6));
+    let (dqkv, dout) = (data(&mut be, bt * 3 * C, 7), data(&mut be, bt * C, 8));
+    g.bench_function("attention_forward", |b| {
+        b.iter(|| {
+            be.attention_forward(out, att, qkv, B, T, C, NH)
+                .ok_or_err()
+                .unwrap()
+        })
+    });
+    g.bench_function("attention_backward", |b| {
+        b.iter(|| {
+            be.attention_backward(dqkv, dout, qkv, att, B, T, C, NH)
+                .ok_or_err()
+                .unwrap()
+        })
+    });
+
+    let (x, w, bias) = (
+        data(&mut be, bt * C, 9),
+        data(&mut be, C, 10),
+        data(&mut be, C, 11),
+    );
+    let (mean, rstd) = (data(&mut be, bt, 12), data(&mut be, bt, 13));
+    let (dx, dw, db) = (
+        data(&mut be, bt * C, 14),
+        data(&mut be, C, 15),
+        data(&mut be, C, 16),
+    );
+    g.bench_function("layernorm_forward", |b| {
+        b.iter(|| {
+            be.layernorm_forward(out, mean, rstd, x, w, bias, bt, C, 1e-5)
+                .ok_or_err()
+                .unwrap()
+        })
+    });
+    g.bench_function("layernorm_backward", |b| {
+        b.iter(|| {
+            be.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, bt, C)
+                .ok_or_err()
+                .unwrap()
+        })
+    });
+
+    let n = bt * 4 * C;
+    let (h, hg, dh) = (
+        data(&mut be, n, 17),
+        data(&mut be, n, 18),
+        data(&mut be, n, 19),
+    );
+    g.bench_function("gelu_forward", |b| {
+        b.iter(|| be.gelu_forward(hg, h, n).ok_or_err().unwrap())
+    });
+    g.bench_function("gelu_backward", |b| {
+        b.iter(|| be.gelu_backward(dh, h, hg, n).ok_or_err().unwrap())
+    });
+
+    let logits = data(&mut be, bt * VP, 20);
+    let targets: Vec<u32> = (0..bt as u32).map(|i| i * 7 % V as u32).collect();
+    let targets = be.from_u32(&targets).unwrap();
+    let (losses, probs, dlogits) = (
+        data(&mut be, bt, 21),
+        data(&mut be, bt * VP, 22),
+        data(&mut be, bt * VP, 23),
+    );
+    let dlosses = be.from_f32(&vec![1.0 / bt as f32; bt]).unwrap();
+    g.bench_function("crossentropy_forward", |b| {
+        b.iter(|| {
+            be.crossentropy_forward(losses, probs, logits, targets, bt, V, VP)
+                .ok_or_err()
+                .unwrap()
+        })
+    });
+    g.bench_function("crossentropy_backward", |b| {
+        b.iter(|| {
+            be.crossentropy_backward(dlogits, probs, targets, dlosses, bt, V, VP)
+                .ok_or_err()
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, matmul, layers);
+criterion_main!(benches);

@@ -1,0 +1,143 @@
+//! Bit-identical results run after run, and across thread counts.
+
+mod common;
+
+use common::*;
+use kiln_abi::{BackendBox, BufId, IntoBResult, MatmulArgs};
+
+/// Runs a small forward/backward chain of every op with parallel work on
+/// `threads` threads and returns every output, bit for bit.
+fn chain(threads: usize) -> Vec<Vec<u32>> {
+    let (b, t, c, nh, v, vp) = (2, 80, 64, 4, 300, 320);
+    let bt = b * t;
+    let mut rng = Rng::new(99);
+    let mut be = backend(threads);
+    let mut outputs = Vec::new();
+    let mut keep = |be: &mut BackendBox, id: BufId| {
+        outputs.push(download(be, id).iter().map(|x| x.to_bits()).collect())
+    };
+
+    let tokens: Vec<u32> = (0..bt).map(|_| rng.below(v as u32)).collect();
+    let ti = kiln_abi::BackendExt::from_u32(&mut be, &tokens).unwrap();
+    let wte = upload(&mut be, &rng.vec(vp * c, 0.5));
+    let wpe = upload(&mut be, &rng.vec(t * c, 0.5));
+    let x = zeros(&mut be, bt * c);
+    be.encoder_forward(x, ti, wte, wpe, b, t, c)
+        .ok_or_err()
+        .unwrap();
+
+    let lnw = upload(&mut be, &rng.vec(c, 1.0));
+    let lnb = upload(&mut be, &rng.vec(c, 1.0));
+    let (ln, mean, rstd) = (
+        zeros(&mut be, bt * c),
+        zeros(&mut be, bt),
+        zeros(&mut be, bt),
+    );
+    be.layernorm_forward(ln, mean, rstd, x, lnw, lnb, bt, c, 1e-5)
+        .ok_or_err()
+        .unwrap();
+    keep(&mut be, ln);
+
+    let wqkv = upload(&mut be, &rng.vec(3 * c * c, 0.2));
+    let qkv = zeros(&mut be, bt * 3 * c);
+    let mm = |out, a, w, m, n, k| MatmulArgs {
+        out,
+        a,
+        b: w,
+        bias: None.into(),
+        m,
+        n,
+        k,
+        trans_a: false,
+        trans_b: true,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    be.matmul(mm(qkv, ln, wqkv, bt, 3 * c, c))
+        .ok_or_err()
+        .unwrap();
+    keep(&mut be, qkv);
+
+    let (att_out, att) = (zeros(&mut be, bt * c), zeros(&mut be, b * nh * t * t));
+    be.attention_forward(att_out, att, qkv, b, t, c, nh)
+        .ok_or_err()
+        .unwrap();
+    keep(&mut be, att_out);
+
+    let g = zeros(&mut be, bt * c);
+    be.gelu_forward(g, att_out, bt * c).ok_or_err().unwrap();
+    let logits = zeros(&mut be, bt * vp);
+    be.matmul(mm(logits, g, wte, bt, vp, c))
+        .ok_or_err()
+        .unwrap();
+    let (losses, probs) = (zeros(&mut be, bt), zeros(&mut be, bt * vp));
+    be.crossentropy_forward(losses, probs, logits, ti, bt, v, vp)
+        .ok_or_err()
+        .unwrap();
+    keep(&mut be, losses);
+
+    let dl = upload(&mut be, &vec![1.0 / bt as f32; bt]);
+    let dlogits = zeros(&mut be, bt * vp);
+    be.crossentropy_backward(dlogits, probs, ti, dl, bt, v, vp)
+        .ok_or_err()
+        .unwrap();
+    let dg = zeros(&mut be, bt * c);
+    let args = MatmulArgs {
+        trans_b: false,
+        ..mm(dg, dlogits, wte, bt, c, vp)
+    };
+    be.matmul(args).ok_or_err().unwrap();
+    let dwte = zeros(&mut be, vp * c);
+    let args = MatmulArgs {
+        trans_a: true,
+        trans_b: false,
+        beta: 1.0,
+        ..mm(dwte, dlogits, g, vp, c, bt)
+    };
+    be.matmul(args).ok_or_err().unwrap();
+    let datt_out = zeros(&mut be, bt * c);
+    be.gelu_backward(datt_out, att_out, dg, bt * c)
+        .ok_or_err()
+        .unwrap();
+    let dqkv = zeros(&mut be, bt * 3 * c);
+    be.attention_backward(dqkv, datt_out, qkv, att, b, t, c, nh)
+        .ok_or_err()
+        .unwrap();
+    keep(&mut be, dqkv);
+    let dln = zeros(&mut be, bt * c);
+    let args = MatmulArgs {
+        trans_b: false,
+        ..mm(dln, dqkv, wqkv, bt, c, 3 * c)
+    };
+    be.matmul(args).ok_or_err().unwrap();
+    let (dx, dlnw, dlnb) = (zeros(&mut be, bt * c), zeros(&mut be, c), zeros(&mut be, c));
+    be.layernorm_backward(dx, dlnw, dlnb, dln, x, lnw, mean, rstd, bt, c)
+        .ok_or_err()
+        .unwrap();
+    keep(&mut be, dx);
+    keep(&mut be, dlnw);
+    let dwpe = zeros(&mut be, t * c);
+    be.encoder_backward(dwte, dwpe, dx, ti, b, t, c)
+        .ok_or_err()
+        .unwrap();
+    keep(&mut be, dwte);
+    keep(&mut be, dwpe);
+    let dbias = zeros(&mut be, c);
+    be.bias_backward(dbias, dx, bt, c).ok_or_err().unwrap();
+    keep(&mut be, dbias);
+    let ss = be.sum_squares(dwte, vp * c).ok_or_err().unwrap();
+    outputs.push(vec![ss.to_bits() as u32, (ss.to_bits() >> 32) as u32]);
+    outputs
+}
+
+#[test]
+fn same_inputs_same_bits_run_after_run() {
+    assert_eq!(chain(2), chain(2));
+}
+
+#[test]
+fn same_bits_for_one_and_several_threads() {
+    let one = chain(1);
+    assert_eq!(one, chain(3));
+    assert_eq!(one, chain(2));
+}
