@@ -1,1 +1,3 @@
 //! Workspace integration tests: one crate, one module per area.
+
+mod gpt2_reference;
