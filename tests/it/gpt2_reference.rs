@@ -83,6 +83,11 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
             worst = (d, i);
         }
     }
+    eprintln!(
+        "{what}: max |kiln - torch| = {:.2e} = {:.2e} x max_abs",
+        worst.0,
+        worst.0 / scale
+    );
     assert!(
         worst.0 <= TOL * scale,
         "{what}: element {} differs by {:.3e} (kiln {}, torch {}), allowed {:.3e}",
@@ -197,6 +202,12 @@ fn ten_adamw_steps_match_pytorch_losses() {
         gpt.backward(&mut be, 1.0).unwrap();
         opt.step(&mut be, &refs, 1e-3, 1.0).unwrap();
     }
+    let worst = losses
+        .iter()
+        .zip(&want)
+        .map(|(k, w)| ((k - w) as f64).abs() / (*w as f64).abs())
+        .fold(0f64, f64::max);
+    eprintln!("AdamW losses: max relative difference {worst:.2e}");
     for (i, (k, w)) in losses.iter().zip(&want).enumerate() {
         assert!(
             ((k - w) as f64).abs() <= TOL * (*w as f64).abs(),
