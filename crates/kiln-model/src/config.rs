@@ -136,6 +136,15 @@ mod tests {
         assert_eq!(padded_vocab(16385), 16512);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn padded_vocab_is_the_smallest_fitting_multiple(v in 1usize..200_000) {
+            let p = padded_vocab(v);
+            let m = if v >= 16384 { 128 } else { 64 };
+            proptest::prop_assert!(p >= v && p % m == 0 && p - v < m);
+        }
+    }
+
     #[test]
     fn unknown_preset_lists_valid_names() {
         let e = GptConfig::preset("huge", 100).unwrap_err().to_string();

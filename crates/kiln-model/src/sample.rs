@@ -163,6 +163,24 @@ mod tests {
         assert!((frac - 2.0 / 3.0).abs() < 0.025, "{frac}");
     }
 
+    proptest::proptest! {
+        /// Whatever the settings, the token is in range and among the top k.
+        #[test]
+        fn sampled_token_respects_top_k(
+            row in proptest::collection::vec(-20f32..20.0, 1..40),
+            temperature in 0f32..3.0,
+            k in 1usize..8,
+            p in 0.05f32..1.0,
+            seed in 0u64..1000,
+        ) {
+            let mut rng = Rng::new(seed);
+            let tok = sample_token(&row, &opts(temperature, Some(k), Some(p)), &mut rng) as usize;
+            proptest::prop_assert!(tok < row.len());
+            let better = row.iter().filter(|&&x| x > row[tok]).count();
+            proptest::prop_assert!(better < k, "{} logits beat the sampled one", better);
+        }
+    }
+
     #[test]
     fn same_seed_same_tokens() {
         let draw = |seed| {

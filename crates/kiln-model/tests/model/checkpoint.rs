@@ -224,3 +224,31 @@ fn errors_name_the_file_and_the_problem() {
     let e = load_err(dir.path());
     assert!(e.contains("config.json"), "{e}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+    /// Any shape (odd vocabularies, one head, tiny widths) survives
+    /// save -> load bit for bit and computes the same logits.
+    #[test]
+    fn round_trip_holds_for_any_shape(
+        vocab in 1usize..300,
+        positions in 1usize..12,
+        layers in 1usize..3,
+        heads in 1usize..4,
+        head_dim in 1usize..6,
+        seed in 0u64..100,
+    ) {
+        let mut be = backend();
+        let cfg = GptConfig::new(vocab, positions, layers, heads, heads * head_dim);
+        let mut gpt = perturbed_model(&mut be, cfg.clone(), seed);
+        let dir = tempfile::tempdir().unwrap();
+        gpt.save_pretrained(&mut be, dir.path()).unwrap();
+        let mut loaded = Gpt::load_pretrained(&mut be, dir.path()).unwrap();
+        proptest::prop_assert_eq!(&loaded.config, &cfg);
+        proptest::prop_assert_eq!(gpt.read_params(&mut be).unwrap(), loaded.read_params(&mut be).unwrap());
+        let x = tokens(positions, vocab, seed);
+        gpt.forward(&mut be, &x, None, 1, positions).unwrap();
+        loaded.forward(&mut be, &x, None, 1, positions).unwrap();
+        proptest::prop_assert_eq!(gpt.logits(&mut be).unwrap(), loaded.logits(&mut be).unwrap());
+    }
+}
