@@ -1,0 +1,470 @@
+//! `kiln data curate`: the sharded, resumable curation run.
+//!
+//! Layout of the output directory:
+//!   work/shard-NNNNN.jsonl.zst      documents that passed the per-document stages
+//!   work/shard-NNNNN.done.json      done marker (input, config hash, stage-1 stats)
+//!   rejected/shard-NNNNN.filters.jsonl.zst   stage-1 rejections (docs, lines, bad input)
+//!   kept/shard-NNNNN.jsonl.zst      final documents (after dedup)
+//!   rejected/shard-NNNNN.dedup.jsonl.zst     dedup rejections
+//!   stats.json                      totals per stage
+//!
+//! A shard is one input file. Stage 1 (per-document filters) runs per shard,
+//! in parallel, each shard's outputs written atomically and then marked done,
+//! so a killed run redoes only unfinished shards; `--shard i/N` runs the
+//! shards with index % N == i (Slurm arrays). Stage 2 (exact + MinHash dedup
+//! across all shards) runs when every shard is done, in a run without
+//! `--shard`; it keeps in memory 16 + 8 x bands bytes plus the id per document.
+
+use crate::config::CurateConfig;
+use crate::dedup::exact::{find_exact_duplicates, text_hash};
+use crate::dedup::minhash::{cluster, MinHasher};
+use crate::doc::{Document, Origin};
+use crate::process::{Outcome, Processor, Reject};
+use crate::read::{for_each_record, list_inputs};
+use crate::stats::{Stats, STAGES};
+use kiln_stdx::fs::write_atomic_with;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+const BATCH: usize = 1024;
+const ORIGIN_KEY: &str = "_kiln_origin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CurateError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{origin}: {reason}: {detail} (run without --strict to skip and record bad records)")]
+    Strict {
+        origin: Origin,
+        reason: String,
+        detail: String,
+    },
+    #[error("--shard {0}/{1}: the index must be below the count")]
+    BadShard(usize, usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct CurateOptions {
+    pub inputs: Vec<PathBuf>,
+    pub output: PathBuf,
+    pub config: CurateConfig,
+    pub strict: bool,
+    /// `(i, n)`: run only shards with index % n == i, and skip dedup.
+    pub shard: Option<(usize, usize)>,
+}
+
+/// Live counters for a progress display (read from another thread).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub docs: AtomicU64,
+    pub bytes: AtomicU64,
+    pub kept: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct CurateReport {
+    pub shards_run: Vec<usize>,
+    pub shards_skipped: Vec<usize>,
+    /// Totals; `None` when dedup did not run (a `--shard` run, or shards missing).
+    pub stats: Option<Stats>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DoneMarker {
+    input: String,
+    config_hash: String,
+    stats: Stats,
+}
+
+fn shard_name(k: usize) -> String {
+    format!("shard-{k:05}")
+}
+
+fn config_hash(cfg: &CurateConfig) -> String {
+    format!(
+        "{:016x}",
+        xxhash_rust::xxh3::xxh3_64(format!("{cfg:?}").as_bytes())
+    )
+}
+
+struct Paths {
+    work: PathBuf,
+    kept: PathBuf,
+    rejected: PathBuf,
+}
+
+impl Paths {
+    fn new(out: &Path) -> io::Result<Self> {
+        let p = Paths {
+            work: out.join("work"),
+            kept: out.join("kept"),
+            rejected: out.join("rejected"),
+        };
+        for d in [&p.work, &p.kept, &p.rejected] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(p)
+    }
+    fn stage1(&self, k: usize) -> PathBuf {
+        self.work.join(format!("{}.jsonl.zst", shard_name(k)))
+    }
+    fn done(&self, k: usize) -> PathBuf {
+        self.work.join(format!("{}.done.json", shard_name(k)))
+    }
+    fn filter_rejects(&self, k: usize) -> PathBuf {
+        self.rejected
+            .join(format!("{}.filters.jsonl.zst", shard_name(k)))
+    }
+    fn dedup_rejects(&self, k: usize) -> PathBuf {
+        self.rejected
+            .join(format!("{}.dedup.jsonl.zst", shard_name(k)))
+    }
+    fn kept(&self, k: usize) -> PathBuf {
+        self.kept.join(format!("{}.jsonl.zst", shard_name(k)))
+    }
+}
+
+/// Writes a zstd-compressed JSONL file atomically.
+fn write_zst_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    write_atomic_with(path, |w| {
+        let mut enc = zstd::stream::write::Encoder::new(w, 3)?;
+        fill(&mut enc)?;
+        enc.finish()?;
+        Ok(())
+    })
+}
+
+fn write_json_line(w: &mut dyn Write, v: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, v)?;
+    w.write_all(b"\n")
+}
+
+fn record_reject(stats: &mut Stats, r: &Reject) {
+    let f = stats.filter(&r.filter);
+    if r.kind == "line" {
+        f.lines_removed += 1;
+        f.line_bytes_removed += r.bytes();
+    } else {
+        f.docs_removed += 1;
+        f.bytes_removed += r.bytes();
+    }
+    *f.rules.entry(r.rule.clone()).or_default() += 1;
+}
+
+pub fn curate(opts: &CurateOptions, progress: &Progress) -> Result<CurateReport, CurateError> {
+    let start = Instant::now();
+    if let Some((i, n)) = opts.shard {
+        if n == 0 || i >= n {
+            return Err(CurateError::BadShard(i, n));
+        }
+    }
+    let inputs = list_inputs(&opts.inputs)?;
+    let paths = Paths::new(&opts.output)?;
+    let proc = Processor::new(opts.config.clone())?;
+    let hash = config_hash(&opts.config);
+
+    let mine: Vec<usize> = (0..inputs.len())
+        .filter(|k| opts.shard.is_none_or(|(i, n)| k % n == i))
+        .collect();
+    let is_done = |k: usize| -> bool {
+        let Ok(bytes) = std::fs::read(paths.done(k)) else {
+            return false;
+        };
+        let Ok(m) = serde_json::from_slice::<DoneMarker>(&bytes) else {
+            return false;
+        };
+        m.input == inputs[k].display().to_string()
+            && m.config_hash == hash
+            && paths.stage1(k).exists()
+            && paths.filter_rejects(k).exists()
+    };
+    let (skipped, pending): (Vec<usize>, Vec<usize>) = mine.iter().partition(|&&k| is_done(k));
+    pending
+        .par_iter()
+        .map(|&k| run_shard(&proc, &inputs[k], k, &paths, &hash, opts.strict, progress))
+        .collect::<Result<Vec<()>, CurateError>>()?;
+
+    let mut report = CurateReport {
+        shards_run: pending,
+        shards_skipped: skipped,
+        stats: None,
+    };
+    if opts.shard.is_some() || !(0..inputs.len()).all(is_done) {
+        return Ok(report);
+    }
+    let mut stats = Stats::default();
+    for k in 0..inputs.len() {
+        let m: DoneMarker =
+            serde_json::from_slice(&std::fs::read(paths.done(k))?).map_err(io::Error::other)?;
+        stats.merge(&m.stats);
+    }
+    dedup(&opts.config, &paths, inputs.len(), &mut stats)?;
+    stats.wall_s = start.elapsed().as_secs_f64();
+    kiln_stdx::fs::write_atomic(
+        &opts.output.join("stats.json"),
+        serde_json::to_string_pretty(&stats)
+            .map_err(io::Error::other)?
+            .as_bytes(),
+    )?;
+    report.stats = Some(stats);
+    Ok(report)
+}
+
+/// Stage 1 for one shard: read, process in parallel batches, write.
+fn run_shard(
+    proc: &Processor,
+    input: &Path,
+    k: usize,
+    paths: &Paths,
+    hash: &str,
+    strict: bool,
+    progress: &Progress,
+) -> Result<(), CurateError> {
+    let mut stats = Stats::default();
+    let mut err: Option<CurateError> = None;
+    let res = write_zst_atomic(&paths.stage1(k), |kept_w| {
+        write_zst_atomic(&paths.filter_rejects(k), |rej_w| {
+            let mut batch: Vec<Document> = Vec::with_capacity(BATCH);
+            let r = for_each_record::<io::Error>(input, |rec| {
+                match rec {
+                    Ok(d) => {
+                        batch.push(d);
+                        if batch.len() >= BATCH {
+                            flush(proc, &mut batch, &mut stats, kept_w, rej_w, progress)?;
+                        }
+                    }
+                    Err(bad) => {
+                        if strict {
+                            err = Some(CurateError::Strict {
+                                origin: bad.origin.clone(),
+                                reason: bad.reason.into(),
+                                detail: bad.detail.clone(),
+                            });
+                            return Err(io::Error::other("strict"));
+                        }
+                        let rej = Reject::bad_input(&bad);
+                        stats.input_docs += 1;
+                        stats.input_bytes += bad.raw_len as u64;
+                        record_reject(&mut stats, &rej);
+                        progress.docs.fetch_add(1, Ordering::Relaxed);
+                        write_json_line(rej_w, &rej)?;
+                    }
+                }
+                Ok(())
+            });
+            r?;
+            flush(proc, &mut batch, &mut stats, kept_w, rej_w, progress)
+        })
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    res?;
+    let marker = DoneMarker {
+        input: input.display().to_string(),
+        config_hash: hash.into(),
+        stats,
+    };
+    kiln_stdx::fs::write_atomic(
+        &paths.done(k),
+        serde_json::to_vec(&marker)
+            .map_err(io::Error::other)?
+            .as_slice(),
+    )?;
+    Ok(())
+}
+
+fn flush(
+    proc: &Processor,
+    batch: &mut Vec<Document>,
+    stats: &mut Stats,
+    kept_w: &mut dyn Write,
+    rej_w: &mut dyn Write,
+    progress: &Progress,
+) -> io::Result<()> {
+    let outs: Vec<Outcome> = std::mem::take(batch)
+        .into_par_iter()
+        .map(|d| proc.process(d))
+        .collect();
+    for o in outs {
+        write_outcome(o, stats, kept_w, rej_w, progress)?;
+    }
+    Ok(())
+}
+
+fn write_outcome(
+    o: Outcome,
+    stats: &mut Stats,
+    kept_w: &mut dyn Write,
+    rej_w: &mut dyn Write,
+    progress: &Progress,
+) -> io::Result<()> {
+    stats.input_docs += 1;
+    stats.input_bytes += o.input_bytes;
+    progress.docs.fetch_add(1, Ordering::Relaxed);
+    progress.bytes.fetch_add(o.input_bytes, Ordering::Relaxed);
+    for (i, ns) in o.time_ns.iter().enumerate() {
+        if *ns > 0 {
+            stats.filter(STAGES[i]).time_s += *ns as f64 * 1e-9;
+        }
+    }
+    stats.pii.add(&o.pii);
+    for r in &o.rejects {
+        record_reject(stats, r);
+        write_json_line(rej_w, r)?;
+    }
+    if let Some(d) = o.kept {
+        progress.kept.fetch_add(1, Ordering::Relaxed);
+        let mut v = d.to_json();
+        if let Value::Object(m) = &mut v {
+            m.insert(ORIGIN_KEY.into(), Value::String(d.origin.to_string()));
+        }
+        write_json_line(kept_w, &v)?;
+    }
+    Ok(())
+}
+
+/// Reads a stage-1 file: (document JSON without the origin key, origin).
+fn read_stage1(
+    path: &Path,
+    mut f: impl FnMut(Map<String, Value>, Origin) -> io::Result<()>,
+) -> io::Result<()> {
+    let r = crate::read::open(path)?;
+    for line in r.lines() {
+        let line = line?;
+        let mut m: Map<String, Value> = serde_json::from_str(&line).map_err(io::Error::other)?;
+        let origin = match m.remove(ORIGIN_KEY) {
+            Some(Value::String(s)) => {
+                let (file, l) = s.rsplit_once(':').unwrap_or((&s, "0"));
+                Origin {
+                    file: file.into(),
+                    line: l.parse().unwrap_or(0),
+                }
+            }
+            _ => Origin {
+                file: String::new(),
+                line: 0,
+            },
+        };
+        f(m, origin)?;
+    }
+    Ok(())
+}
+
+fn text_of(m: &Map<String, Value>) -> &str {
+    m.get("text").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Stage 2: exact and MinHash dedup across all shards, in input order.
+fn dedup(cfg: &CurateConfig, paths: &Paths, n_shards: usize, stats: &mut Stats) -> io::Result<()> {
+    let minhasher = MinHasher::new(cfg.minhash.clone());
+    let mut hashes: Vec<u128> = Vec::new();
+    let mut keys: Vec<Option<Vec<u64>>> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    let (mut t_exact, mut t_minhash) = (0f64, 0f64);
+    for k in 0..n_shards {
+        let mut texts: Vec<String> = Vec::with_capacity(BATCH);
+        let mut flush = |texts: &mut Vec<String>| {
+            let t = Instant::now();
+            if cfg.exact_dedup.enabled {
+                hashes.par_extend(texts.par_iter().map(|s| text_hash(s)));
+            }
+            t_exact += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            if cfg.minhash.enabled {
+                keys.par_extend(texts.par_iter().map(|s| minhasher.doc_keys(s)));
+            }
+            t_minhash += t.elapsed().as_secs_f64();
+            texts.clear();
+        };
+        read_stage1(&paths.stage1(k), |m, _| {
+            ids.push(
+                m.get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            );
+            texts.push(text_of(&m).to_string());
+            if texts.len() >= BATCH {
+                flush(&mut texts);
+            }
+            Ok(())
+        })?;
+        flush(&mut texts);
+    }
+    let t = Instant::now();
+    let exact = if cfg.exact_dedup.enabled {
+        find_exact_duplicates(&hashes)
+    } else {
+        vec![None; ids.len()]
+    };
+    t_exact += t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let near = if cfg.minhash.enabled {
+        for (kk, e) in keys.iter_mut().zip(&exact) {
+            if e.is_some() {
+                *kk = None; // exact copies are already gone; keep them out of clusters
+            }
+        }
+        cluster(&keys)
+    } else {
+        vec![None; ids.len()]
+    };
+    t_minhash += t.elapsed().as_secs_f64();
+    drop(keys);
+    drop(hashes);
+
+    let mut g = 0usize;
+    for k in 0..n_shards {
+        write_zst_atomic(&paths.kept(k), |kept_w| {
+            write_zst_atomic(&paths.dedup_rejects(k), |rej_w| {
+                read_stage1(&paths.stage1(k), |m, origin| {
+                    let i = g;
+                    g += 1;
+                    let dup = exact[i]
+                        .map(|j| ("exact_dedup", "duplicate", j))
+                        .or(near[i].map(|j| ("minhash", "near_duplicate", j)));
+                    match dup {
+                        Some((filter, rule, j)) => {
+                            let r = Reject {
+                                kind: "document".into(),
+                                id: ids[i].clone(),
+                                file: origin.file,
+                                line: origin.line,
+                                filter: filter.into(),
+                                rule: rule.into(),
+                                value: None,
+                                threshold: None,
+                                detail: Some(format!("duplicate of {}", ids[j as usize])),
+                                doc_line: None,
+                                text: text_of(&m).to_string(),
+                            };
+                            record_reject(stats, &r);
+                            write_json_line(rej_w, &r)
+                        }
+                        None => {
+                            stats.kept_docs += 1;
+                            stats.kept_bytes += text_of(&m).len() as u64;
+                            write_json_line(kept_w, &Value::Object(m))
+                        }
+                    }
+                })
+            })
+        })?;
+    }
+    if cfg.exact_dedup.enabled {
+        stats.filter("exact_dedup").time_s += t_exact;
+    }
+    if cfg.minhash.enabled {
+        stats.filter("minhash").time_s += t_minhash;
+    }
+    Ok(())
+}
