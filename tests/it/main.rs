@@ -1,3 +1,4 @@
 //! Workspace integration tests: one crate, one module per area.
 
 mod gpt2_reference;
+mod plugins;

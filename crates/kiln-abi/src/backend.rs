@@ -1,4 +1,5 @@
 #![allow(non_local_definitions)] // emitted by #[sabi_trait] on recent rustc; harmless
+#![allow(clippy::too_many_arguments)] // layer ops take explicit dimensions by design
 //! The Backend interface: buffers plus a fixed, layer-level op set.
 //!
 //! Conventions every implementation follows (the CPU backend is the reference):

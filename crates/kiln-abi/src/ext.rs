@@ -50,8 +50,10 @@ pub trait BackendExt {
     fn download_bf16(&mut self, buf: BufId) -> BResult<Vec<half::bf16>>;
     fn download_f16(&mut self, buf: BufId) -> BResult<Vec<half::f16>>;
     /// A new f32 buffer holding `data`.
+    #[allow(clippy::wrong_self_convention)] // the backend allocates: `be.from_f32(..)`
     fn from_f32(&mut self, data: &[f32]) -> BResult<BufId>;
     /// A new u32 buffer holding `data`.
+    #[allow(clippy::wrong_self_convention)]
     fn from_u32(&mut self, data: &[u32]) -> BResult<BufId>;
 }
 

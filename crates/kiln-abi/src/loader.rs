@@ -201,7 +201,7 @@ pub fn summarize_layout_error(text: &str) -> String {
     while i < lines.len() && found_blocks.len() < 2 {
         let line = lines[i].trim();
         if let Some(what) = line.strip_prefix("Error:") {
-            let what = what.trim();
+            let what = reword(what.trim());
             let (expected, next) = value_after(&lines, i + 1, "Expected:");
             let (found, next) = value_after(&lines, next, "Found:");
             let place = match error_path(&lines[..i]) {
@@ -236,6 +236,16 @@ pub fn summarize_layout_error(text: &str) -> String {
         }
     } else {
         found_blocks.join("; ")
+    }
+}
+
+/// abi_stable's wording where it misleads: "too many fields" is reported
+/// whichever side has more (e.g. a plugin built before a field was added).
+fn reword(what: &str) -> &str {
+    match what {
+        "too many fields" => "different number of fields",
+        "mismatched package" => "types from another package",
+        other => other,
     }
 }
 

@@ -48,9 +48,7 @@ fn assert_short_with_fix(reason: &str) {
 #[test]
 fn older_kiln_abi_version_is_refused_with_both_versions() {
     let path = test_plugin("kiln-test-abi-old");
-    let err = load_backend_plugin(&path)
-        .err()
-        .expect("an old plugin must be refused");
+    let err = load_backend_plugin(&path).expect_err("an old plugin must be refused");
     println!("{err}");
     assert!(err.reason.starts_with("incompatible ABI:"), "{err}");
     assert!(
@@ -70,9 +68,7 @@ fn older_kiln_abi_version_is_refused_with_both_versions() {
 #[test]
 fn changed_method_signature_is_refused_naming_the_difference() {
     let path = test_plugin("kiln-test-abi-layout");
-    let err = load_backend_plugin(&path)
-        .err()
-        .expect("a changed layout must be refused");
+    let err = load_backend_plugin(&path).expect_err("a changed layout must be refused");
     println!("{err}");
     assert!(err.reason.starts_with("incompatible ABI:"), "{err}");
     // The plugin's sum_squares returns f32 where this kiln's returns f64.

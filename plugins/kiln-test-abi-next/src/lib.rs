@@ -6,8 +6,6 @@
 //! - As an rlib, [`BackendPluginRef`] is "a newer host": loading today's
 //!   kiln-cpu-plugin with it shows what abi_stable does with an older plugin.
 
-// Layer ops take many dimensions; kiln-abi allows this lint the same way.
-#[allow(clippy::too_many_arguments)]
 #[path = "../../../crates/kiln-abi/src/backend.rs"]
 pub mod backend;
 #[path = "../../../crates/kiln-abi/src/dtype.rs"]

@@ -3,8 +3,6 @@
 //! "incompatible ABI: ... rebuild the plugin ...", never crash.
 
 // The interface sources of kiln-abi itself, so only the version differs.
-// Layer ops take many dimensions; kiln-abi allows this lint the same way.
-#[allow(clippy::too_many_arguments)]
 #[path = "../../../crates/kiln-abi/src/backend.rs"]
 pub mod backend;
 #[path = "../../../crates/kiln-abi/src/dtype.rs"]
