@@ -7,7 +7,8 @@
 
 use rayon::prelude::*;
 
-use super::{dot, max, SendPtr};
+use super::fastmath::exp;
+use super::{dot, max, sum, SendPtr};
 use crate::gemm::{sgemm_serial, GemmEngine, Mat, MatMut};
 
 /// Query rows per block.
@@ -31,18 +32,18 @@ impl Shape {
     }
 }
 
-/// In-place softmax of `row`; deterministic order.
-#[inline]
-pub(crate) fn softmax_in_place(row: &mut [f32]) {
-    let m = max(row);
-    let mut s = 0f32;
-    for v in row.iter_mut() {
-        *v = (*v - m).exp();
-        s += *v;
-    }
-    let inv = 1.0 / s;
-    for v in row.iter_mut() {
-        *v *= inv;
+simd_fn! {
+    /// In-place softmax of `row`; deterministic order.
+    pub(crate) fn softmax_in_place(row: &mut [f32]) {
+        let m = max(row);
+        // Two passes so both vectorise: exponentials, then a lane-wise sum.
+        for v in row.iter_mut() {
+            *v = exp(*v - m);
+        }
+        let inv = 1.0 / sum(row);
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
     }
 }
 

@@ -2,10 +2,27 @@
 
 use rayon::prelude::*;
 
-use super::max;
+use super::fastmath::exp;
+use super::{max, sum};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 4;
+
+simd_fn! {
+    /// `p = softmax(x)`; returns the max and the sum of `exp(x - max)`.
+    fn softmax_row(p: &mut [f32], x: &[f32]) -> (f32, f32) {
+        let m = max(x);
+        for (p, &x) in p.iter_mut().zip(x) {
+            *p = exp(x - m);
+        }
+        let s = sum(p);
+        let inv = 1.0 / s;
+        for p in p.iter_mut() {
+            *p *= inv;
+        }
+        (m, s)
+    }
+}
 
 /// `probs[i,..v]` = softmax of `logits[i,..v]`, `probs[i,v..vp] = 0`;
 /// `losses[i] = -log_softmax(logits[i])[target]`, or 0 when `target >= v`.
@@ -30,16 +47,7 @@ pub fn forward(
                 .zip(targets)
             {
                 let x = &x[..v];
-                let m = max(x);
-                let mut s = 0f32;
-                for (p, &x) in p[..v].iter_mut().zip(x) {
-                    *p = (x - m).exp();
-                    s += *p;
-                }
-                let inv = 1.0 / s;
-                for p in p[..v].iter_mut() {
-                    *p *= inv;
-                }
+                let (m, s) = softmax_row(&mut p[..v], x);
                 p[v..].fill(0.0);
                 // log-sum-exp form: finite even when the target's prob underflows.
                 *loss = if (tgt as usize) < v {

@@ -4,11 +4,38 @@
 //! whose boundaries depend on the shapes only, never on the thread count, so
 //! that results are bit-identical run after run and across thread counts.
 
+/// Defines `fn $name(args)` that runs its body compiled for AVX2+FMA when the
+/// CPU has them, else for the baseline target. The body is plain scalar
+/// code the compiler vectorises; Rust never contracts `a * b + c` into an
+/// FMA, so both versions give bit-identical results.
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    generic($($arg),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the running CPU supports the enabled features.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
 pub mod adamw;
 pub mod attention;
 pub mod crossentropy;
 pub mod elementwise;
 pub mod encoder;
+pub mod fastmath;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
@@ -37,7 +64,7 @@ impl SendPtr {
 
 /// Sum with eight independent lanes so the compiler can vectorise it. The
 /// association order is fixed by the length, hence deterministic.
-#[inline]
+#[inline(always)]
 pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = x.chunks_exact(8);
@@ -55,7 +82,7 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
 }
 
 /// Dot product with the same fixed eight-lane order as [`sum`].
-#[inline]
+#[inline(always)]
 pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
     debug_assert_eq!(x.len(), y.len());
     let mut acc = [0f32; 8];
@@ -72,9 +99,9 @@ pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
     s
 }
 
-/// Largest element (the first `max` in a fixed order; NaN-propagating is not
-/// needed because softmax inputs are validated finite by the model's loss checks).
-#[inline]
+/// Largest element, in a fixed order. NaNs are skipped here, but they still
+/// reach the output through the softmax that uses this maximum.
+#[inline(always)]
 pub(crate) fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
