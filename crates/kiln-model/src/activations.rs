@@ -39,7 +39,6 @@ pub(crate) struct GradScratch {
     pub dqkv: BufId,
     pub dfch_gelu: BufId,
     pub dfch: BufId,
-    pub dlogits: BufId,
     /// Per-row loss weights for crossentropy_backward.
     pub dlosses: BufId,
 }
@@ -55,6 +54,8 @@ pub(crate) struct Activations {
     pub lnf: BufId,
     pub lnf_mean: BufId,
     pub lnf_rstd: BufId,
+    /// Logits after forward; backward reuses the buffer for d(logits)
+    /// (only `probs` is needed there), saving `rows * Vp` floats.
     pub logits: BufId,
     pub probs: BufId,
     pub losses: BufId,
@@ -114,7 +115,6 @@ impl Activations {
             dqkv: buf(f, rows * 3 * c)?,
             dfch_gelu: buf(f, rows * 4 * c)?,
             dfch: buf(f, rows * 4 * c)?,
-            dlogits: buf(f, rows * vp)?,
             dlosses: buf(f, rows)?,
         };
         Ok(Activations {

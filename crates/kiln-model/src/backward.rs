@@ -55,14 +55,17 @@ impl Gpt {
         let p = |i: usize| self.params[i].value;
         let d = |i: usize| self.params[i].grad;
 
-        // Fused softmax-cross-entropy backward into dlogits.
-        be.zero(g.dlogits).ok_or_err()?;
-        be.crossentropy_backward(g.dlogits, acts.probs, acts.targets, g.dlosses, rows, v, vp)
+        // Fused softmax-cross-entropy backward. The logits buffer becomes
+        // dlogits (backward only needs probs), so logits() is gone from here on.
+        self.logits_valid = false;
+        let dlogits = acts.logits;
+        be.zero(dlogits).ok_or_err()?;
+        be.crossentropy_backward(dlogits, acts.probs, acts.targets, g.dlosses, rows, v, vp)
             .ok_or_err()?;
         // Tied lm_head: dwte += dlogits^T @ lnf; dlnf = dlogits @ wte.
         be.matmul(MatmulArgs {
             out: d(WTE),
-            a: g.dlogits,
+            a: dlogits,
             b: acts.lnf,
             bias: ROption::RNone,
             m: vp,
@@ -76,7 +79,7 @@ impl Gpt {
         .ok_or_err()?;
         be.matmul(MatmulArgs {
             out: g.dln,
-            a: g.dlogits,
+            a: dlogits,
             b: p(WTE),
             bias: ROption::RNone,
             m: rows,

@@ -141,7 +141,7 @@ mod tests {
         fn padded_vocab_is_the_smallest_fitting_multiple(v in 1usize..200_000) {
             let p = padded_vocab(v);
             let m = if v >= 16384 { 128 } else { 64 };
-            proptest::prop_assert!(p >= v && p % m == 0 && p - v < m);
+            proptest::prop_assert!(p >= v && p.is_multiple_of(m) && p - v < m);
         }
     }
 

@@ -25,6 +25,7 @@ impl Gpt {
         t: usize,
     ) -> Result<Option<f32>, ModelError> {
         self.last = None;
+        self.logits_valid = false;
         self.check_batch(tokens, targets, b, t)?;
         let cfg = self.config.clone();
         let (c, nh, v, vp) = (
@@ -153,6 +154,7 @@ impl Gpt {
             beta: 0.0,
         })
         .ok_or_err()?;
+        self.logits_valid = true;
 
         let Some(targets) = targets else {
             self.last = Some(LastForward {
@@ -195,11 +197,15 @@ impl Gpt {
         Ok(Some(mean))
     }
 
-    /// Logits of the last forward, `[b, t, vocab_size]` (padding columns dropped).
+    /// Logits of the last forward, `[b, t, vocab_size]` (padding columns
+    /// dropped). Call it before [`Gpt::backward`], which reuses their buffer.
     pub fn logits(&mut self, be: &mut BackendBox) -> Result<Vec<f32>, ModelError> {
-        let (Some(last), Some(acts)) = (self.last, self.acts.as_ref()) else {
+        let (Some(last), Some(acts), true) = (self.last, self.acts.as_ref(), self.logits_valid)
+        else {
             return Err(ModelError::Input(
-                "logits() needs a forward() first".to_string(),
+                "logits() needs a forward() first and must come before backward() \
+                 (backward reuses the logits buffer)"
+                    .to_string(),
             ));
         };
         let (v, vp) = (self.config.vocab_size, self.config.padded_vocab_size);

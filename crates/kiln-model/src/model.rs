@@ -29,6 +29,8 @@ pub struct Gpt {
     pub(crate) host_f32: Vec<f32>,
     /// Targets of the last forward, padded to the activation capacity.
     pub(crate) host_targets: Vec<u32>,
+    /// The logits buffer holds the last forward's logits (backward reuses it).
+    pub(crate) logits_valid: bool,
 }
 
 impl Gpt {
@@ -65,6 +67,7 @@ impl Gpt {
             host_u32: Vec::new(),
             host_f32: Vec::new(),
             host_targets: Vec::new(),
+            logits_valid: false,
         })
     }
 

@@ -125,6 +125,12 @@ fn bad_inputs_are_errors_not_panics() {
     gpt.forward(&mut be, &[0; 4], None, 1, 4).unwrap();
     let e = gpt.backward(&mut be, 1.0).unwrap_err().to_string();
     assert!(e.contains("targets"), "{e}");
+    // backward reuses the logits buffer: logits() afterwards is refused
+    gpt.forward(&mut be, &[0; 4], Some(&[1; 4]), 1, 4).unwrap();
+    assert_eq!(gpt.logits(&mut be).unwrap().len(), 4 * cfg.vocab_size);
+    gpt.backward(&mut be, 1.0).unwrap();
+    let e = gpt.logits(&mut be).unwrap_err().to_string();
+    assert!(e.contains("before backward"), "{e}");
 }
 
 #[test]
