@@ -1,4 +1,7 @@
 //! Workspace integration tests: one crate, one module per area.
 
+mod cli;
 mod gpt2_reference;
 mod plugins;
+mod resume;
+mod train;

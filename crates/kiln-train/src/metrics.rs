@@ -11,10 +11,13 @@ use serde::{Deserialize, Serialize};
 pub struct StepRecord {
     /// 1-based: the number of steps done after this one.
     pub step: u64,
-    /// Mean next-token cross-entropy (nats) over the step's micro-batches.
+    /// Mean next-token cross-entropy (nats) over the step's micro-batches
+    /// (`null` in the file when it was NaN or infinite).
+    #[serde(with = "non_finite_as_null")]
     pub loss: f32,
     pub lr: f32,
-    /// Global L2 norm of the gradient before clipping.
+    /// Global L2 norm of the gradient before clipping (`null` if non-finite).
+    #[serde(with = "non_finite_as_null")]
     pub grad_norm: f32,
     pub tokens_per_s: f64,
     /// Seconds since this process started training.
@@ -22,6 +25,24 @@ pub struct StepRecord {
     /// True when the update was skipped (non-finite loss or gradient).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+}
+
+/// JSON has no NaN or infinity: such values are written as `null` and read
+/// back as NaN, so a skipped step still leaves a parseable line.
+mod non_finite_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f32(*x)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+    }
 }
 
 /// Appends step records, one line each, flushed per line so a killed run
@@ -114,6 +135,14 @@ mod tests {
         m.append(&rec(4)).unwrap();
         let steps: Vec<u64> = read_metrics(&p).unwrap().iter().map(|r| r.step).collect();
         assert_eq!(steps, vec![1, 2, 3, 4]);
+        // non-finite values survive as null -> NaN
+        let mut bad = rec(5);
+        bad.loss = f32::NAN;
+        bad.grad_norm = f32::INFINITY;
+        bad.skipped = true;
+        m.append(&bad).unwrap();
+        let back = read_metrics(&p).unwrap().pop().unwrap();
+        assert!(back.loss.is_nan() && back.grad_norm.is_nan() && back.skipped);
         let line = std::fs::read_to_string(&p).unwrap();
         let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
         for key in [

@@ -1,8 +1,34 @@
-//! `kiln eval`.
+//! `kiln eval`: held-out loss and perplexity of a checkpoint on a token
+//! shard, printed as one JSON object.
 
-#[derive(clap::Args)]
-pub struct Args {}
+use std::path::PathBuf;
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`kiln eval` is not implemented yet")
+use kiln_model::Gpt;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint directory (model.safetensors + config.json; kiln's or HF's).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// A .bin token shard.
+    #[arg(long)]
+    data: PathBuf,
+    /// Window length (default: the model's context length).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut model = Gpt::load_pretrained(&mut be, &args.checkpoint)?;
+    let seq_len = args.seq_len.unwrap_or(model.config.max_seq_len);
+    let r = kiln_train::eval::evaluate(&mut be, &mut model, &args.data, seq_len, args.batch_size)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
 }

@@ -1,8 +1,338 @@
-//! `kiln pretrain`.
+//! `kiln pretrain`: next-token pretraining of a GPT-2-style model on token
+//! shards, with checkpoints, exact `--resume` and metrics.jsonl.
 
-#[derive(clap::Args)]
-pub struct Args {}
+use std::path::{Path, PathBuf};
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`kiln pretrain` is not implemented yet")
+use anyhow::{bail, Context};
+use kiln_model::{GptConfig, SampleOptions};
+use kiln_train::checkpoint::{latest_checkpoint, read_training_state};
+use kiln_train::loader::TokenSource;
+use kiln_train::progress::Progress;
+use kiln_train::{Init, TrainConfig, Trainer};
+use serde::Deserialize;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A .bin token shard, or a directory of them.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory (metrics.jsonl, checkpoints/).
+    #[arg(long)]
+    out: PathBuf,
+    /// TOML file with training settings; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+    /// Start from the weights in this checkpoint directory.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Continue from the newest complete checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// Settings a flag or the TOML file can give (the file's keys are these
+/// names with underscores); unset ones take the defaults.
+#[derive(clap::Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// Model preset: tiny, small or gpt2-124m.
+    #[arg(long)]
+    model: Option<String>,
+    /// Total optimizer steps of the run.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Tokens per sequence (default: the model's context length).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Learning rate at the end of the cosine decay.
+    #[arg(long)]
+    min_lr: Option<f32>,
+    /// Linear warmup steps.
+    #[arg(long)]
+    warmup: Option<u64>,
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write a checkpoint every N steps (one is always written at the end).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Vocabulary size (default: from --init, else from the data).
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Global gradient-norm clip.
+    #[arg(long)]
+    grad_clip: Option<f32>,
+    /// Plain progress line every N steps when stderr is not a terminal.
+    #[arg(long)]
+    log_every: Option<u64>,
+    #[arg(skip)]
+    beta1: Option<f32>,
+    #[arg(skip)]
+    beta2: Option<f32>,
+    #[arg(skip)]
+    eps: Option<f32>,
+    #[arg(skip)]
+    max_bad_steps: Option<u32>,
+}
+
+impl Settings {
+    /// `self` with `over`'s values where it has them.
+    fn overridden_by(self, over: Settings) -> Settings {
+        macro_rules! pick { ($($f:ident),*) => { Settings { $($f: over.$f.or(self.$f)),* } } }
+        pick!(
+            model,
+            steps,
+            batch_size,
+            seq_len,
+            grad_accum,
+            lr,
+            min_lr,
+            warmup,
+            weight_decay,
+            seed,
+            checkpoint_every,
+            threads,
+            vocab_size,
+            grad_clip,
+            log_every,
+            beta1,
+            beta2,
+            eps,
+            max_bad_steps
+        )
+    }
+
+    fn apply(&self, c: &mut TrainConfig) {
+        macro_rules! set { ($($f:ident),*) => { $(if let Some(v) = self.$f.clone() { c.$f = v; })* } }
+        set!(
+            model,
+            steps,
+            batch_size,
+            seq_len,
+            grad_accum,
+            lr,
+            min_lr,
+            warmup,
+            weight_decay,
+            seed,
+            checkpoint_every,
+            vocab_size,
+            log_every,
+            beta1,
+            beta2,
+            eps,
+            max_bad_steps
+        );
+        if let Some(clip) = self.grad_clip {
+            c.grad_clip = Some(clip);
+        }
+    }
+}
+
+fn read_config_file(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("config {}: cannot read", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "config {}: {} (valid keys are the pretrain flags with underscores, e.g. batch_size)",
+            path.display(),
+            e.to_string().trim_end()
+        )
+    })
+}
+
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(p) => read_config_file(p)?,
+        None => Settings::default(),
+    };
+    let settings = file.overridden_by(std::mem::take(&mut args.settings));
+    let threads = settings.threads;
+    let be = kiln_tensor::cpu_backend(threads);
+
+    let resume_from = if args.resume {
+        let found = latest_checkpoint(&args.out)?;
+        if found.is_none() {
+            eprintln!(
+                "note: no complete checkpoint in {}; starting a new run",
+                args.out.join("checkpoints").display()
+            );
+        }
+        found
+    } else {
+        None
+    };
+
+    let mut trainer = match &resume_from {
+        Some((step, dir)) => {
+            let (state, _) = read_training_state(dir)?;
+            let mut config = state.config.clone();
+            settings.apply(&mut config);
+            eprintln!("resuming from step {step}: {}", dir.display());
+            Trainer::resume(be, config, &args.data, &args.out, dir)?
+        }
+        None => {
+            let config = fresh_config(&settings, &args)?;
+            let init = match &args.init {
+                Some(d) => Init::Checkpoint(d),
+                None => Init::Preset,
+            };
+            Trainer::start(be, config, &args.data, &args.out, init)?
+        }
+    };
+
+    let c = trainer.config().clone();
+    eprintln!(
+        "pretrain: model {} (vocab {}), {} steps of {} x {} tokens x {} micro-batches, lr {} -> {}, run dir {}",
+        c.model,
+        c.vocab_size,
+        c.steps,
+        c.batch_size,
+        c.seq_len,
+        c.grad_accum,
+        c.lr,
+        c.min_lr,
+        args.out.display()
+    );
+    let mut progress = Progress::new(trainer.step_count(), c.steps, c.log_every);
+    let summary = trainer.run(&mut progress);
+    progress.finish();
+    let summary = summary?;
+    println!(
+        "done: {} steps, last loss {}, checkpoint {}",
+        summary.steps,
+        summary
+            .last_loss
+            .map(|l| format!("{l:.4}"))
+            .unwrap_or_else(|| "- (nothing left to run)".into()),
+        summary
+            .checkpoint
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    );
+    print_samples(&mut trainer, &args.data)
+}
+
+/// The config of a new run: defaults of the model, then the file, then flags.
+fn fresh_config(s: &Settings, args: &Args) -> anyhow::Result<TrainConfig> {
+    let (model, vocab, max_t) = match &args.init {
+        Some(dir) => {
+            if s.model.is_some() {
+                bail!("--model and --init both given; --init's config.json decides the model");
+            }
+            let cfg = read_model_config(dir)?;
+            (
+                "init".to_string(),
+                s.vocab_size.unwrap_or(cfg.vocab_size),
+                cfg.max_seq_len,
+            )
+        }
+        None => {
+            let name = s.model.clone().unwrap_or_else(|| "tiny".to_string());
+            let vocab = match s.vocab_size {
+                Some(v) => v,
+                None => vocab_from_data(&args.data)?,
+            };
+            let preset = GptConfig::preset(&name, vocab)?;
+            (name, vocab, preset.max_seq_len)
+        }
+    };
+    let mut config = TrainConfig::with_model(&model, vocab, s.seq_len.unwrap_or(max_t));
+    s.apply(&mut config);
+    if s.warmup.is_none() {
+        // Short runs would spend all their steps warming up otherwise.
+        config.warmup = (config.steps / 10).min(100);
+    }
+    config.model = model;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("pretrain settings: {e}"))?;
+    Ok(config)
+}
+
+fn read_model_config(dir: &Path) -> anyhow::Result<GptConfig> {
+    // Loading the config alone is cheap; the weights load in Trainer::start.
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("checkpoint {}: cannot read", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("checkpoint {}: not valid JSON", path.display()))?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_u64())
+            .map(|x| x as usize)
+            .ok_or_else(|| anyhow::anyhow!("checkpoint {}: no integer `{k}`", path.display()))
+    };
+    Ok(GptConfig::new(
+        field("vocab_size")?,
+        field("n_positions")?,
+        field("n_layer")?,
+        field("n_head")?,
+        field("n_embd")?,
+    ))
+}
+
+/// The vocabulary the data needs: max token + 1, rounded up to 256 for byte
+/// data and to a multiple of 64 otherwise (padding is free; a later token id
+/// from the same tokenizer then still fits).
+fn vocab_from_data(data: &Path) -> anyhow::Result<usize> {
+    let source = TokenSource::open(data, 1)?;
+    let max = source
+        .max_token()?
+        .ok_or_else(|| anyhow::anyhow!("token data {}: holds no tokens", data.display()))?;
+    let need = max as usize + 1;
+    let vocab = if need <= 256 {
+        256
+    } else {
+        need.div_ceil(64) * 64
+    };
+    eprintln!(
+        "vocab size {vocab} (largest token id in the data is {max}; set --vocab-size to choose)"
+    );
+    Ok(vocab)
+}
+
+/// A few continuations of the data's first tokens, as token ids (greedy,
+/// then sampled), so a run ends with something to look at.
+fn print_samples(trainer: &mut Trainer, data: &Path) -> anyhow::Result<()> {
+    let mut source = TokenSource::open(data, 16)?;
+    let mut window = vec![0u32; 17];
+    source.read_window(0, &mut window)?;
+    let prompt = &window[..8];
+    let (model, be) = trainer.model_mut();
+    for (label, temperature, top_k) in [("greedy", 0.0, None), ("sampled", 1.0, Some(40))] {
+        let opts = SampleOptions {
+            max_new_tokens: 24,
+            temperature,
+            top_k,
+            top_p: None,
+            seed: 1,
+            stop_token: None,
+        };
+        let new = model.generate(be, prompt, &opts)?;
+        println!("sample ({label}): prompt {} -> {}", ids(prompt), ids(&new));
+    }
+    Ok(())
+}
+
+fn ids(v: &[u32]) -> String {
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

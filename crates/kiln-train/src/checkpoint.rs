@@ -1,0 +1,204 @@
+//! Checkpoints: `RUN_DIR/checkpoints/step_XXXXXXXX/` holding the model
+//! (`model.safetensors` + `config.json`, Hugging Face GPT-2 format) and
+//! `training_state.safetensors` (AdamW moments as tensors; step, data
+//! position, RNG and run config as JSON in the header metadata).
+//!
+//! A checkpoint is written into `checkpoints/.step_XXXXXXXX.tmp/` and renamed
+//! into place, so a directory named `step_*` is complete; a temp directory
+//! left by a killed run is ignored (and replaced by the next write).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use kiln_abi::BackendBox;
+use kiln_model::Gpt;
+use kiln_optim::AdamWState;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::loader::LoaderPosition;
+use crate::TrainError;
+
+pub const STATE_FILE: &str = "training_state.safetensors";
+const STATE_KEY: &str = "kiln_training_state";
+const STATE_FORMAT: u32 = 1;
+
+/// Everything besides weights and moments that a resume needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    pub format: u32,
+    /// Optimizer steps done.
+    pub step: u64,
+    pub config: TrainConfig,
+    pub loader: LoaderPosition,
+    /// The data path the run was started with (for messages).
+    pub data: PathBuf,
+    /// Consecutive non-finite steps at the time of the checkpoint.
+    pub bad_steps: u32,
+    /// The trainer's RNG (xoshiro state): sampling after training, future
+    /// dropout. Kept so a resumed run draws the same numbers.
+    pub rng: [u64; 4],
+    /// Parameter names, in the order of the optimizer moments.
+    pub param_names: Vec<String>,
+}
+
+/// `RUN_DIR/checkpoints`.
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+pub fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
+    checkpoints_dir(run_dir).join(format!("step_{step:08}"))
+}
+
+/// Complete checkpoints of a run, oldest first.
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+    let dir = checkpoints_dir(run_dir);
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::io(&dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| TrainError::io(&dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(step) = name
+            .strip_prefix("step_")
+            .filter(|d| d.len() >= 8 && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if ["model.safetensors", "config.json", STATE_FILE]
+            .iter()
+            .all(|f| path.join(f).is_file())
+        {
+            out.push((step, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The newest complete checkpoint, if any.
+pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(u64, PathBuf)>, TrainError> {
+    Ok(list_checkpoints(run_dir)?.pop())
+}
+
+/// Writes the checkpoint of `state.step`; returns its directory.
+pub fn write_checkpoint(
+    be: &mut BackendBox,
+    run_dir: &Path,
+    model: &Gpt,
+    state: &TrainingState,
+    optimizer: &AdamWState,
+) -> Result<PathBuf, TrainError> {
+    let dest = checkpoint_dir(run_dir, state.step);
+    if dest.exists() {
+        return Err(TrainError::checkpoint(
+            &dest,
+            "already exists; a run never rewrites a checkpoint (use a new --out)",
+        ));
+    }
+    let parent = checkpoints_dir(run_dir);
+    let tmp = parent.join(format!(".step_{:08}.tmp", state.step));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    model.save_pretrained(be, &tmp)?;
+    let bytes = encode_state(state, optimizer).map_err(|p| TrainError::checkpoint(&tmp, p))?;
+    let file = tmp.join(STATE_FILE);
+    kiln_stdx::fs::write_atomic(&file, &bytes).map_err(|e| TrainError::io(&file, e))?;
+    kiln_stdx::fs::rename_dir_atomic(&tmp, &dest).map_err(|e| TrainError::io(&dest, e))?;
+    Ok(dest)
+}
+
+fn encode_state(state: &TrainingState, opt: &AdamWState) -> Result<Vec<u8>, String> {
+    if opt.m.len() != state.param_names.len() || opt.v.len() != state.param_names.len() {
+        return Err(format!(
+            "optimizer has {} moments for {} parameters",
+            opt.m.len(),
+            state.param_names.len()
+        ));
+    }
+    let mut bufs: Vec<(String, Vec<u8>)> = Vec::new();
+    for (i, name) in state.param_names.iter().enumerate() {
+        bufs.push((format!("m.{name}"), f32_bytes(&opt.m[i])));
+        bufs.push((format!("v.{name}"), f32_bytes(&opt.v[i])));
+    }
+    let mut views = Vec::new();
+    for (name, bytes) in &bufs {
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![bytes.len() / 4], bytes)
+            .map_err(|e| e.to_string())?;
+        views.push((name.clone(), view));
+    }
+    let json = serde_json::to_string(state).map_err(|e| e.to_string())?;
+    let meta = HashMap::from([
+        (STATE_KEY.to_string(), json),
+        ("kiln_adamw_step".to_string(), opt.step.to_string()),
+    ]);
+    safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Reads `dir/training_state.safetensors`.
+pub fn read_training_state(dir: &Path) -> Result<(TrainingState, AdamWState), TrainError> {
+    let path = dir.join(STATE_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    let bad = |p: String| {
+        TrainError::checkpoint(
+            &path,
+            format!("{p}; the file is corrupt or not a kiln training state"),
+        )
+    };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let info = meta.metadata().clone().unwrap_or_default();
+    let json = info
+        .get(STATE_KEY)
+        .ok_or_else(|| bad(format!("no `{STATE_KEY}` entry in the header")))?;
+    let state: TrainingState = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    if state.format != STATE_FORMAT {
+        return Err(bad(format!(
+            "format {} (this kiln reads {STATE_FORMAT})",
+            state.format
+        )));
+    }
+    let adamw_step: u64 = info
+        .get("kiln_adamw_step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no `kiln_adamw_step` entry".into()))?;
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let read = |name: String| -> Result<Vec<f32>, TrainError> {
+        let t = tensors
+            .tensor(&name)
+            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(bad(format!("tensor {name} is {:?}, not F32", t.dtype())));
+        }
+        Ok(t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    let mut opt = AdamWState {
+        step: adamw_step,
+        m: Vec::new(),
+        v: Vec::new(),
+    };
+    for name in &state.param_names {
+        opt.m.push(read(format!("m.{name}"))?);
+        opt.v.push(read(format!("v.{name}"))?);
+    }
+    Ok((state, opt))
+}
+
+pub(crate) fn new_state_format() -> u32 {
+    STATE_FORMAT
+}

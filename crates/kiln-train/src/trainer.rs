@@ -1,0 +1,446 @@
+//! The training loop: micro-batches with gradient accumulation, global-norm
+//! clipping, AdamW on a warmup + cosine schedule, non-finite step guard,
+//! metrics per step, checkpoints, and exact resume.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kiln_abi::{BackendBox, IntoBResult};
+use kiln_model::{Gpt, GptConfig, Rng};
+use kiln_optim::{clip_scale, AdamW, AdamWConfig, LrSchedule, OptimError, ParamRef};
+
+use crate::checkpoint::{self, TrainingState};
+use crate::config::TrainConfig;
+use crate::guard::{NonFiniteGuard, Verdict};
+use crate::loader::{DataLoader, LoaderOptions};
+use crate::metrics::{MetricsLog, StepRecord};
+use crate::TrainError;
+
+/// Hears what the loop does (progress bars, logs). Every method is optional.
+pub trait Observer {
+    fn on_step(&mut self, _record: &StepRecord) {}
+    fn on_warning(&mut self, _message: &str) {}
+    fn on_checkpoint(&mut self, _step: u64, _dir: &Path) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Where the initial weights come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Init<'a> {
+    /// A fresh GPT-2 init of the preset named by `TrainConfig::model`.
+    Preset,
+    /// A checkpoint directory (kiln's or Hugging Face's `save_pretrained`).
+    Checkpoint(&'a Path),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Steps done in total (including those before a resume).
+    pub steps: u64,
+    /// Loss of the last step run by this process (None if none ran).
+    pub last_loss: Option<f32>,
+    /// The last checkpoint written or resumed from.
+    pub checkpoint: Option<PathBuf>,
+}
+
+pub struct Trainer {
+    be: BackendBox,
+    model: Gpt,
+    opt: AdamW,
+    refs: Vec<ParamRef>,
+    loader: DataLoader,
+    config: TrainConfig,
+    schedule: LrSchedule,
+    step: u64,
+    run_dir: PathBuf,
+    data: PathBuf,
+    metrics: MetricsLog,
+    guard: NonFiniteGuard,
+    rng: Rng,
+    started: Instant,
+    last_checkpoint: Option<PathBuf>,
+}
+
+impl Trainer {
+    /// Starts a new run in `run_dir` (created if needed). Refuses a run
+    /// directory that already holds checkpoints (resume it instead).
+    pub fn start(
+        mut be: BackendBox,
+        config: TrainConfig,
+        data: &Path,
+        run_dir: &Path,
+        init: Init<'_>,
+    ) -> Result<Self, TrainError> {
+        config.validate().map_err(TrainError::Config)?;
+        if let Some((step, dir)) = checkpoint::latest_checkpoint(run_dir)? {
+            return Err(TrainError::RunDir {
+                path: run_dir.to_path_buf(),
+                problem: format!(
+                    "already holds checkpoints (newest: step {step} in {}); pass --resume to \
+                     continue that run, or choose another --out",
+                    dir.display()
+                ),
+            });
+        }
+        let loader = open_loader(data, &config)?;
+        let model = match init {
+            Init::Preset => {
+                let mut mc = GptConfig::preset(&config.model, config.vocab_size)?;
+                mc.max_seq_len = mc.max_seq_len.max(config.seq_len);
+                Gpt::new(&mut be, mc, config.seed)?
+            }
+            Init::Checkpoint(dir) => {
+                let model = Gpt::load_pretrained(&mut be, dir)?;
+                check_model_fits(&model.config, &config, dir)?;
+                model
+            }
+        };
+        let refs = param_refs(&model);
+        let opt = AdamW::new(&mut be, &refs, adamw_config(&config))?;
+        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+        let metrics_path = run_dir.join("metrics.jsonl");
+        let metrics =
+            MetricsLog::open(&metrics_path, 0).map_err(|e| TrainError::io(&metrics_path, e))?;
+        Ok(Self {
+            schedule: schedule(&config),
+            guard: NonFiniteGuard::new(config.max_bad_steps),
+            rng: Rng::new(config.seed ^ 0x5EED_5A4D_1E5F_0000),
+            be,
+            model,
+            opt,
+            refs,
+            loader,
+            config,
+            step: 0,
+            run_dir: run_dir.to_path_buf(),
+            data: data.to_path_buf(),
+            metrics,
+            started: Instant::now(),
+            last_checkpoint: None,
+        })
+    }
+
+    /// Continues the run in `run_dir` from the checkpoint `ckpt_dir`.
+    /// `config` must equal the saved one except for the settings that do
+    /// not change the numbers of the steps already taken (`steps`,
+    /// `checkpoint_every`, `log_every`, `max_bad_steps`).
+    pub fn resume(
+        mut be: BackendBox,
+        config: TrainConfig,
+        data: &Path,
+        run_dir: &Path,
+        ckpt_dir: &Path,
+    ) -> Result<Self, TrainError> {
+        config.validate().map_err(TrainError::Config)?;
+        let (state, opt_state) = checkpoint::read_training_state(ckpt_dir)?;
+        check_resume_config(&state.config, &config, ckpt_dir)?;
+        if config.steps < state.step {
+            return Err(TrainError::Config(format!(
+                "--steps {} is below the checkpoint's step {} ({}); a resume continues toward \
+                 a total at least that large",
+                config.steps,
+                state.step,
+                ckpt_dir.display()
+            )));
+        }
+        let mut loader = open_loader(data, &config)?;
+        loader.seek(&state.loader)?;
+        let model = Gpt::load_pretrained(&mut be, ckpt_dir)?;
+        check_model_fits(&model.config, &config, ckpt_dir)?;
+        let names: Vec<String> = model.params().iter().map(|p| p.name.clone()).collect();
+        if names != state.param_names {
+            return Err(TrainError::checkpoint(
+                ckpt_dir,
+                "the optimizer state's parameter list does not match the model's",
+            ));
+        }
+        let refs = param_refs(&model);
+        let mut opt = AdamW::new(&mut be, &refs, adamw_config(&config))?;
+        opt.import_state(&mut be, &opt_state).map_err(|e| {
+            TrainError::checkpoint(ckpt_dir.join(checkpoint::STATE_FILE), e.to_string())
+        })?;
+        let metrics_path = run_dir.join("metrics.jsonl");
+        let metrics = MetricsLog::open(&metrics_path, state.step)
+            .map_err(|e| TrainError::io(&metrics_path, e))?;
+        let mut guard = NonFiniteGuard::new(config.max_bad_steps);
+        guard.set_consecutive(state.bad_steps);
+        Ok(Self {
+            schedule: schedule(&config),
+            rng: Rng::from_state(state.rng),
+            guard,
+            be,
+            model,
+            opt,
+            refs,
+            loader,
+            config,
+            step: state.step,
+            run_dir: run_dir.to_path_buf(),
+            data: data.to_path_buf(),
+            metrics,
+            started: Instant::now(),
+            last_checkpoint: Some(ckpt_dir.to_path_buf()),
+        })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Optimizer steps done so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    pub fn model_mut(&mut self) -> (&mut Gpt, &mut BackendBox) {
+        (&mut self.model, &mut self.be)
+    }
+
+    /// The trainer's RNG (saved in checkpoints).
+    pub fn rng_mut(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// Runs to `config.steps`, checkpointing every `checkpoint_every` steps
+    /// and at the end.
+    pub fn run(&mut self, obs: &mut dyn Observer) -> Result<RunSummary, TrainError> {
+        let mut last_loss = None;
+        while self.step < self.config.steps {
+            let record = self.train_step(obs)?;
+            last_loss = Some(record.loss);
+            let every = self.config.checkpoint_every;
+            if every > 0 && self.step.is_multiple_of(every) && self.step < self.config.steps {
+                self.save_checkpoint(obs)?;
+            }
+        }
+        let at_end = checkpoint::checkpoint_dir(&self.run_dir, self.step);
+        if !at_end.exists() {
+            self.save_checkpoint(obs)?;
+        }
+        Ok(RunSummary {
+            steps: self.step,
+            last_loss,
+            checkpoint: self.last_checkpoint.clone(),
+        })
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches.
+    pub fn train_step(&mut self, obs: &mut dyn Observer) -> Result<StepRecord, TrainError> {
+        let t0 = Instant::now();
+        let (b, t, k) = (
+            self.config.batch_size,
+            self.config.seq_len,
+            self.config.grad_accum,
+        );
+        self.model.zero_grad(&mut self.be)?;
+        let mut loss_sum = 0f32;
+        for _ in 0..k {
+            let batch = self.loader.next_batch()?;
+            if let Some(&bad) = batch
+                .tokens
+                .iter()
+                .chain(&batch.targets)
+                .find(|&&x| x as usize >= self.config.vocab_size)
+            {
+                return Err(TrainError::Config(format!(
+                    "token data {} holds token id {bad}, outside the model's vocabulary of {}; \
+                     pass a larger --vocab-size (or the tokenizer's vocabulary size)",
+                    self.data.display(),
+                    self.config.vocab_size
+                )));
+            }
+            let loss = self
+                .model
+                .forward(&mut self.be, &batch.tokens, Some(&batch.targets), b, t)?
+                .expect("forward with targets returns a loss");
+            self.model.backward(&mut self.be, 1.0 / k as f32)?;
+            loss_sum += loss;
+        }
+        let loss = loss_sum / k as f32;
+        let (grad_norm, scale) = match clip_scale(&mut self.be, &self.refs, self.config.grad_clip) {
+            Ok(x) => x,
+            Err(OptimError::NonFiniteGradNorm { norm }) => (norm as f32, 0.0),
+            Err(e) => return Err(e.into()),
+        };
+        let lr = self.schedule.lr(self.step);
+        let skipped = match self.guard.check(loss, grad_norm) {
+            Verdict::Apply => {
+                self.opt.step(&mut self.be, &self.refs, lr, scale)?;
+                false
+            }
+            Verdict::Skip { consecutive } => {
+                obs.on_warning(&format!(
+                    "step {}: non-finite loss {loss} or grad norm {grad_norm}; update skipped \
+                     ({consecutive} in a row, stopping at {})",
+                    self.step + 1,
+                    self.config.max_bad_steps
+                ));
+                true
+            }
+            Verdict::Stop { limit } => {
+                return Err(TrainError::NonFinite {
+                    step: self.step + 1,
+                    limit,
+                    loss,
+                    grad_norm,
+                })
+            }
+        };
+        self.be
+            .synchronize()
+            .ok_or_err()
+            .map_err(kiln_model::ModelError::from)?;
+        self.step += 1;
+        let secs = t0.elapsed().as_secs_f64();
+        let record = StepRecord {
+            step: self.step,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_s: (b * t * k) as f64 / secs.max(1e-9),
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            skipped,
+        };
+        self.metrics
+            .append(&record)
+            .map_err(|e| TrainError::io(self.metrics.path(), e))?;
+        obs.on_step(&record);
+        Ok(record)
+    }
+
+    /// Writes the checkpoint of the current step.
+    pub fn save_checkpoint(&mut self, obs: &mut dyn Observer) -> Result<PathBuf, TrainError> {
+        let state = TrainingState {
+            format: checkpoint::new_state_format(),
+            step: self.step,
+            config: self.config.clone(),
+            loader: self.loader.position(),
+            data: self.data.clone(),
+            bad_steps: self.guard.consecutive(),
+            rng: self.rng.state(),
+            param_names: self.model.params().iter().map(|p| p.name.clone()).collect(),
+        };
+        let moments = self.opt.export_state(&mut self.be)?;
+        let dir = checkpoint::write_checkpoint(
+            &mut self.be,
+            &self.run_dir,
+            &self.model,
+            &state,
+            &moments,
+        )?;
+        obs.on_checkpoint(self.step, &dir);
+        self.last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+}
+
+fn open_loader(data: &Path, config: &TrainConfig) -> Result<DataLoader, TrainError> {
+    Ok(DataLoader::open(
+        data,
+        LoaderOptions {
+            batch_size: config.batch_size,
+            seq_len: config.seq_len,
+            seed: config.seed,
+            shuffle: true,
+            rank: 0,
+            world: 1,
+        },
+    )?)
+}
+
+fn param_refs(model: &Gpt) -> Vec<ParamRef> {
+    model
+        .params()
+        .iter()
+        .map(|p| ParamRef {
+            value: p.value,
+            grad: p.grad,
+            len: p.shape.iter().product(),
+            decay: p.decay,
+        })
+        .collect()
+}
+
+fn adamw_config(c: &TrainConfig) -> AdamWConfig {
+    AdamWConfig {
+        beta1: c.beta1,
+        beta2: c.beta2,
+        eps: c.eps,
+        weight_decay: c.weight_decay,
+    }
+}
+
+fn schedule(c: &TrainConfig) -> LrSchedule {
+    LrSchedule {
+        max_lr: c.lr,
+        min_lr: c.min_lr,
+        warmup_steps: c.warmup,
+        total_steps: c.steps,
+    }
+}
+
+fn check_model_fits(mc: &GptConfig, c: &TrainConfig, dir: &Path) -> Result<(), TrainError> {
+    if mc.vocab_size != c.vocab_size {
+        return Err(TrainError::checkpoint(
+            dir,
+            format!(
+                "model vocabulary is {}, the run's is {} (set --vocab-size {} or drop it)",
+                mc.vocab_size, c.vocab_size, mc.vocab_size
+            ),
+        ));
+    }
+    if c.seq_len > mc.max_seq_len {
+        return Err(TrainError::checkpoint(
+            dir,
+            format!(
+                "model has {} positions, --seq-len {} is longer; use --seq-len {} or less",
+                mc.max_seq_len, c.seq_len, mc.max_seq_len
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A resume may change how long the run goes and how it reports, never what
+/// the steps compute.
+fn check_resume_config(
+    saved: &TrainConfig,
+    now: &TrainConfig,
+    dir: &Path,
+) -> Result<(), TrainError> {
+    let replayable = TrainConfig {
+        steps: saved.steps,
+        checkpoint_every: saved.checkpoint_every,
+        log_every: saved.log_every,
+        max_bad_steps: saved.max_bad_steps,
+        ..now.clone()
+    };
+    if &replayable == saved {
+        return Ok(());
+    }
+    let a = serde_json::to_value(saved).unwrap_or_default();
+    let b = serde_json::to_value(&replayable).unwrap_or_default();
+    let diffs: Vec<String> = a
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+        .map(|(k, v)| {
+            format!(
+                "{k}: checkpoint {v}, now {}",
+                b.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect();
+    Err(TrainError::checkpoint(
+        dir,
+        format!(
+            "--resume keeps the run's settings, but these differ: {}; drop those flags (or start a new run with another --out)",
+            diffs.join("; ")
+        ),
+    ))
+}
