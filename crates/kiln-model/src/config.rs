@@ -21,7 +21,7 @@ pub struct GptConfig {
 }
 
 /// Names accepted by [`GptConfig::preset`].
-pub const PRESETS: [&str; 3] = ["tiny", "small", "gpt2-124m"];
+pub const PRESETS: [&str; 4] = ["tiny", "mini", "small", "gpt2-124m"];
 
 /// The padded vocabulary size kiln uses for `vocab_size`.
 pub fn padded_vocab(vocab_size: usize) -> usize {
@@ -49,11 +49,13 @@ impl GptConfig {
         }
     }
 
-    /// "tiny" (2 layers, d=64, 4 heads, T=128), "small" (6 layers, d=384,
+    /// "tiny" (2 layers, d=64, 4 heads, T=128), "mini" (4 layers, d=128,
+    /// 4 heads, T=128; the pipeline's default), "small" (6 layers, d=384,
     /// 6 heads, T=256), "gpt2-124m" (12 layers, d=768, 12 heads, T=1024).
     pub fn preset(name: &str, vocab_size: usize) -> Result<Self, ModelError> {
         let c = match name {
             "tiny" => GptConfig::new(vocab_size, 128, 2, 4, 64),
+            "mini" => GptConfig::new(vocab_size, 128, 4, 4, 128),
             "small" => GptConfig::new(vocab_size, 256, 6, 6, 384),
             "gpt2-124m" => GptConfig::new(vocab_size, 1024, 12, 12, 768),
             other => {

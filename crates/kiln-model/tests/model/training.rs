@@ -170,3 +170,26 @@ fn init_is_deterministic_and_follows_gpt2() {
         cfg.num_params()
     );
 }
+
+#[test]
+fn release_frees_every_buffer() {
+    use kiln_abi::IntoBResult;
+    let mut be = backend();
+    let cfg = tiny_config();
+    let mut gpt = Gpt::new(&mut be, cfg.clone(), 1).unwrap();
+    gpt.forward(&mut be, &[1; 8], Some(&[2; 8]), 1, 8).unwrap();
+    gpt.generate(&mut be, &[1, 2], &kiln_model::SampleOptions::default())
+        .unwrap();
+    let ids: Vec<_> = gpt
+        .params()
+        .iter()
+        .flat_map(|p| [p.value, p.grad])
+        .collect();
+    gpt.release(&mut be).unwrap();
+    for id in ids {
+        assert!(
+            be.buffer_info(id).ok_or_err().is_err(),
+            "{id:?} still alive"
+        );
+    }
+}
