@@ -10,6 +10,7 @@ pub mod decontam;
 pub mod dedup;
 pub mod doc;
 pub mod filters;
+mod fxhash;
 pub mod inspect;
 pub mod normalize;
 pub mod pii;

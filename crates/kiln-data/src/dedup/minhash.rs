@@ -143,6 +143,18 @@ pub fn shingles(text: &str, n: usize) -> Vec<u64> {
         .collect()
 }
 
+/// `x % (2^61 - 1)` without a division: 2^61 = 1 (mod p), so
+/// x = hi * 2^61 + lo = hi + lo (mod p), and hi + lo < 2p.
+#[inline]
+pub fn mod_mersenne61(x: u64) -> u64 {
+    let r = (x & MERSENNE_61) + (x >> 61);
+    if r >= MERSENNE_61 {
+        r - MERSENNE_61
+    } else {
+        r
+    }
+}
+
 /// The permutation constants (a, b) for `num_hashes` hashes.
 pub fn parameters(seed: u64, num_hashes: usize) -> (Vec<u64>, Vec<u64>) {
     if seed == 1 && num_hashes <= SEED1_A.len() {
@@ -189,7 +201,7 @@ impl MinHasher {
         let mut sig = vec![u64::MAX; self.a.len()];
         for &h in &sh {
             for ((s, &a), &b) in sig.iter_mut().zip(&self.a).zip(&self.b) {
-                let v = h.wrapping_mul(a).wrapping_add(b) % MERSENNE_61;
+                let v = mod_mersenne61(h.wrapping_mul(a).wrapping_add(b));
                 if v < *s {
                     *s = v;
                 }
@@ -275,6 +287,27 @@ mod tests {
         ];
         assert!(keys[3].is_none());
         assert_eq!(cluster(&keys), vec![None, Some(0), None, None]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_mod_equals_remainder(x: u64) {
+            proptest::prop_assert_eq!(mod_mersenne61(x), x % MERSENNE_61);
+        }
+    }
+
+    #[test]
+    fn fast_mod_edges() {
+        for x in [
+            0,
+            MERSENNE_61 - 1,
+            MERSENNE_61,
+            MERSENNE_61 + 1,
+            2 * MERSENNE_61,
+            u64::MAX,
+        ] {
+            assert_eq!(mod_mersenne61(x), x % MERSENNE_61, "{x}");
+        }
     }
 
     #[test]

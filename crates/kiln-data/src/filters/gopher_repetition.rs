@@ -3,9 +3,8 @@
 //! length in characters (code points), as in datatrove.
 
 use super::{ratio, Rejection};
+use crate::fxhash::{mix_ids, FxHashMap, FxHashSet};
 use serde::Deserialize;
-use std::collections::{HashMap, HashSet};
-use xxhash_rust::xxh3::xxh3_64;
 
 const NAME: &str = "gopher_repetition";
 
@@ -47,7 +46,7 @@ impl Default for GopherRepetition {
 /// (number of duplicate elements, their total characters): an element is a
 /// duplicate when it was seen before (the first occurrence is not).
 pub fn find_duplicates<'a>(elements: impl Iterator<Item = &'a str>) -> (usize, usize) {
-    let mut seen = HashSet::new();
+    let mut seen = FxHashSet::default();
     let (mut n, mut chars) = (0, 0);
     for e in elements {
         if !seen.insert(e) {
@@ -58,50 +57,90 @@ pub fn find_duplicates<'a>(elements: impl Iterator<Item = &'a str>) -> (usize, u
     (n, chars)
 }
 
-/// Characters of the most common n-gram times its count; n-grams are the
-/// words joined by single spaces (datatrove's `find_top_duplicate`).
-pub fn top_ngram_chars(words: &[&str], n: usize) -> usize {
-    if words.len() < n {
-        return 0;
-    }
-    let mut counts: HashMap<&[&str], usize> = HashMap::new();
-    for g in words.windows(n) {
-        *counts.entry(g).or_default() += 1;
-    }
-    // Ties go to the first n-gram seen, as Python's Counter.most_common does.
-    let mut best: Option<(&[&str], usize)> = None;
-    for g in words.windows(n) {
-        let c = counts[g];
-        if best.is_none_or(|(_, bc)| c > bc) {
-            best = Some((g, c));
-        }
-    }
-    let (g, c) = best.expect("n-grams exist");
-    let len: usize = g.iter().map(|w| w.chars().count()).sum::<usize>() + n - 1;
-    len * c
+/// Words as dense ids plus their lengths in characters, so n-grams can be
+/// compared as integer keys.
+pub struct WordIds {
+    pub ids: Vec<u32>,
+    pub lens: Vec<u32>,
 }
 
-/// Characters in duplicated n-grams (datatrove's `find_all_duplicate`): slide
-/// over the words; an n-gram seen before adds its characters (words joined
-/// without spaces) and skips ahead n words.
-pub fn duplicated_ngram_chars(words: &[&str], n: usize) -> usize {
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut total = 0;
-    let mut i = 0;
-    let mut buf = String::new();
-    while i + n <= words.len() {
-        buf.clear();
-        for w in &words[i..i + n] {
-            buf.push_str(w);
+impl WordIds {
+    pub fn new(words: &[&str]) -> Self {
+        let mut map: FxHashMap<&str, u32> = FxHashMap::default();
+        let mut ids = Vec::with_capacity(words.len());
+        let mut lens = Vec::with_capacity(words.len());
+        for w in words {
+            let next = map.len() as u32;
+            ids.push(*map.entry(w).or_insert(next));
+            lens.push(if w.is_ascii() {
+                w.len()
+            } else {
+                w.chars().count()
+            } as u32);
         }
-        if !seen.insert(xxh3_64(buf.as_bytes())) {
-            total += buf.chars().count();
-            i += n;
-        } else {
-            i += 1;
-        }
+        WordIds { ids, lens }
     }
-    total
+
+    fn chars(&self, i: usize, n: usize) -> usize {
+        self.lens[i..i + n].iter().map(|&l| l as usize).sum()
+    }
+
+    /// Characters of the most common n-gram times its count; n-grams are
+    /// the words joined by single spaces (datatrove's `find_top_duplicate`).
+    pub fn top_ngram_chars(&self, n: usize) -> usize {
+        if self.ids.len() < n || n == 0 {
+            return 0;
+        }
+        let keys: Vec<u64> = self.ids.windows(n).map(mix_ids).collect();
+        let mut counts: FxHashMap<u64, u32> = FxHashMap::default();
+        counts.reserve(keys.len());
+        for &k in &keys {
+            *counts.entry(k).or_default() += 1;
+        }
+        // Ties go to the first n-gram seen, as Python's Counter.most_common does.
+        let (mut best_i, mut best_c) = (0usize, 0u32);
+        for (i, k) in keys.iter().enumerate() {
+            let c = counts[k];
+            if c > best_c {
+                (best_i, best_c) = (i, c);
+            }
+        }
+        (self.chars(best_i, n) + n - 1) * best_c as usize
+    }
+
+    /// Characters in duplicated n-grams (datatrove's `find_all_duplicate`):
+    /// slide over the words; an n-gram seen before adds its characters (words
+    /// joined without spaces) and skips ahead n words. n-grams are compared
+    /// word by word (datatrove compares the joined strings, so it also treats
+    /// "ab c" and "a bc" as equal; that case is vanishingly rare).
+    pub fn duplicated_ngram_chars(&self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        let mut seen: FxHashSet<u64> = FxHashSet::default();
+        seen.reserve(self.ids.len());
+        let mut total = 0;
+        let mut i = 0;
+        while i + n <= self.ids.len() {
+            if !seen.insert(mix_ids(&self.ids[i..i + n])) {
+                total += self.chars(i, n);
+                i += n;
+            } else {
+                i += 1;
+            }
+        }
+        total
+    }
+}
+
+/// [`WordIds::top_ngram_chars`] on words.
+pub fn top_ngram_chars(words: &[&str], n: usize) -> usize {
+    WordIds::new(words).top_ngram_chars(n)
+}
+
+/// [`WordIds::duplicated_ngram_chars`] on words.
+pub fn duplicated_ngram_chars(words: &[&str], n: usize) -> usize {
+    WordIds::new(words).duplicated_ngram_chars(n)
 }
 
 /// Paragraphs: `re.split(r"\n{2,}", text.strip())`.
@@ -164,14 +203,15 @@ impl GopherRepetition {
         if f > self.dup_line_char_frac {
             return r("dup_line_char_frac", f, self.dup_line_char_frac);
         }
+        let ids = WordIds::new(words);
         for &(n, thr) in &self.top_n_grams {
-            let f = ratio(top_ngram_chars(words, n), text_chars);
+            let f = ratio(ids.top_ngram_chars(n), text_chars);
             if f > thr {
                 return r(top_rule(n), f, thr);
             }
         }
         for &(n, thr) in &self.dup_n_grams {
-            let f = ratio(duplicated_ngram_chars(words, n), text_chars);
+            let f = ratio(ids.duplicated_ngram_chars(n), text_chars);
             if f > thr {
                 return r(dup_rule(n), f, thr);
             }
@@ -211,6 +251,7 @@ mod tests {
     use super::*;
     use crate::words::split_words;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     fn check(f: &GopherRepetition, t: &str) -> Option<&'static str> {
         f.check(t, &split_words(t)).map(|r| r.rule)

@@ -29,7 +29,7 @@ impl Default for Language {
             enabled: true,
             languages: vec!["eng".into()],
             threshold: 0.5,
-            max_chars: 2000,
+            max_chars: 1000,
         }
     }
 }
