@@ -50,13 +50,16 @@ fn cargo(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The plugin crates: every folder under `plugins/`.
+/// The plugin crates: every folder under `plugins/`, except the test plugins
+/// (`kiln-test-*`: deliberately incompatible builds that the tests load; they
+/// are dev-dependencies of the tests, so `cargo test` builds them itself).
 fn plugin_crates() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(root().join("plugins"))
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter(|e| e.path().join("Cargo.toml").exists())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with("kiln-test-"))
                 .collect()
         })
         .unwrap_or_default();
@@ -64,9 +67,19 @@ fn plugin_crates() -> Vec<String> {
     names
 }
 
-/// Builds every plugin and copies the shared libraries to `target/plugins/`.
+/// cargo's target folder: `$CARGO_TARGET_DIR` (relative to the workspace
+/// root when relative) or `target/`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}
+
+/// Builds every plugin and copies the shared libraries to `<target>/plugins/`.
 fn plugins(profile: &str) -> Result<PathBuf, String> {
-    let out = root().join("target").join("plugins");
+    let out = target_dir().join("plugins");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     for name in plugin_crates() {
         let mut args = vec!["build", "-p", name.as_str()];
@@ -80,11 +93,16 @@ fn plugins(profile: &str) -> Result<PathBuf, String> {
             name.replace('-', "_"),
             std::env::consts::DLL_SUFFIX
         );
-        let built = root().join("target").join(profile).join(&lib);
-        if built.exists() {
-            std::fs::copy(&built, out.join(&lib)).map_err(|e| e.to_string())?;
-            eprintln!("plugin: {}", out.join(&lib).display());
+        let built = target_dir().join(profile).join(&lib);
+        if !built.exists() {
+            return Err(format!(
+                "`cargo build -p {name}` did not produce {}",
+                built.display()
+            ));
         }
+        std::fs::copy(&built, out.join(&lib))
+            .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), out.display()))?;
+        eprintln!("plugin: {}", out.join(&lib).display());
     }
     Ok(out)
 }
