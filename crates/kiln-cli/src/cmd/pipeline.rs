@@ -1,8 +1,402 @@
-//! `kiln pipeline`.
+//! `kiln pipeline`: the main job. Runs every stage on the embedded corpus
+//! (or `--input`): curate -> train tokenizer -> tokenize -> pretrain ->
+//! evaluate -> sample, and writes `OUT/summary.json` with each stage's
+//! headline figures.
+//!
+//! Stages are resumable: each one that finishes writes a marker under
+//! `OUT/stages/` holding a fingerprint of its inputs and settings; a rerun
+//! skips a stage whose marker matches, and pretraining resumes from its last
+//! checkpoint. `--force` reruns everything.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use kiln_data::{CurateConfig, CurateOptions};
+use kiln_model::SampleOptions;
+use kiln_tokenizer::{SpecialPolicy, Tokenizer};
+use kiln_train::checkpoint::latest_checkpoint;
+use kiln_train::progress::Progress;
+use kiln_train::{Init, TrainConfig, Trainer};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The raw corpus that ships inside the binary (see data/corpus/NOTICE).
+const EMBEDDED_CORPUS: &[u8] = include_bytes!("../../../../data/corpus/raw.jsonl.zst");
+/// Evaluation passages the curated corpus is decontaminated against.
+const EMBEDDED_EVAL: &[u8] = include_bytes!("../../../../data/eval/passages.jsonl");
+
+/// Prompts whose continuations the summary shows.
+const PROMPTS: [&str; 4] = [
+    "In the beginning",
+    "The king said",
+    "HACKER, n.",
+    "To be, or not",
+];
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Run directory: every stage's outputs and summary.json.
+    #[arg(long, default_value = "runs/pipeline")]
+    out: PathBuf,
+    /// Raw corpus files or directories (.txt, .jsonl, .jsonl.gz/.zst);
+    /// default: the embedded corpus.
+    #[arg(long)]
+    input: Vec<PathBuf>,
+    /// A smaller, shorter run (about a minute) for smoke tests.
+    #[arg(long)]
+    quick: bool,
+    /// Rerun every stage even when its outputs are up to date.
+    #[arg(long)]
+    force: bool,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`kiln pipeline` is not implemented yet")
+/// Settings of one pipeline run; part of every stage's fingerprint.
+#[derive(Serialize, Clone)]
+struct Plan {
+    vocab_size: usize,
+    model: &'static str,
+    steps: u64,
+    batch_size: usize,
+    seq_len: usize,
+    lr: f32,
+    warmup: u64,
+    sample_tokens: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                vocab_size: 1024,
+                model: "tiny",
+                steps: 60,
+                batch_size: 8,
+                seq_len: 64,
+                lr: 3e-3,
+                warmup: 10,
+                sample_tokens: 24,
+            }
+        } else {
+            Plan {
+                vocab_size: 4096,
+                model: "mini",
+                steps: 600,
+                batch_size: 16,
+                seq_len: 128,
+                lr: 2e-3,
+                warmup: 50,
+                sample_tokens: 48,
+            }
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let plan = Plan::new(args.quick);
+    let out = args.out.clone();
+    std::fs::create_dir_all(out.join("stages"))
+        .with_context(|| format!("{}: cannot create the run directory", out.display()))?;
+    eprintln!("kiln pipeline -> {}", out.display());
+    let mut summary = serde_json::Map::new();
+
+    // 1. The raw corpus and the evaluation passages to decontaminate against.
+    let eval_dir = out.join("eval");
+    let eval_passages = eval_dir.join("passages.jsonl");
+    write_if_absent(&eval_passages, EMBEDDED_EVAL)?;
+    let inputs = if args.input.is_empty() {
+        let raw = out.join("raw").join("embedded.jsonl.zst");
+        write_if_absent(&raw, EMBEDDED_CORPUS)?;
+        vec![raw]
+    } else {
+        args.input.clone()
+    };
+    let input_fp = fingerprint_files(&inputs)?;
+
+    // 2. Curate.
+    let curated = out.join("curated");
+    let fp = input_fp.clone();
+    let curate_figures = stage(&out, "curate", &fp, args.force, || {
+        let opts = CurateOptions {
+            inputs: inputs.clone(),
+            output: curated.clone(),
+            config: {
+                let mut c = CurateConfig::default();
+                c.decontamination.eval = vec![eval_passages.clone()];
+                c
+            },
+            strict: false,
+            shard: None,
+        };
+        let report = kiln_data::curate(&opts, &kiln_data::Progress::default())
+            .context("curating the corpus")?;
+        let stats = report
+            .stats
+            .context("curation produced no totals (a shard is missing)")?;
+        eprintln!("{}", stats.table());
+        Ok(json!({
+            "input_docs": stats.input_docs,
+            "input_bytes": stats.input_bytes,
+            "kept_docs": stats.kept_docs,
+            "kept_bytes": stats.kept_bytes,
+            "removed_docs_by_filter": stats.filters.iter()
+                .map(|(k, v)| (k.clone(), json!(v.docs_removed)))
+                .collect::<serde_json::Map<_, _>>(),
+        }))
+    })?;
+    summary.insert("curate".into(), curate_figures);
+    let kept = curated.join("kept");
+
+    // 3. Tokenizer.
+    let tokenizer_path = out.join("tokenizer.json");
+    let fp = format!("{input_fp}:{}", plan.vocab_size);
+    let tok_figures = stage(&out, "tokenizer", &fp, args.force, || {
+        super::tokenizer::run(super::tokenizer::Command::Train(
+            super::tokenizer::TrainArgs {
+                input: vec![kept.clone()],
+                vocab_size: plan.vocab_size,
+                output: tokenizer_path.clone(),
+                pattern: "o200k".into(),
+                special: vec![],
+                min_frequency: 2,
+                replace_invalid_utf8: false,
+            },
+        ))?;
+        Ok(json!({ "vocab_size": load_tokenizer(&tokenizer_path)?.vocab_size() }))
+    })?;
+    summary.insert("tokenizer".into(), tok_figures);
+    let tokenizer = load_tokenizer(&tokenizer_path)?;
+
+    // 4. Tokenize into train / val shards.
+    let tokens_dir = out.join("tokens");
+    let tokenize_figures = stage(&out, "tokenize", &fp, args.force, || {
+        if tokens_dir.exists() {
+            std::fs::remove_dir_all(&tokens_dir)?;
+        }
+        super::data_tokenize::run(super::data_tokenize::Args {
+            tokenizer: tokenizer_path.clone(),
+            input: vec![kept.clone()],
+            output: tokens_dir.clone(),
+            shard_tokens: 50_000_000,
+            val_fraction: 0.02,
+            replace_invalid_utf8: false,
+        })?;
+        Ok(json!({
+            "train_tokens": count_tokens(&tokens_dir, "train_")?,
+            "val_tokens": count_tokens(&tokens_dir, "val_")?,
+        }))
+    })?;
+    summary.insert("tokenize".into(), tokenize_figures);
+    let train_shard = tokens_dir.join("train_000000.bin");
+    let val_shard = tokens_dir.join("val_000000.bin");
+
+    // 5. Pretrain (resumes from its own checkpoints).
+    let run_dir = out.join("pretrain");
+    let mut config = TrainConfig::with_model(plan.model, tokenizer.vocab_size(), plan.seq_len);
+    config.steps = plan.steps;
+    config.batch_size = plan.batch_size;
+    config.lr = plan.lr;
+    config.min_lr = plan.lr / 10.0;
+    config.warmup = plan.warmup;
+    config.checkpoint_every = (plan.steps / 4).max(1);
+    let fp = format!(
+        "{input_fp}:{}",
+        serde_json::to_string(&plan).expect("plan serialises")
+    );
+    let pre_figures = stage(&out, "pretrain", &fp, args.force, || {
+        let be = kiln_tensor::cpu_backend(args.threads);
+        let t0 = Instant::now();
+        let mut trainer = match latest_checkpoint(&run_dir)? {
+            Some((step, dir)) if !args.force => {
+                eprintln!("pretrain: resuming from step {step}");
+                Trainer::resume(be, config.clone(), &train_shard, &run_dir, &dir)?
+            }
+            _ => {
+                if run_dir.exists() {
+                    std::fs::remove_dir_all(&run_dir)?;
+                }
+                Trainer::start(be, config.clone(), &train_shard, &run_dir, Init::Preset)?
+            }
+        };
+        let params = trainer.model_mut().0.config.num_params();
+        eprintln!(
+            "pretrain: {} model, {params} parameters, {} steps of {} tokens",
+            plan.model,
+            plan.steps,
+            plan.batch_size * plan.seq_len
+        );
+        let mut progress = Progress::new(trainer.step_count(), config.steps, config.log_every);
+        let result = trainer.run(&mut progress)?;
+        progress.finish();
+        Ok(json!({
+            "model": plan.model,
+            "parameters": params,
+            "steps": result.steps,
+            "final_train_loss": result.last_loss,
+            "checkpoint": result.checkpoint,
+            "wall_s": t0.elapsed().as_secs_f64(),
+        }))
+    })?;
+    summary.insert("pretrain".into(), pre_figures);
+
+    // 6. Evaluate and sample (cheap: always rerun).
+    let (_, ckpt) = latest_checkpoint(&run_dir)?.context("pretraining left no checkpoint")?;
+    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut model = kiln_model::Gpt::load_pretrained(&mut be, &ckpt)?;
+    let eval = kiln_train::eval::evaluate(&mut be, &mut model, &val_shard, plan.seq_len, 16)?;
+    let unigram = unigram_entropy(&train_shard)?;
+    eprintln!(
+        "eval: held-out loss {:.3} nats (ppl {:.1}) over {} tokens; unigram entropy {unigram:.3}",
+        eval.loss, eval.ppl, eval.tokens
+    );
+    summary.insert(
+        "eval".into(),
+        json!({ "val_loss": eval.loss, "val_ppl": eval.ppl, "val_tokens": eval.tokens,
+                "unigram_entropy": unigram }),
+    );
+
+    let mut samples = Vec::new();
+    for (i, prompt) in PROMPTS.iter().enumerate() {
+        let ids = tokenizer.encode(prompt, &SpecialPolicy::all_text())?;
+        let opts = SampleOptions {
+            max_new_tokens: plan.sample_tokens,
+            temperature: 0.8,
+            top_k: Some(40),
+            top_p: None,
+            seed: 1000 + i as u64,
+            stop_token: tokenizer.special_id(kiln_tokenizer::ENDOFTEXT),
+        };
+        let new = model.generate(&mut be, &ids, &opts)?;
+        let text = tokenizer.decode_lossy(&new)?;
+        println!("--- {prompt}{text}");
+        samples.push(json!({ "prompt": prompt, "completion": text }));
+    }
+    summary.insert("samples".into(), Value::Array(samples));
+    summary.insert("wall_s".into(), json!(started.elapsed().as_secs_f64()));
+
+    let path = out.join("summary.json");
+    let text = serde_json::to_string_pretty(&Value::Object(summary))?;
+    kiln_stdx::fs::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    eprintln!(
+        "done in {:.0}s; figures in {}",
+        started.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn write_if_absent(path: &Path, bytes: &[u8]) -> Result<()> {
+    if !path.exists() {
+        std::fs::create_dir_all(path.parent().expect("a file in the run directory"))?;
+        kiln_stdx::fs::write_atomic(path, bytes)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A finished stage: its fingerprint and headline figures.
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    fingerprint: String,
+    figures: Value,
+}
+
+/// Runs `body` unless the stage's marker matches `fingerprint`; returns
+/// the stage's figures either way.
+fn stage(
+    out: &Path,
+    name: &str,
+    fingerprint: &str,
+    force: bool,
+    body: impl FnOnce() -> Result<Value>,
+) -> Result<Value> {
+    let marker_path = out.join("stages").join(format!("{name}.json"));
+    if !force {
+        if let Ok(bytes) = std::fs::read(&marker_path) {
+            if let Ok(m) = serde_json::from_slice::<Marker>(&bytes) {
+                if m.fingerprint == fingerprint {
+                    eprintln!("== {name}: up to date, skipped");
+                    return Ok(m.figures);
+                }
+            }
+        }
+    }
+    eprintln!("== {name}");
+    let t0 = Instant::now();
+    let mut figures = body().with_context(|| format!("pipeline stage `{name}` failed"))?;
+    if let Value::Object(map) = &mut figures {
+        map.insert("stage_wall_s".into(), json!(t0.elapsed().as_secs_f64()));
+    }
+    let marker = Marker {
+        fingerprint: fingerprint.to_string(),
+        figures: figures.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&marker)?;
+    kiln_stdx::fs::write_atomic(&marker_path, &bytes)
+        .with_context(|| format!("{}: cannot write", marker_path.display()))?;
+    Ok(figures)
+}
+
+/// Names, sizes and modification times of the input files: cheap, and
+/// changes whenever an input does.
+fn fingerprint_files(inputs: &[PathBuf]) -> Result<String> {
+    let mut parts = Vec::new();
+    for p in kiln_data::read::list_inputs(inputs)
+        .with_context(|| format!("listing the inputs {inputs:?}"))?
+    {
+        let meta = std::fs::metadata(&p).with_context(|| format!("{}", p.display()))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        parts.push(format!("{}:{}:{mtime}", p.display(), meta.len()));
+    }
+    if parts.is_empty() {
+        bail!("no input files in {inputs:?}");
+    }
+    Ok(parts.join(";"))
+}
+
+fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    kiln_tokenizer::formats::hf::load(path)
+        .with_context(|| format!("loading tokenizer {}", path.display()))
+}
+
+/// Tokens in the shards of `dir` whose names start with `prefix`.
+fn count_tokens(dir: &Path, prefix: &str) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with(prefix) && name.ends_with(".bin") {
+            let bytes = std::fs::read(&path)?;
+            total += kiln_data::shard::parse_header(&path, &bytes)?.tokens as u64;
+        }
+    }
+    Ok(total)
+}
+
+/// Entropy (nats) of the training shard's unigram distribution: the loss of
+/// the best model that ignores context, the bar pretraining must clear.
+fn unigram_entropy(shard: &Path) -> Result<f64> {
+    let tokens = kiln_data::shard::read_shard(shard)?;
+    let mut counts = std::collections::HashMap::<u32, u64>::new();
+    for t in &tokens {
+        *counts.entry(*t).or_default() += 1;
+    }
+    let n = tokens.len() as f64;
+    Ok(counts
+        .values()
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.ln()
+        })
+        .sum())
 }
