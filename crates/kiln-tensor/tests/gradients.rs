@@ -165,7 +165,7 @@ fn run_matmul(
 fn matmul_forward_all_transposes_bias_alpha_beta() {
     let mut rng = Rng::new(3);
     // Small shapes and one large enough to be split into parallel chunks.
-    for &(m, n, k) in &[(3, 5, 4), (17, 9, 33), (300, 200, 70)] {
+    for &(m, n, k) in &[(3, 5, 4), (17, 9, 33), (600, 130, 40), (90, 700, 50)] {
         for ta in [false, true] {
             for tb in [false, true] {
                 for (alpha, beta, with_bias) in
