@@ -11,7 +11,6 @@ line: {"config", "batch", "seq", "threads", "step_s", "tokens_per_s",
 import argparse
 import json
 import math
-import resource
 import time
 
 import torch
@@ -71,6 +70,16 @@ class Gpt(nn.Module):
         return F.cross_entropy(logits.view(-1, self.vocab), targets.view(-1))
 
 
+def peak_rss_mib():
+    """VmHWM of this process (Linux). getrusage's ru_maxrss is inherited from
+    the parent across fork+exec, so it would report the caller's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="small", choices=sorted(PRESETS))
@@ -114,7 +123,7 @@ def main():
     print(json.dumps({
         "config": a.config, "batch": a.batch, "seq": a.seq, "threads": a.threads,
         "step_s": med, "tokens_per_s": a.batch * a.seq / med,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mib": peak_rss_mib(),
         "torch": torch.__version__,
     }))
 
