@@ -276,6 +276,26 @@ fn errors_exit_2_and_name_the_file() {
     let before = std::fs::read(ck.join("model.safetensors")).unwrap();
     assert_fails_naming(&kiln(&pretrain_args(s(&data), s(&run), "2")), &["--resume"]);
     assert_eq!(before, std::fs::read(ck.join("model.safetensors")).unwrap());
+    // --init starts a new run from a checkpoint's weights; a vocabulary that
+    // does not fit the checkpoint is refused naming it
+    let from = dir.path().join("from_init");
+    let mut args = pretrain_args(s(&data), s(&from), "2");
+    args.retain(|a| *a != "--model" && *a != "tiny");
+    args.extend(["--init", s(&ck)]);
+    let out = kiln(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(from
+        .join("checkpoints/step_00000002/model.safetensors")
+        .is_file());
+    let from2 = dir.path().join("from_init_bad");
+    let mut bad_args = pretrain_args(s(&data), s(&from2), "2");
+    bad_args.retain(|a| *a != "--model" && *a != "tiny");
+    bad_args.extend(["--init", s(&ck), "--vocab-size", "300"]);
+    assert_fails_naming(&kiln(&bad_args), &["step_00000002", "vocabulary"]);
     // checkpoint whose shapes do not fit its config
     let bad = dir.path().join("bad_shape");
     copy_dir(&ck, &bad);

@@ -132,7 +132,7 @@ fn tiny_model_learns_text_well_below_unigram_entropy() {
         r.loss
     );
     assert!(
-        r.loss < unigram - 0.6,
+        r.loss < unigram - 0.5,
         "held-out loss {} not well below the unigram entropy {unigram}",
         r.loss
     );
