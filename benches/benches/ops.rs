@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the CPU backend's ops at the `small` training
 //! config (B=8, T=256, C=384, NH=6, Vp=8192) and GPT-2 124M matmul shapes.
 //! matmul reports FLOP/s as "elem/s" (2*m*n*k per call); both GEMM engines
-//! run so docs/perf-ops.md can compare them on the same machine.
+//! run so docs/perf.md can compare them on the same machine.
 //!
 //! Threads: `KILN_THREADS` (default: all cores).
 

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-/// Which micro-kernel library runs a chunk (see docs/perf-ops.md for figures).
+/// Which micro-kernel library runs a chunk (see docs/perf.md for figures).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmEngine {
     /// The `gemm` crate (runtime-dispatched AVX2/AVX-512 kernels).
