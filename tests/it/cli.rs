@@ -46,7 +46,7 @@ fn kiln_bin() -> &'static Path {
     })
 }
 
-fn kiln(args: &[&str]) -> Output {
+pub(crate) fn kiln(args: &[&str]) -> Output {
     Command::new(kiln_bin())
         .args(args)
         .env("RAYON_NUM_THREADS", "2")
@@ -54,7 +54,7 @@ fn kiln(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod gpt2_reference;
+mod pipeline;
 mod plugins;
 mod resume;
 mod train;
