@@ -387,13 +387,16 @@ fn count_tokens(dir: &Path, prefix: &str) -> Result<u64> {
 /// the best model that ignores context, the bar pretraining must clear.
 fn unigram_entropy(shard: &Path) -> Result<f64> {
     let tokens = kiln_data::shard::read_shard(shard)?;
-    let mut counts = std::collections::HashMap::<u32, u64>::new();
-    for t in &tokens {
-        *counts.entry(*t).or_default() += 1;
+    // Counts indexed by token id: summed in a fixed order, so the figure is
+    // the same bits on every run (a hash map's order is not).
+    let mut counts = vec![0u64; tokens.iter().max().map_or(0, |&m| m as usize + 1)];
+    for &t in &tokens {
+        counts[t as usize] += 1;
     }
     let n = tokens.len() as f64;
     Ok(counts
-        .values()
+        .iter()
+        .filter(|&&c| c > 0)
         .map(|&c| {
             let p = c as f64 / n;
             -p * p.ln()
