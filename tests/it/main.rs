@@ -1,6 +1,7 @@
 //! Workspace integration tests: one crate, one module per area.
 
 mod cli;
+mod data_cli;
 mod gpt2_reference;
 mod pipeline;
 mod plugins;
