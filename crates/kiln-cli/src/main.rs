@@ -30,6 +30,20 @@ enum Command {
     /// Curate, inspect and tokenize corpora.
     #[command(subcommand)]
     Data(cmd::data::Command),
+    /// Supervised fine-tuning on chats (loss on assistant tokens only).
+    Sft(cmd::sft::Args),
+    /// Train a reward model on preference pairs (Bradley-Terry).
+    Reward(cmd::reward::Args),
+    /// Direct preference optimisation (DPO, IPO, hinge, robust, SimPO).
+    Dpo(cmd::dpo::Args),
+    /// RLHF with PPO against a reward model or the task judge.
+    Ppo(cmd::ppo::Args),
+    /// GRPO: group-relative policy optimisation (reward model or verifiable rewards).
+    Grpo(cmd::grpo::Args),
+    /// Chat interactively with a checkpoint (streaming output).
+    Chat(cmd::chat::Args),
+    /// Write RUN_DIR/report.html: plots, tables and samples of a pipeline run.
+    Report(cmd::report::Args),
     /// List and check backend / expert plugins.
     #[command(subcommand)]
     Plugins(cmd::plugins::Command),
@@ -45,6 +59,13 @@ fn main() {
         Command::Tokenizer(c) => cmd::tokenizer::run(c),
         Command::Data(c) => cmd::data::run(c),
         Command::Plugins(c) => cmd::plugins::run(c),
+        Command::Sft(a) => cmd::sft::run(a),
+        Command::Reward(a) => cmd::reward::run(a),
+        Command::Dpo(a) => cmd::dpo::run(a),
+        Command::Ppo(a) => cmd::ppo::run(a),
+        Command::Grpo(a) => cmd::grpo::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
+        Command::Report(a) => cmd::report::run(a),
     };
     if let Err(err) = result {
         // One clear message, the chain of causes, exit code 2 (the CLI contract).

@@ -1,10 +1,17 @@
 //! One module per subcommand. Each owns its `Args` (or `Command`) and `run`.
 
+pub mod chat;
 pub mod data;
 pub mod data_tokenize;
+pub mod dpo;
 pub mod eval;
 pub mod generate;
+pub mod grpo;
 pub mod pipeline;
 pub mod plugins;
+pub mod ppo;
 pub mod pretrain;
+pub mod report;
+pub mod reward;
+pub mod sft;
 pub mod tokenizer;

@@ -1,0 +1,10 @@
+//! `kiln dpo` (being written).
+
+use anyhow::{bail, Result};
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> Result<()> {
+    bail!("kiln dpo is not built yet")
+}

@@ -1,0 +1,10 @@
+//! `kiln reward` (being written).
+
+use anyhow::{bail, Result};
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> Result<()> {
+    bail!("kiln reward is not built yet")
+}

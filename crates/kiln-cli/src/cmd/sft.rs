@@ -1,0 +1,10 @@
+//! `kiln sft` (being written).
+
+use anyhow::{bail, Result};
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> Result<()> {
+    bail!("kiln sft is not built yet")
+}

@@ -1,0 +1,1 @@
+//! `kiln report RUN_DIR`: a self-contained report.html (being written).
