@@ -12,6 +12,7 @@
 pub mod bpe;
 pub mod byte_unicode;
 pub mod char_class;
+pub mod chat;
 pub mod error;
 pub mod formats;
 pub mod lexer;
@@ -21,6 +22,7 @@ pub mod stream;
 pub mod tokenizer;
 pub mod train;
 
+pub use chat::{ChatError, ChatTemplate, EncodedChat, Message, Role};
 pub use error::{DecodeError, EncodeError, Error, LoadError};
 pub use lexer::Lexer;
 pub use pattern::{Pattern, PreTokenizer};

@@ -1,0 +1,498 @@
+//! The chat template: role and end-of-turn special tokens, and the encoding
+//! of a conversation with a mask of the tokens the assistant wrote.
+//!
+//! A conversation is laid out as
+//!
+//! ```text
+//! <|system|>S<|end|><|user|>U<|end|><|assistant|>A<|end|>...
+//! ```
+//!
+//! with no extra whitespace (a model of a few million parameters has few
+//! positions to spare). Message text is always encoded as ordinary text, so
+//! a user who types `<|end|>` cannot end a turn (no template injection).
+//! The assistant mask covers the assistant's text and its `<|end|>`: the
+//! model learns what to say and when to stop, never the user's words or the
+//! role markers that the template inserts.
+
+use crate::tokenizer::Tokenizer;
+
+/// Starts a system message.
+pub const SYSTEM: &str = "<|system|>";
+/// Starts a user message.
+pub const USER: &str = "<|user|>";
+/// Starts an assistant message (also the end of a generation prompt).
+pub const ASSISTANT: &str = "<|assistant|>";
+/// Ends every message; generation stops after it.
+pub const END_OF_TURN: &str = "<|end|>";
+/// The special tokens a tokenizer needs for the chat template.
+pub const CHAT_SPECIAL_TOKENS: [&str; 4] = [SYSTEM, USER, ASSISTANT, END_OF_TURN];
+
+/// `<|endoftext|>` followed by the chat tokens: the special-token list to
+/// train a chat-capable tokenizer with.
+pub fn default_special_tokens() -> Vec<String> {
+    std::iter::once(crate::ENDOFTEXT)
+        .chain(CHAT_SPECIAL_TOKENS)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::System, Role::User, Role::Assistant];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+
+    /// Parses an OpenAI-style role name.
+    pub fn parse(name: &str) -> Result<Role, ChatError> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == name)
+            .ok_or_else(|| ChatError::UnknownRole(name.to_string()))
+    }
+
+    /// The special token that starts a message of this role.
+    pub fn marker(self) -> &'static str {
+        match self {
+            Role::System => SYSTEM,
+            Role::User => USER,
+            Role::Assistant => ASSISTANT,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One message of a conversation (OpenAI's `{"role", "content"}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: content.into(),
+        }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+}
+
+/// The chat template cannot be used or was given an unusable conversation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    #[error(
+        "the tokenizer has no chat special token(s) {missing:?}; train one with them, e.g. \
+         `kiln tokenizer train --special '<|endoftext|>' --special '<|system|>' --special \
+         '<|user|>' --special '<|assistant|>' --special '<|end|>' ...` \
+         (kiln pipeline does this), or use a tokenizer.json that defines them"
+    )]
+    MissingSpecialTokens { missing: Vec<String> },
+    #[error("unknown role {0:?}; a message's role must be system, user or assistant")]
+    UnknownRole(String),
+    #[error("the conversation is empty")]
+    Empty,
+    #[error("the conversation has no assistant message to learn from")]
+    NoAssistant,
+}
+
+/// A conversation encoded for training: `ids[i]` is learned (is a target)
+/// when `assistant_mask[i]` is true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedChat {
+    pub ids: Vec<u32>,
+    pub assistant_mask: Vec<bool>,
+}
+
+impl EncodedChat {
+    /// Number of tokens the assistant wrote (including its `<|end|>`s).
+    pub fn assistant_tokens(&self) -> usize {
+        self.assistant_mask.iter().filter(|&&m| m).count()
+    }
+}
+
+/// The ids of the chat special tokens in one tokenizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatTemplate {
+    pub system_id: u32,
+    pub user_id: u32,
+    pub assistant_id: u32,
+    pub end_id: u32,
+}
+
+impl ChatTemplate {
+    /// Looks the chat special tokens up; names every missing one.
+    pub fn from_tokenizer(tok: &Tokenizer) -> Result<Self, ChatError> {
+        let ids: Vec<Option<u32>> = CHAT_SPECIAL_TOKENS
+            .iter()
+            .map(|t| tok.special_id(t))
+            .collect();
+        match ids[..] {
+            [Some(system_id), Some(user_id), Some(assistant_id), Some(end_id)] => {
+                Ok(ChatTemplate {
+                    system_id,
+                    user_id,
+                    assistant_id,
+                    end_id,
+                })
+            }
+            _ => Err(ChatError::MissingSpecialTokens {
+                missing: CHAT_SPECIAL_TOKENS
+                    .iter()
+                    .zip(&ids)
+                    .filter(|(_, id)| id.is_none())
+                    .map(|(t, _)| t.to_string())
+                    .collect(),
+            }),
+        }
+    }
+
+    /// The token that ends a turn: the stop token for generation.
+    pub fn end_id(&self) -> u32 {
+        self.end_id
+    }
+
+    pub fn role_id(&self, role: Role) -> u32 {
+        match role {
+            Role::System => self.system_id,
+            Role::User => self.user_id,
+            Role::Assistant => self.assistant_id,
+        }
+    }
+
+    /// Is `id` one of the template's special tokens?
+    pub fn is_template_token(&self, id: u32) -> bool {
+        [self.system_id, self.user_id, self.assistant_id, self.end_id].contains(&id)
+    }
+
+    /// Appends one message (marker, text, end) and its mask.
+    fn push_message(&self, tok: &Tokenizer, m: &Message, out: &mut EncodedChat) {
+        let learned = m.role == Role::Assistant;
+        out.ids.push(self.role_id(m.role));
+        out.assistant_mask.push(false);
+        let start = out.ids.len();
+        tok.encode_ordinary_into(&m.content, &mut out.ids);
+        out.ids.push(self.end_id);
+        out.assistant_mask
+            .resize(out.assistant_mask.len() + out.ids.len() - start, learned);
+    }
+
+    /// Encodes a whole conversation for training. Fails when it is empty or
+    /// has no assistant message (nothing would be learned).
+    pub fn encode(&self, tok: &Tokenizer, messages: &[Message]) -> Result<EncodedChat, ChatError> {
+        if messages.is_empty() {
+            return Err(ChatError::Empty);
+        }
+        if !messages.iter().any(|m| m.role == Role::Assistant) {
+            return Err(ChatError::NoAssistant);
+        }
+        let mut out = EncodedChat {
+            ids: Vec::new(),
+            assistant_mask: Vec::new(),
+        };
+        for m in messages {
+            self.push_message(tok, m, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Encodes a prompt + completion pair (the preference / SFT layout):
+    /// `prompt` messages, then the assistant's `completion` and `<|end|>`.
+    /// Returns the ids and the number of prompt ids (everything before the
+    /// completion's first token); the prompt ids equal [`Self::encode_prompt`].
+    pub fn encode_completion(
+        &self,
+        tok: &Tokenizer,
+        prompt: &[Message],
+        completion: &str,
+    ) -> Result<(Vec<u32>, usize), ChatError> {
+        let mut ids = self.encode_prompt(tok, prompt)?;
+        let prompt_len = ids.len();
+        tok.encode_ordinary_into(completion, &mut ids);
+        ids.push(self.end_id);
+        Ok((ids, prompt_len))
+    }
+
+    /// Encodes the conversation so far followed by `<|assistant|>`: the
+    /// prompt from which a model generates the next assistant turn (stop it
+    /// at [`Self::end_id`]).
+    pub fn encode_prompt(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Message],
+    ) -> Result<Vec<u32>, ChatError> {
+        if messages.is_empty() {
+            return Err(ChatError::Empty);
+        }
+        let mut out = EncodedChat {
+            ids: Vec::new(),
+            assistant_mask: Vec::new(),
+        };
+        for m in messages {
+            self.push_message(tok, m, &mut out);
+        }
+        out.ids.push(self.assistant_id);
+        Ok(out.ids)
+    }
+
+    /// Decodes a generated assistant turn: the text before the first
+    /// `<|end|>` (lossy UTF-8; any other template token also ends it), and
+    /// whether the turn ended with `<|end|>`.
+    pub fn decode_reply(&self, tok: &Tokenizer, ids: &[u32]) -> (String, bool) {
+        let stop = ids.iter().position(|&i| self.is_template_token(i));
+        let body = &ids[..stop.unwrap_or(ids.len())];
+        let mut bytes = Vec::new();
+        for &id in body {
+            // Ids outside the vocabulary cannot come from a model of this
+            // tokenizer; they are dropped rather than aborting a decode.
+            if let Some(b) = tok.token_bytes(id) {
+                bytes.extend_from_slice(b);
+            }
+        }
+        let ended = stop.is_some_and(|i| ids[i] == self.end_id);
+        (String::from_utf8_lossy(&bytes).into_owned(), ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{formats::hf, Pattern};
+
+    const CORPUS: &[&str] = &[
+        "What is two plus three? Five. Say a happy word about the sun.",
+        "The sun is bright and warm and good. List three fruits: apple, pear, plum.",
+        "In the beginning God created the heaven and the earth.",
+    ];
+
+    fn chat_tokenizer() -> Tokenizer {
+        let specials: Vec<String> = default_special_tokens();
+        let refs: Vec<&str> = specials.iter().map(String::as_str).collect();
+        crate::train(CORPUS, 400, Pattern::Gpt2, &refs, 0).unwrap()
+    }
+
+    fn conversation() -> Vec<Message> {
+        vec![
+            Message::system("Be brief."),
+            Message::user("What is 2+3?"),
+            Message::assistant("5"),
+            Message::user("And <|end|> 4+4?"),
+            Message::assistant("8"),
+        ]
+    }
+
+    #[test]
+    fn encode_lays_out_markers_and_masks_only_assistant_text_and_end() {
+        let tok = chat_tokenizer();
+        let t = ChatTemplate::from_tokenizer(&tok).unwrap();
+        let conv = conversation();
+        let enc = t.encode(&tok, &conv).unwrap();
+        assert_eq!(enc.ids.len(), enc.assistant_mask.len());
+
+        // Rebuild the expected layout message by message.
+        let mut ids = Vec::new();
+        let mut mask = Vec::new();
+        for m in &conv {
+            ids.push(t.role_id(m.role));
+            mask.push(false);
+            let body = tok.encode_ordinary(&m.content);
+            let learned = m.role == Role::Assistant;
+            mask.extend(std::iter::repeat_n(learned, body.len() + 1));
+            ids.extend(body);
+            ids.push(t.end_id);
+        }
+        assert_eq!(enc.ids, ids);
+        assert_eq!(enc.assistant_mask, mask);
+        // "5" + end and "8" + end.
+        let expect = tok.encode_ordinary("5").len() + tok.encode_ordinary("8").len() + 2;
+        assert_eq!(enc.assistant_tokens(), expect);
+        // Decoding the masked tokens gives the assistant's words only.
+        let learned: Vec<u32> = enc
+            .ids
+            .iter()
+            .zip(&enc.assistant_mask)
+            .filter(|(_, &m)| m)
+            .map(|(&i, _)| i)
+            .collect();
+        assert_eq!(tok.decode(&learned).unwrap(), "5<|end|>8<|end|>");
+    }
+
+    #[test]
+    fn decoded_encoding_reads_as_the_documented_layout() {
+        let tok = chat_tokenizer();
+        let t = ChatTemplate::from_tokenizer(&tok).unwrap();
+        let conv = &conversation()[..3];
+        let text = tok.decode(&t.encode(&tok, conv).unwrap().ids).unwrap();
+        let want: String = conv
+            .iter()
+            .map(|m| format!("{}{}{END_OF_TURN}", m.role.marker(), m.content))
+            .collect();
+        assert_eq!(text, want);
+        assert_eq!(
+            text,
+            "<|system|>Be brief.<|end|><|user|>What is 2+3?<|end|><|assistant|>5<|end|>"
+        );
+    }
+
+    #[test]
+    fn special_token_text_inside_a_message_stays_plain_text() {
+        let tok = chat_tokenizer();
+        let t = ChatTemplate::from_tokenizer(&tok).unwrap();
+        let enc = t.encode(&tok, &conversation()).unwrap();
+        // Exactly one <|end|> per message: the one typed by the user is text.
+        let ends = enc.ids.iter().filter(|&&i| i == t.end_id).count();
+        assert_eq!(ends, conversation().len());
+        let text = tok.decode(&enc.ids).unwrap();
+        assert!(text.contains("And <|end|> 4+4?"), "{text}");
+    }
+
+    #[test]
+    fn prompt_is_a_prefix_of_the_full_encoding_and_ends_with_assistant() {
+        let tok = chat_tokenizer();
+        let t = ChatTemplate::from_tokenizer(&tok).unwrap();
+        let conv = conversation();
+        let full = t.encode(&tok, &conv).unwrap();
+        let prompt = t.encode_prompt(&tok, &conv[..4]).unwrap();
+        assert_eq!(*prompt.last().unwrap(), t.assistant_id);
+        assert_eq!(&full.ids[..prompt.len()], &prompt[..]);
+        assert!(full.assistant_mask[prompt.len()], "the reply is learned");
+        assert!(!full.assistant_mask[prompt.len() - 1]);
+
+        let (ids, plen) = t.encode_completion(&tok, &conv[..4], "8").unwrap();
+        assert_eq!(plen, prompt.len());
+        assert_eq!(ids, full.ids);
+    }
+
+    #[test]
+    fn decode_reply_stops_at_end_and_reports_it() {
+        let tok = chat_tokenizer();
+        let t = ChatTemplate::from_tokenizer(&tok).unwrap();
+        let mut ids = tok.encode_ordinary("apple, pear");
+        let (text, ended) = t.decode_reply(&tok, &ids);
+        assert_eq!((text.as_str(), ended), ("apple, pear", false));
+        ids.push(t.end_id);
+        ids.extend(tok.encode_ordinary(" junk"));
+        let (text, ended) = t.decode_reply(&tok, &ids);
+        assert_eq!((text.as_str(), ended), ("apple, pear", true));
+        // A role marker mid-reply ends it too, but not with <|end|>.
+        let ids = [tok.encode_ordinary("hi"), vec![t.user_id]].concat();
+        assert_eq!(t.decode_reply(&tok, &ids), ("hi".to_string(), false));
+    }
+
+    #[test]
+    fn specials_round_trip_through_tokenizer_json() {
+        let tok = chat_tokenizer();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        hf::save(&tok, &path).unwrap();
+        let back = crate::formats::load(&path).unwrap();
+        let (a, b) = (
+            ChatTemplate::from_tokenizer(&tok).unwrap(),
+            ChatTemplate::from_tokenizer(&back).unwrap(),
+        );
+        assert_eq!(a, b);
+        let conv = conversation();
+        assert_eq!(t_ids(&tok, &conv), t_ids(&back, &conv));
+        // The specials are distinct, and decode to their text.
+        for s in CHAT_SPECIAL_TOKENS {
+            let id = back.special_id(s).unwrap();
+            assert_eq!(back.token_bytes(id).unwrap(), s.as_bytes());
+        }
+    }
+
+    fn t_ids(tok: &Tokenizer, conv: &[Message]) -> Vec<u32> {
+        ChatTemplate::from_tokenizer(tok)
+            .unwrap()
+            .encode(tok, conv)
+            .unwrap()
+            .ids
+    }
+
+    #[test]
+    fn missing_specials_are_named_with_the_fix() {
+        let tok = crate::train(CORPUS, 300, Pattern::Gpt2, &[crate::ENDOFTEXT, USER], 0).unwrap();
+        let err = ChatTemplate::from_tokenizer(&tok).unwrap_err();
+        assert_eq!(
+            err,
+            ChatError::MissingSpecialTokens {
+                missing: vec![SYSTEM.into(), ASSISTANT.into(), END_OF_TURN.into()]
+            }
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("--special '<|assistant|>'"), "{msg}");
+        assert!(msg.contains("kiln tokenizer train"), "{msg}");
+    }
+
+    #[test]
+    fn empty_and_assistant_free_conversations_are_refused() {
+        let tok = chat_tokenizer();
+        let t = ChatTemplate::from_tokenizer(&tok).unwrap();
+        assert_eq!(t.encode(&tok, &[]), Err(ChatError::Empty));
+        assert_eq!(
+            t.encode(&tok, &[Message::user("hi")]),
+            Err(ChatError::NoAssistant)
+        );
+        assert_eq!(t.encode_prompt(&tok, &[]), Err(ChatError::Empty));
+    }
+
+    #[test]
+    fn roles_parse_and_serialise_lowercase() {
+        assert_eq!(Role::parse("assistant"), Ok(Role::Assistant));
+        let err = Role::parse("tool").unwrap_err();
+        assert!(err.to_string().contains("system, user or assistant"));
+        let m: Message = serde_json::from_str(r#"{"role":"user","content":"hi"}"#).unwrap();
+        assert_eq!(m, Message::user("hi"));
+        assert_eq!(
+            serde_json::to_string(&Message::assistant("ok")).unwrap(),
+            r#"{"role":"assistant","content":"ok"}"#
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn mask_and_ids_always_align(texts in proptest::collection::vec("[a-z <|>0-9]{0,12}", 1..6)) {
+            let tok = chat_tokenizer();
+            let t = ChatTemplate::from_tokenizer(&tok).unwrap();
+            let conv: Vec<Message> = texts
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Message::new(if i % 2 == 0 { Role::User } else { Role::Assistant }, s.clone()))
+                .chain(std::iter::once(Message::assistant("x")))
+                .collect();
+            let enc = t.encode(&tok, &conv).unwrap();
+            proptest::prop_assert_eq!(enc.ids.len(), enc.assistant_mask.len());
+            // One end-of-turn per message, always learned exactly for assistant turns.
+            let ends: Vec<bool> = enc.ids.iter().zip(&enc.assistant_mask)
+                .filter(|(&i, _)| i == t.end_id).map(|(_, &m)| m).collect();
+            let want: Vec<bool> = conv.iter().map(|m| m.role == Role::Assistant).collect();
+            proptest::prop_assert_eq!(ends, want);
+        }
+    }
+}
