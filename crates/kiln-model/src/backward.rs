@@ -4,6 +4,7 @@
 use kiln_abi::abi_stable::std_types::ROption;
 use kiln_abi::{BackendBox, BackendExt, IntoBResult, MatmulArgs};
 
+use crate::model::LastForward;
 use crate::ops::linear_backward;
 use crate::params::{layer_index, ln_f_index, slot, WPE, WTE};
 use crate::{Gpt, ModelError};
@@ -12,29 +13,11 @@ impl Gpt {
     /// `grads += d(loss_scale * mean_loss)/d(params)` for the last forward,
     /// which must have had targets. For gradient accumulation over `k`
     /// micro-batches call it with `loss_scale = 1/k` after each forward.
+    /// Same as [`Gpt::backward_weighted`] with `loss_scale / counted` on
+    /// every counted position.
     pub fn backward(&mut self, be: &mut BackendBox, loss_scale: f32) -> Result<(), ModelError> {
-        let Some(last) = self.last else {
-            return Err(ModelError::Input(
-                "backward() needs a forward() first".into(),
-            ));
-        };
-        let Some(counted) = last.counted else {
-            return Err(ModelError::Input(
-                "backward() needs a forward() with targets".into(),
-            ));
-        };
-        let cfg = self.config.clone();
-        let (b, t) = (last.b, last.t);
-        let (c, nh, v, vp) = (
-            cfg.n_embd,
-            cfg.n_head,
-            cfg.vocab_size,
-            cfg.padded_vocab_size,
-        );
-        let rows = b * t;
-        let acts = self.acts.as_ref().expect("forward allocated activations");
-        let g = &acts.grads;
-
+        let (_, counted) = self.last_with_targets("backward()")?;
+        let v = self.config.vocab_size;
         // Per-row weights of the mean over counted targets (ignored rows: 0).
         let weight = if counted == 0 {
             0.0
@@ -50,13 +33,106 @@ impl Gpt {
                 0.0
             }
         }));
+        self.backward_from_loss_weights(be)
+    }
+
+    /// `grads += d(sum_i weights[i] * loss_i)/d(params)`, where `loss_i` are
+    /// the per-position losses of the last [`Gpt::forward_token_losses`]
+    /// (or forward with targets); `weights` is `[b*t]`. Positions with an
+    /// ignored target contribute nothing whatever their weight. A weight may
+    /// be negative (policy gradients); it must be finite.
+    pub fn backward_weighted(
+        &mut self,
+        be: &mut BackendBox,
+        weights: &[f32],
+    ) -> Result<(), ModelError> {
+        let (last, _) = self.last_with_targets("backward_weighted()")?;
+        let rows = last.b * last.t;
+        if weights.len() != rows {
+            return Err(ModelError::Input(format!(
+                "backward_weighted(): got {} weights for the last forward's {} x {} = {rows} positions",
+                weights.len(),
+                last.b,
+                last.t
+            )));
+        }
+        if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
+            return Err(ModelError::Input(format!(
+                "backward_weighted(): weight {i} is {} (weights must be finite)",
+                weights[i]
+            )));
+        }
+        let capacity = self.host_targets.len();
+        self.host_f32.clear();
+        self.host_f32.extend_from_slice(weights);
+        self.host_f32.resize(capacity, 0.0);
+        self.backward_from_loss_weights(be)
+    }
+
+    /// `grads += d(sum(dhidden * hidden))/d(params)`: backpropagates a
+    /// gradient `[b*t, n_embd]` of the hidden states that the last forward
+    /// ([`Gpt::forward_hidden`], or any forward) computed. Use it for a head
+    /// on top of the model (reward / value), whose own gradient the caller
+    /// computes.
+    pub fn backward_hidden(
+        &mut self,
+        be: &mut BackendBox,
+        dhidden: &[f32],
+    ) -> Result<(), ModelError> {
+        let Some(last) = self.last else {
+            return Err(ModelError::Input(
+                "backward_hidden() needs a forward_hidden() (or forward) first".into(),
+            ));
+        };
+        let c = self.config.n_embd;
+        let n = last.b * last.t * c;
+        if dhidden.len() != n {
+            return Err(ModelError::Input(format!(
+                "backward_hidden(): got {} values for hidden states of {} x {} positions x {c} channels = {n}",
+                dhidden.len(),
+                last.b,
+                last.t
+            )));
+        }
+        let acts = self.acts.as_ref().expect("forward allocated activations");
+        self.host_f32.clear();
+        self.host_f32.extend_from_slice(dhidden);
+        self.host_f32.resize(acts.rows * c, 0.0);
+        be.upload_f32(acts.grads.dln, &self.host_f32)?;
+        self.backward_trunk(be, last)
+    }
+
+    /// The last forward, which must have computed losses, and its count of
+    /// counted targets.
+    fn last_with_targets(&self, call: &str) -> Result<(LastForward, usize), ModelError> {
+        let Some(last) = self.last else {
+            return Err(ModelError::Input(format!(
+                "{call} needs a forward_token_losses() (or forward with targets) first"
+            )));
+        };
+        let Some(counted) = last.counted else {
+            return Err(ModelError::Input(format!(
+                "{call} needs the last forward to have targets \
+                 (use forward_token_losses, or backward_hidden after forward_hidden)"
+            )));
+        };
+        Ok((last, counted))
+    }
+
+    /// Backward from per-row loss weights staged in `host_f32` (padded to the
+    /// activation capacity): fused softmax-cross-entropy backward, tied
+    /// lm_head, then the trunk.
+    fn backward_from_loss_weights(&mut self, be: &mut BackendBox) -> Result<(), ModelError> {
+        let last = self.last.expect("checked by the caller");
+        let cfg = &self.config;
+        let (c, v, vp) = (cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size);
+        let rows = last.b * last.t;
+        let acts = self.acts.as_ref().expect("forward allocated activations");
+        let g = &acts.grads;
         be.upload_f32(g.dlosses, &self.host_f32)?;
 
-        let p = |i: usize| self.params[i].value;
-        let d = |i: usize| self.params[i].grad;
-
-        // Fused softmax-cross-entropy backward. The logits buffer becomes
-        // dlogits (backward only needs probs), so logits() is gone from here on.
+        // The logits buffer becomes dlogits (backward only needs probs), so
+        // logits() is gone from here on.
         self.logits_valid = false;
         let dlogits = acts.logits;
         be.zero(dlogits).ok_or_err()?;
@@ -64,7 +140,7 @@ impl Gpt {
             .ok_or_err()?;
         // Tied lm_head: dwte += dlogits^T @ lnf; dlnf = dlogits @ wte.
         be.matmul(MatmulArgs {
-            out: d(WTE),
+            out: self.params[WTE].grad,
             a: dlogits,
             b: acts.lnf,
             bias: ROption::RNone,
@@ -80,7 +156,7 @@ impl Gpt {
         be.matmul(MatmulArgs {
             out: g.dln,
             a: dlogits,
-            b: p(WTE),
+            b: self.params[WTE].value,
             bias: ROption::RNone,
             m: rows,
             n: c,
@@ -91,6 +167,20 @@ impl Gpt {
             beta: 0.0,
         })
         .ok_or_err()?;
+        self.backward_trunk(be, last)
+    }
+
+    /// From `grads.dln = d(ln_f output)` down to the embeddings: ln_f, the
+    /// blocks last to first, the encoder.
+    fn backward_trunk(&mut self, be: &mut BackendBox, last: LastForward) -> Result<(), ModelError> {
+        let cfg = self.config.clone();
+        let (b, t) = (last.b, last.t);
+        let (c, nh) = (cfg.n_embd, cfg.n_head);
+        let rows = b * t;
+        let acts = self.acts.as_ref().expect("forward allocated activations");
+        let g = &acts.grads;
+        let p = |i: usize| self.params[i].value;
+        let d = |i: usize| self.params[i].grad;
         let lnf = ln_f_index(&cfg);
         let top = acts.layers[cfg.n_layer - 1].residual3;
         be.zero(g.dresidual).ok_or_err()?;

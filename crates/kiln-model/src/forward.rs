@@ -24,16 +24,136 @@ impl Gpt {
         b: usize,
         t: usize,
     ) -> Result<Option<f32>, ModelError> {
+        let Some(targets) = targets else {
+            self.forward_logits(be, tokens, None, b, t)?;
+            return Ok(None);
+        };
+        let losses = self.forward_logits(be, tokens, Some(targets), b, t)?;
+        Ok(Some(mean_counted_loss(
+            &losses,
+            targets,
+            self.config.vocab_size,
+        )))
+    }
+
+    /// Like [`Gpt::forward`] with targets, but returns every position's loss
+    /// `-ln p(targets[i] | tokens[..=i])` (`[b*t]`, 0 where the target is
+    /// ignored). Their mean over counted targets is what `forward` returns.
+    /// Follow with [`Gpt::backward_weighted`] (or [`Gpt::backward`]).
+    pub fn forward_token_losses(
+        &mut self,
+        be: &mut BackendBox,
+        tokens: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.forward_logits(be, tokens, Some(targets), b, t)
+    }
+
+    /// Runs the blocks and the final LayerNorm but not the lm_head, and
+    /// returns the final hidden states `[b*t, n_embd]` (what the lm_head
+    /// would multiply by `wte^T`): the input of a reward or value head.
+    /// Follow with [`Gpt::backward_hidden`].
+    pub fn forward_hidden(
+        &mut self,
+        be: &mut BackendBox,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.forward_trunk(be, tokens, None, b, t)?;
+        self.last = Some(LastForward {
+            b,
+            t,
+            counted: None,
+        });
+        let acts = self.acts.as_ref().expect("forward_trunk allocated them");
+        let mut hidden = be.download_f32(acts.lnf)?;
+        hidden.truncate(b * t * self.config.n_embd);
+        Ok(hidden)
+    }
+
+    /// Trunk + tied lm_head, then (with targets) the fused cross-entropy.
+    /// Returns the per-position losses (empty without targets) and records
+    /// the call for backward / logits().
+    fn forward_logits(
+        &mut self,
+        be: &mut BackendBox,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.forward_trunk(be, tokens, targets, b, t)?;
+        let cfg = &self.config;
+        let (c, v, vp) = (cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size);
+        let rows = b * t;
+        let acts = self.acts.as_ref().expect("forward_trunk allocated them");
+        // Tied lm_head: logits = lnf @ wte^T over the padded vocabulary.
+        be.matmul(MatmulArgs {
+            out: acts.logits,
+            a: acts.lnf,
+            b: self.params[WTE].value,
+            bias: ROption::RNone,
+            m: rows,
+            n: vp,
+            k: c,
+            trans_a: false,
+            trans_b: true,
+            alpha: 1.0,
+            beta: 0.0,
+        })
+        .ok_or_err()?;
+        self.logits_valid = true;
+
+        let Some(targets) = targets else {
+            self.last = Some(LastForward {
+                b,
+                t,
+                counted: None,
+            });
+            return Ok(Vec::new());
+        };
+        stage_u32(&mut self.host_targets, targets, acts.rows, u32::MAX);
+        be.upload_u32(acts.targets, &self.host_targets)?;
+        be.crossentropy_forward(
+            acts.losses,
+            acts.probs,
+            acts.logits,
+            acts.targets,
+            rows,
+            v,
+            vp,
+        )
+        .ok_or_err()?;
+        let mut losses = be.download_f32(acts.losses)?;
+        losses.truncate(rows);
+        let counted = targets.iter().filter(|&&y| (y as usize) < v).count();
+        self.last = Some(LastForward {
+            b,
+            t,
+            counted: Some(counted),
+        });
+        Ok(losses)
+    }
+
+    /// Validates the batch, then encoder -> blocks -> ln_f into `acts.lnf`,
+    /// keeping every activation backward needs. Clears the record of the
+    /// previous forward first, so a failed call leaves nothing to backward.
+    fn forward_trunk(
+        &mut self,
+        be: &mut BackendBox,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<(), ModelError> {
         self.last = None;
         self.logits_valid = false;
         self.check_batch(tokens, targets, b, t)?;
         let cfg = self.config.clone();
-        let (c, nh, v, vp) = (
-            cfg.n_embd,
-            cfg.n_head,
-            cfg.vocab_size,
-            cfg.padded_vocab_size,
-        );
+        let (c, nh) = (cfg.n_embd, cfg.n_head);
         let rows = b * t;
         self.ensure_activations(be, rows, b * nh * t * t)?;
         let acts = self.acts.as_ref().expect("activations allocated above");
@@ -139,62 +259,7 @@ impl Gpt {
             eps,
         )
         .ok_or_err()?;
-        // Tied lm_head: logits = lnf @ wte^T over the padded vocabulary.
-        be.matmul(MatmulArgs {
-            out: acts.logits,
-            a: acts.lnf,
-            b: p(WTE),
-            bias: ROption::RNone,
-            m: rows,
-            n: vp,
-            k: c,
-            trans_a: false,
-            trans_b: true,
-            alpha: 1.0,
-            beta: 0.0,
-        })
-        .ok_or_err()?;
-        self.logits_valid = true;
-
-        let Some(targets) = targets else {
-            self.last = Some(LastForward {
-                b,
-                t,
-                counted: None,
-            });
-            return Ok(None);
-        };
-        stage_u32(&mut self.host_targets, targets, acts.rows, u32::MAX);
-        be.upload_u32(acts.targets, &self.host_targets)?;
-        be.crossentropy_forward(
-            acts.losses,
-            acts.probs,
-            acts.logits,
-            acts.targets,
-            rows,
-            v,
-            vp,
-        )
-        .ok_or_err()?;
-        let losses = be.download_f32(acts.losses)?;
-        let counted = targets.iter().filter(|&&x| (x as usize) < v).count();
-        let sum: f64 = losses[..rows]
-            .iter()
-            .zip(targets)
-            .filter(|(_, &y)| (y as usize) < v)
-            .map(|(&l, _)| l as f64)
-            .sum();
-        let mean = if counted == 0 {
-            0.0
-        } else {
-            (sum / counted as f64) as f32
-        };
-        self.last = Some(LastForward {
-            b,
-            t,
-            counted: Some(counted),
-        });
-        Ok(Some(mean))
+        Ok(())
     }
 
     /// Logits of the last forward, `[b, t, vocab_size]` (padding columns
@@ -218,6 +283,30 @@ impl Gpt {
         Ok(out)
     }
 
+    /// Entropy (nats) of the next-token distribution at every position of
+    /// the last forward, `[b*t]`: `H = -sum_j p_j ln p_j` over the real
+    /// vocabulary, computed in f64 from the logits. Like [`Gpt::logits`] it
+    /// must come after a forward with logits and before backward.
+    pub fn token_entropies(&mut self, be: &mut BackendBox) -> Result<Vec<f32>, ModelError> {
+        let (Some(last), Some(acts), true) = (self.last, self.acts.as_ref(), self.logits_valid)
+        else {
+            return Err(ModelError::Input(
+                "token_entropies() needs a forward() or forward_token_losses() first \
+                 (not forward_hidden) and must come before backward (which reuses the \
+                 logits buffer)"
+                    .to_string(),
+            ));
+        };
+        let (v, vp) = (self.config.vocab_size, self.config.padded_vocab_size);
+        let all = be.download_f32(acts.logits)?;
+        let rows = last.b * last.t;
+        Ok(all
+            .chunks_exact(vp)
+            .take(rows)
+            .map(|row| entropy(&row[..v]))
+            .collect())
+    }
+
     fn check_batch(
         &self,
         tokens: &[u32],
@@ -237,19 +326,19 @@ impl Gpt {
                 cfg.max_seq_len
             )));
         }
-        if tokens.len() != b * t {
+        // checked: a huge b must be an error, not an overflow panic
+        if b.checked_mul(t) != Some(tokens.len()) {
             return Err(ModelError::Input(format!(
-                "got {} tokens for a batch of {b} x {t} = {}",
+                "got {} tokens for a batch of {b} x {t} (need b*t)",
                 tokens.len(),
-                b * t
             )));
         }
         if let Some(targets) = targets {
-            if targets.len() != b * t {
+            if targets.len() != tokens.len() {
                 return Err(ModelError::Input(format!(
-                    "got {} targets for a batch of {b} x {t} = {}",
+                    "got {} targets for a batch of {b} x {t} = {} tokens",
                     targets.len(),
-                    b * t
+                    tokens.len()
                 )));
             }
         }
@@ -288,6 +377,37 @@ impl Gpt {
         )?);
         Ok(())
     }
+}
+
+/// Mean of `losses` over positions whose target is counted (`< v`),
+/// accumulated in f64; 0 when none is.
+pub(crate) fn mean_counted_loss(losses: &[f32], targets: &[u32], v: usize) -> f32 {
+    let (sum, counted) = losses
+        .iter()
+        .zip(targets)
+        .filter(|(_, &y)| (y as usize) < v)
+        .fold((0f64, 0usize), |(s, n), (&l, _)| (s + l as f64, n + 1));
+    if counted == 0 {
+        0.0
+    } else {
+        (sum / counted as f64) as f32
+    }
+}
+
+/// Entropy of softmax(`logits`) in f64: `ln Z - sum_j p_j x_j` with the
+/// maximum subtracted first (exact for any finite logits).
+fn entropy(logits: &[f32]) -> f32 {
+    let top = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let (mut z, mut zx) = (0f64, 0f64);
+    for &x in logits {
+        let d = x as f64 - top;
+        let e = d.exp();
+        z += e;
+        zx += e * d;
+    }
+    (z.ln() - zx / z) as f32
 }
 
 /// `buf = data` followed by `fill` up to `len` (reusing `buf`'s allocation).

@@ -111,25 +111,21 @@ impl Gpt {
         prompt: &[u32],
         opts: &SampleOptions,
     ) -> Result<Vec<u32>, ModelError> {
+        self.generate_with(be, prompt, opts, |_| true)
+    }
+
+    /// [`Gpt::generate`] that hands every new token to `on_token` as soon as
+    /// it is sampled (streaming). When `on_token` returns `false` generation
+    /// stops after that token, which is still part of the returned tokens.
+    pub fn generate_with(
+        &mut self,
+        be: &mut BackendBox,
+        prompt: &[u32],
+        opts: &SampleOptions,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>, ModelError> {
         let cfg = self.config.clone();
-        if prompt.is_empty() {
-            return Err(ModelError::Input(
-                "generate needs a non-empty prompt".into(),
-            ));
-        }
-        if prompt.len() > cfg.max_seq_len {
-            return Err(ModelError::Input(format!(
-                "prompt of {} tokens exceeds max_seq_len {}",
-                prompt.len(),
-                cfg.max_seq_len
-            )));
-        }
-        if let Some(&bad) = prompt.iter().find(|&&x| x as usize >= cfg.vocab_size) {
-            return Err(ModelError::Input(format!(
-                "prompt token {bad} is outside the vocabulary (size {})",
-                cfg.vocab_size
-            )));
-        }
+        check_prompt(&cfg, prompt, None)?;
         if self.gen.is_none() {
             self.gen = Some(GenBuffers::new(be, &cfg)?);
         }
@@ -142,12 +138,38 @@ impl Gpt {
             t_past = context.len();
             let next = sample_token(&logits[..cfg.vocab_size], opts, &mut rng);
             out.push(next);
-            if Some(next) == opts.stop_token || context.len() == cfg.max_seq_len {
+            let go_on = on_token(next);
+            if !go_on || Some(next) == opts.stop_token || context.len() == cfg.max_seq_len {
                 break;
             }
             context.push(next);
         }
         Ok(out)
+    }
+
+    /// Continues every prompt (they may differ in length) as
+    /// [`Gpt::generate`] would with `opts.seed + i` (wrapping) as the seed of
+    /// prompt `i`; returns the new tokens of each prompt, in order.
+    pub fn generate_batch<P: AsRef<[u32]>>(
+        &mut self,
+        be: &mut BackendBox,
+        prompts: &[P],
+        opts: &SampleOptions,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        for (i, prompt) in prompts.iter().enumerate() {
+            check_prompt(&self.config, prompt.as_ref(), Some(i))?;
+        }
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, prompt)| {
+                let opts = SampleOptions {
+                    seed: opts.seed.wrapping_add(i as u64),
+                    ..opts.clone()
+                };
+                self.generate(be, prompt.as_ref(), &opts)
+            })
+            .collect()
     }
 
     /// Runs positions `t_past..context.len()` through the model (their keys
@@ -296,6 +318,35 @@ impl Gpt {
         .ok_or_err()?;
         Ok(be.download_f32(g.logits)?)
     }
+}
+
+/// A prompt generation can continue: non-empty, within the context and
+/// the vocabulary. `index` names the prompt of a batch in the message.
+fn check_prompt(cfg: &GptConfig, prompt: &[u32], index: Option<usize>) -> Result<(), ModelError> {
+    let which = index.map_or("prompt".to_string(), |i| format!("prompt {i}"));
+    if prompt.is_empty() {
+        return Err(ModelError::Input(format!(
+            "generate needs a non-empty prompt ({which} is empty)"
+        )));
+    }
+    if prompt.len() > cfg.max_seq_len {
+        return Err(ModelError::Input(format!(
+            "{which} of {} tokens exceeds max_seq_len {}",
+            prompt.len(),
+            cfg.max_seq_len
+        )));
+    }
+    if let Some((pos, &bad)) = prompt
+        .iter()
+        .enumerate()
+        .find(|(_, &x)| x as usize >= cfg.vocab_size)
+    {
+        return Err(ModelError::Input(format!(
+            "{which}: token {bad} at position {pos} is outside the vocabulary (size {})",
+            cfg.vocab_size
+        )));
+    }
+    Ok(())
 }
 
 /// Picks one row of a `[rows, c]` buffer with a one-hot `[1, rows]` matmul.

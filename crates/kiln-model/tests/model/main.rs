@@ -2,6 +2,7 @@
 //! gradient accumulation, buffer reuse, generation and checkpoints.
 //! (PyTorch reference fixtures live in the workspace tests: tests/it/gpt2_reference.rs.)
 
+mod align;
 mod checkpoint;
 mod generate;
 mod gradcheck;
