@@ -3,12 +3,14 @@
 
 use crate::decontam::DecontamConfig;
 use crate::dedup::exact::ExactDedup;
+use crate::dedup::lines::LineDedupConfig;
 use crate::dedup::minhash::MinHashConfig;
 use crate::filters::{
     c4::C4, fineweb::FineWeb, gopher_quality::GopherQuality, gopher_repetition::GopherRepetition,
     language::Language,
 };
 use crate::pii::PiiConfig;
+use crate::split::InputConfig;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -43,6 +45,7 @@ impl Default for NormalizeConfig {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CurateConfig {
+    pub input: InputConfig,
     pub limits: Limits,
     pub normalize: NormalizeConfig,
     pub language: Language,
@@ -54,6 +57,7 @@ pub struct CurateConfig {
     pub pii: PiiConfig,
     pub exact_dedup: ExactDedup,
     pub minhash: MinHashConfig,
+    pub line_dedup: LineDedupConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

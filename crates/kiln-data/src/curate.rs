@@ -8,19 +8,24 @@
 //!   rejected/shard-NNNNN.dedup.jsonl.zst     dedup rejections
 //!   stats.json                      totals per stage
 //!
-//! A shard is one input file. Stage 1 (per-document filters) runs per shard,
+//! A shard is one input part: a whole file, or a line-aligned byte range /
+//! run of row groups of a big one (see [`crate::split`]). Stage 1
+//! (per-document filters) runs per shard,
 //! in parallel, each shard's outputs written atomically and then marked done,
 //! so a killed run redoes only unfinished shards; `--shard i/N` runs the
 //! shards with index % N == i (Slurm arrays). Stage 2 (exact + MinHash dedup
 //! across all shards) runs when every shard is done, in a run without
-//! `--shard`; it keeps in memory 16 + 8 x bands bytes plus the id per document.
+//! `--shard`; it keeps in memory 16 + 8 x bands bytes plus the id per document,
+//! then (optionally) removes lines seen before with a fixed-size Bloom filter.
 
 use crate::config::CurateConfig;
 use crate::dedup::exact::{find_exact_duplicates, text_hash};
+use crate::dedup::lines::{LineDedupOutcome, LineDeduper, RemovedUnit};
 use crate::dedup::minhash::{cluster, MinHasher};
 use crate::doc::{Document, Origin};
 use crate::process::{Outcome, Processor, Reject};
-use crate::read::{for_each_record, list_inputs};
+use crate::read::list_inputs;
+use crate::split::{plan, Part};
 use crate::stats::{Stats, STAGES};
 use kiln_stdx::fs::write_atomic_with;
 use rayon::prelude::*;
@@ -166,7 +171,7 @@ pub fn curate(opts: &CurateOptions, progress: &Progress) -> Result<CurateReport,
             return Err(CurateError::BadShard(i, n));
         }
     }
-    let inputs = list_inputs(&opts.inputs)?;
+    let inputs = plan(&list_inputs(&opts.inputs)?, opts.config.input.split_bytes)?;
     let paths = Paths::new(&opts.output)?;
     let proc = Processor::new(opts.config.clone())?;
     let hash = config_hash(&opts.config);
@@ -181,7 +186,7 @@ pub fn curate(opts: &CurateOptions, progress: &Progress) -> Result<CurateReport,
         let Ok(m) = serde_json::from_slice::<DoneMarker>(&bytes) else {
             return false;
         };
-        m.input == inputs[k].display().to_string()
+        m.input == inputs[k].describe()
             && m.config_hash == hash
             && paths.stage1(k).exists()
             && paths.filter_rejects(k).exists()
@@ -221,7 +226,7 @@ pub fn curate(opts: &CurateOptions, progress: &Progress) -> Result<CurateReport,
 /// Stage 1 for one shard: read, process in parallel batches, write.
 fn run_shard(
     proc: &Processor,
-    input: &Path,
+    input: &Part,
     k: usize,
     paths: &Paths,
     hash: &str,
@@ -233,7 +238,7 @@ fn run_shard(
     let res = write_zst_atomic(&paths.stage1(k), |kept_w| {
         write_zst_atomic(&paths.filter_rejects(k), |rej_w| {
             let mut batch: Vec<Document> = Vec::with_capacity(BATCH);
-            let r = for_each_record::<io::Error>(input, |rec| {
+            let r = input.for_each_record::<io::Error>(|rec| {
                 match rec {
                     Ok(d) => {
                         batch.push(d);
@@ -269,7 +274,7 @@ fn run_shard(
     }
     res?;
     let marker = DoneMarker {
-        input: input.display().to_string(),
+        input: input.describe(),
         config_hash: hash.into(),
         stats,
     };
@@ -422,6 +427,13 @@ fn dedup(cfg: &CurateConfig, paths: &Paths, n_shards: usize, stats: &mut Stats) 
     drop(keys);
     drop(hashes);
 
+    // Line dedup runs on the documents the doc-level dedup kept, in input
+    // order (so sharded and unsharded runs agree), one filter for the corpus.
+    let mut lines = cfg
+        .line_dedup
+        .enabled
+        .then(|| LineDeduper::new(cfg.line_dedup.clone()));
+    let mut t_lines = 0f64;
     let mut g = 0usize;
     for k in 0..n_shards {
         write_zst_atomic(&paths.kept(k), |kept_w| {
@@ -451,6 +463,15 @@ fn dedup(cfg: &CurateConfig, paths: &Paths, n_shards: usize, stats: &mut Stats) 
                             write_json_line(rej_w, &r)
                         }
                         None => {
+                            let mut m = m;
+                            if let Some(ld) = &mut lines {
+                                let t = Instant::now();
+                                let kept = line_dedup(ld, &mut m, &ids[i], &origin, stats, rej_w);
+                                t_lines += t.elapsed().as_secs_f64();
+                                if !kept? {
+                                    return Ok(());
+                                }
+                            }
                             stats.kept_docs += 1;
                             stats.kept_bytes += text_of(&m).len() as u64;
                             write_json_line(kept_w, &Value::Object(m))
@@ -466,5 +487,62 @@ fn dedup(cfg: &CurateConfig, paths: &Paths, n_shards: usize, stats: &mut Stats) 
     if cfg.minhash.enabled {
         stats.filter("minhash").time_s += t_minhash;
     }
+    if lines.is_some() {
+        stats.filter("line_dedup").time_s += t_lines;
+    }
     Ok(())
+}
+
+/// Removes lines seen in earlier documents from `m["text"]`, reporting each;
+/// returns whether the document is kept (else it is reported as too short).
+fn line_dedup(
+    ld: &mut LineDeduper,
+    m: &mut Map<String, Value>,
+    id: &str,
+    origin: &Origin,
+    stats: &mut Stats,
+    rej_w: &mut dyn Write,
+) -> io::Result<bool> {
+    let (text, removed, drop_words) = match ld.apply(text_of(m)) {
+        LineDedupOutcome::Unchanged => return Ok(true),
+        LineDedupOutcome::Rewritten { text, removed } => (text, removed, None),
+        LineDedupOutcome::Drop {
+            text,
+            removed,
+            words,
+        } => (text, removed, Some(words)),
+    };
+    let fp = ld.current_fp_rate();
+    let reject = |kind: &str, rule: &str, text: String| Reject {
+        kind: kind.into(),
+        id: id.into(),
+        file: origin.file.clone(),
+        line: origin.line,
+        filter: "line_dedup".into(),
+        rule: rule.into(),
+        value: None,
+        threshold: None,
+        detail: None,
+        doc_line: None,
+        text,
+    };
+    for RemovedUnit { line, text } in removed {
+        let mut r = reject("line", "duplicate_line", text);
+        r.doc_line = Some(line);
+        // The chance this removal is a Bloom false positive, and the target.
+        r.value = Some(fp);
+        r.threshold = Some(ld.config().fp_rate);
+        record_reject(stats, &r);
+        write_json_line(rej_w, &r)?;
+    }
+    if let Some(words) = drop_words {
+        let mut r = reject("document", "short_after_line_dedup", text);
+        r.value = Some(words as f64);
+        r.threshold = Some(ld.config().min_doc_words as f64);
+        record_reject(stats, &r);
+        write_json_line(rej_w, &r)?;
+        return Ok(false);
+    }
+    m.insert("text".into(), Value::String(text));
+    Ok(true)
 }

@@ -16,7 +16,9 @@ pub mod normalize;
 pub mod pii;
 pub mod process;
 pub mod read;
+pub mod read_parquet;
 pub mod shard;
+pub mod split;
 pub mod stats;
 pub mod words;
 

@@ -1,5 +1,6 @@
 //! Readers: directories of `.txt`, JSONL (`{"text", "id"?, ...metadata}`),
-//! `.jsonl.gz` and `.jsonl.zst`. Records stream one line at a time; a bad
+//! `.jsonl.gz`, `.jsonl.zst` and Parquet ([`crate::read_parquet`]). Records
+//! stream one line (one Parquet row) at a time; a bad
 //! record (malformed JSON, invalid UTF-8, missing `text`) is returned as a
 //! [`BadRecord`] naming the file and line instead of stopping the read.
 
@@ -28,6 +29,7 @@ pub enum Format {
     Jsonl,
     JsonlGz,
     JsonlZst,
+    Parquet,
 }
 
 pub fn format_of(path: &Path) -> Option<Format> {
@@ -40,6 +42,8 @@ pub fn format_of(path: &Path) -> Option<Format> {
         Some(Format::Jsonl)
     } else if name.ends_with(".txt") {
         Some(Format::Text)
+    } else if name.ends_with(".parquet") {
+        Some(Format::Parquet)
     } else {
         None
     }
@@ -70,7 +74,7 @@ pub fn list_inputs(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "{}: unknown input format (use .txt, .jsonl, .jsonl.gz or .jsonl.zst)",
+                    "{}: unknown input format (use .txt, .jsonl, .jsonl.gz, .jsonl.zst or .parquet)",
                     p.display()
                 ),
             ));
@@ -139,28 +143,37 @@ pub fn for_each_record<E: From<io::Error>>(
                 }),
             })
         }
-        _ => {
-            let mut r = open(path)?;
-            let mut buf = Vec::with_capacity(1 << 14);
-            let mut line = 0u64;
-            loop {
-                buf.clear();
-                if r.read_until(b'\n', &mut buf)? == 0 {
-                    return Ok(());
-                }
-                line += 1;
-                if buf.iter().all(|b| b.is_ascii_whitespace()) {
-                    continue;
-                }
-                f(parse_jsonl_line(
-                    &buf,
-                    Origin {
-                        file: file.clone(),
-                        line,
-                    },
-                ))?;
-            }
+        Some(Format::Parquet) => crate::read_parquet::for_each_row(path, None, f),
+        _ => for_each_jsonl_line(open(path)?, &file, 1, f),
+    }
+}
+
+/// Calls `f` on every JSONL record of `r`, whose first line is line
+/// `first_line` of `file` (a byte range of a split file starts mid-file).
+pub fn for_each_jsonl_line<E: From<io::Error>>(
+    mut r: impl BufRead,
+    file: &str,
+    first_line: u64,
+    mut f: impl FnMut(Record) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut buf = Vec::with_capacity(1 << 14);
+    let mut line = first_line - 1;
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(());
         }
+        line += 1;
+        if buf.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        f(parse_jsonl_line(
+            &buf,
+            Origin {
+                file: file.to_string(),
+                line,
+            },
+        ))?;
     }
 }
 

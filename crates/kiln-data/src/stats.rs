@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Stages in pipeline order (also the order of the summary table).
-pub const STAGES: [&str; 9] = [
+pub const STAGES: [&str; 10] = [
     "input",
     "language",
     "gopher_repetition",
@@ -17,6 +17,7 @@ pub const STAGES: [&str; 9] = [
     "decontamination",
     "exact_dedup",
     "minhash",
+    "line_dedup",
 ];
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -378,3 +378,234 @@ fn strict_fails_at_the_first_bad_record() {
         other => panic!("expected a strict error, got {other:?}"),
     }
 }
+
+const BOILERPLATE: &str = "Subscribe to our newsletter for weekly updates from the garden.";
+
+/// One big JSONL file: documents with a shared boilerplate line, exact
+/// copies, a document that is mostly boilerplate, bad lines and blank lines.
+fn big_jsonl(dir: &Path) -> PathBuf {
+    let mut lines = Vec::new();
+    for i in 0..48u64 {
+        let text = match i % 8 {
+            3 => format!("{}\n{BOILERPLATE}", english(100 + i, 10)),
+            5 => english(100 + i - 4, 10), // an exact copy of document i-4
+            6 => format!(
+                "{BOILERPLATE}\n{}\nThe river was quiet.",
+                english(900 + i, 5)
+            ),
+            7 if i == 15 => "{\"broken".to_string(),
+            _ => english(100 + i, 10),
+        };
+        if i == 15 {
+            lines.push(text);
+        } else {
+            lines.push(json!({"id": format!("d{i}"), "text": text, "k": i}).to_string());
+        }
+        if i % 10 == 9 {
+            lines.push(String::new());
+        }
+    }
+    let path = dir.join("big.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn sorted_records(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = read_dir_records(dir)
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A big file split into line-aligned parts, run as 3 `--shard`s plus a
+/// final run, keeps the same documents (in order) and rejects the same
+/// records as one unsplit run; line dedup included, since it runs in input
+/// order across shards. A lost part is redone alone on resume.
+#[test]
+fn split_and_sharded_runs_equal_one_unsplit_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = big_jsonl(dir.path());
+    let size = std::fs::metadata(&input).unwrap().len();
+    let mut config = CurateConfig::fineweb();
+    config.line_dedup.enabled = true;
+    config.line_dedup.min_doc_words = 95;
+    let opts = |out: &str, split_bytes: u64| {
+        let mut config = config.clone();
+        config.input.split_bytes = split_bytes;
+        CurateOptions {
+            inputs: vec![input.clone()],
+            output: dir.path().join(out),
+            config,
+            strict: false,
+            shard: None,
+        }
+    };
+    let whole = opts("whole", 0);
+    let r = curate(&whole, &Progress::default()).unwrap();
+    assert_eq!(r.shards_run, vec![0]);
+    let stats = r.stats.unwrap();
+
+    let split = opts("split", size / 7);
+    let mut run_parts = Vec::new();
+    for i in 0..3 {
+        let mut o = split.clone();
+        o.shard = Some((i, 3));
+        let r = curate(&o, &Progress::default()).unwrap();
+        assert!(r.stats.is_none());
+        run_parts.extend(r.shards_run);
+    }
+    run_parts.sort();
+    assert!(run_parts.len() >= 6, "{run_parts:?}");
+    assert_eq!(run_parts, (0..run_parts.len()).collect::<Vec<_>>());
+    let r = curate(&split, &Progress::default()).unwrap();
+    assert!(r.shards_run.is_empty());
+    let split_stats = r.stats.unwrap();
+
+    let kept = read_dir_records(&whole.output.join("kept"));
+    assert_eq!(read_dir_records(&split.output.join("kept")), kept);
+    assert_eq!(
+        sorted_records(&split.output.join("rejected")),
+        sorted_records(&whole.output.join("rejected"))
+    );
+    assert_eq!(split_stats.kept_docs, stats.kept_docs);
+    assert_eq!(split_stats.filters["line_dedup"], {
+        let mut f = stats.filters["line_dedup"].clone();
+        f.time_s = split_stats.filters["line_dedup"].time_s;
+        f
+    });
+
+    // Line dedup did its job: the boilerplate line survives once, in d3,
+    // later copies are reported, and a document that was mostly
+    // boilerplate was dropped as too short.
+    let texts: Vec<&str> = kept.iter().map(|d| d["text"].as_str().unwrap()).collect();
+    assert_eq!(texts.iter().filter(|t| t.contains(BOILERPLATE)).count(), 1);
+    let d3 = kept.iter().find(|d| d["id"] == "d3").unwrap();
+    assert!(d3["text"].as_str().unwrap().ends_with(BOILERPLATE));
+    let rejected: Vec<Reject> = read_dir_records(&whole.output.join("rejected"))
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+    let lines: Vec<&Reject> = rejected
+        .iter()
+        .filter(|r| r.filter == "line_dedup" && r.kind == "line")
+        .collect();
+    assert!(lines.len() >= 4, "{lines:?}");
+    assert!(lines.iter().all(|r| r.rule == "duplicate_line"));
+    let l = lines.iter().find(|r| r.id == "d11").unwrap();
+    assert_eq!((l.doc_line, l.text.as_str()), (Some(11), BOILERPLATE));
+    assert!(l.value.unwrap() < 1e-3 && l.line > 11);
+    let short = rejected
+        .iter()
+        .find(|r| r.rule == "short_after_line_dedup")
+        .expect("a document mostly boilerplate is dropped");
+    assert_eq!(short.threshold, Some(95.0));
+    assert!(short.value.unwrap() < 95.0);
+    let exact = rejected
+        .iter()
+        .filter(|r| r.filter == "exact_dedup")
+        .count();
+    assert_eq!(exact, 6);
+    let bad = rejected
+        .iter()
+        .find(|r| r.rule == "malformed_json")
+        .unwrap();
+    assert_eq!(bad.line, 17); // one blank line before it
+    let removed: u64 = stats.filters.values().map(|f| f.docs_removed).sum();
+    assert_eq!(removed + stats.kept_docs, stats.input_docs);
+    assert_eq!(stats.input_docs, 48);
+
+    // Kill/resume with parts: a lost part is the only one redone.
+    std::fs::remove_file(split.output.join("work/shard-00002.jsonl.zst")).unwrap();
+    let r = curate(&split, &Progress::default()).unwrap();
+    assert_eq!(r.shards_run, vec![2]);
+    assert_eq!(read_dir_records(&split.output.join("kept")), kept);
+    assert_eq!(
+        sorted_records(&split.output.join("rejected")),
+        sorted_records(&whole.output.join("rejected"))
+    );
+}
+
+/// FineWeb's format end to end: a pyarrow-written Parquet file (snappy,
+/// 3 row groups) curated whole and split by row group, with the same result.
+#[test]
+fn parquet_input_curates_end_to_end() {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fineweb_sample.parquet");
+    let dir = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for (name, split_bytes) in [("whole", 0), ("by_group", 1)] {
+        let mut config = CurateConfig::fineweb();
+        config.input.split_bytes = split_bytes;
+        let opts = CurateOptions {
+            inputs: vec![fixture.clone()],
+            output: dir.path().join(name),
+            config,
+            strict: false,
+            shard: None,
+        };
+        let r = curate(&opts, &Progress::default()).unwrap();
+        assert_eq!(r.shards_run.len(), if split_bytes == 0 { 1 } else { 3 });
+        let stats = r.stats.unwrap();
+        assert_eq!(stats.input_docs, 6);
+        outs.push((
+            read_dir_records(&opts.output.join("kept")),
+            sorted_records(&opts.output.join("rejected")),
+        ));
+    }
+    assert_eq!(outs[0], outs[1]);
+    let kept = &outs[0].0;
+    assert_eq!(
+        ids(kept),
+        vec!["<urn:uuid:a1>", "<urn:uuid:a2>", "<urn:uuid:a6>"]
+    );
+    assert_eq!(kept[1]["url"], "https://example.com/1");
+    assert_eq!(kept[1]["token_count"], 101);
+    let rejected: Vec<Reject> = outs[0]
+        .1
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+    let null = rejected.iter().find(|r| r.kind == "bad_input").unwrap();
+    assert_eq!((null.rule.as_str(), null.line), ("missing_text", 3));
+    assert!(null.file.ends_with("fineweb_sample.parquet"));
+    let dup = rejected.iter().find(|r| r.id == "<urn:uuid:a4>").unwrap();
+    assert_eq!(dup.rule, "duplicate");
+    assert!(rejected.iter().any(|r| r.id == "<urn:uuid:a5>"));
+}
+
+/// A Parquet input without a `text` column stops the run with an error
+/// naming the file and the columns it has.
+#[test]
+fn parquet_without_text_column_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("in.parquet");
+    // A parquet file whose only column is `body` (a tiny footer-only file).
+    let schema = std::sync::Arc::new(
+        parquet::schema::parser::parse_message_type(
+            "message doc { REQUIRED BYTE_ARRAY body (UTF8); }",
+        )
+        .unwrap(),
+    );
+    parquet::file::writer::SerializedFileWriter::new(
+        std::fs::File::create(&p).unwrap(),
+        schema,
+        std::sync::Arc::new(parquet::file::properties::WriterProperties::builder().build()),
+    )
+    .unwrap()
+    .close()
+    .unwrap();
+    let opts = CurateOptions {
+        inputs: vec![p],
+        output: dir.path().join("out"),
+        config: CurateConfig::fineweb(),
+        strict: false,
+        shard: None,
+    };
+    let e = curate(&opts, &Progress::default()).unwrap_err().to_string();
+    assert!(
+        e.contains("in.parquet") && e.contains("no column 'text'; columns are body"),
+        "{e}"
+    );
+}
