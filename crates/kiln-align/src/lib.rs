@@ -5,11 +5,17 @@
 pub mod batch;
 pub mod data;
 pub mod dpo;
+mod error;
 pub mod grpo;
 pub mod loss;
 pub mod metrics;
+pub mod optim;
 pub mod policy;
 pub mod ppo;
 pub mod reward;
 pub mod rollout;
 pub mod sft;
+#[cfg(test)]
+mod testutil;
+
+pub use error::AlignError;
