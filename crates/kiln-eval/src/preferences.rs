@@ -1,1 +1,243 @@
-//! (being written)
+//! Preference pairs ranked by the judge.
+//!
+//! - [`sample_pairs`]: sample a policy `k` times per prompt, judge every
+//!   reply, keep (best, worst) when their scores differ by at least
+//!   `min_gap` (a clear preference, not judge noise).
+//! - [`synthetic_pairs`]: a reference answer against a flawed one, with no
+//!   model (deterministic; for tests and a reward model warm-up).
+
+use kiln_abi::BackendBox;
+use kiln_model::{Gpt, Rng, SampleOptions};
+use kiln_tokenizer::{ChatTemplate, Message, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::evaluate::{generate_replies, judged, EvalResponse};
+use crate::judge::score;
+use crate::tasks::{flawed_answer, reference_answer, train_tasks, Task};
+use crate::EvalError;
+
+/// A pair with the judge's scores (`chosen_score > rejected_score`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgedPair {
+    pub task: Task,
+    pub chosen: String,
+    pub rejected: String,
+    pub chosen_score: f32,
+    pub rejected_score: f32,
+}
+
+impl JudgedPair {
+    /// The prompt as messages (one user message).
+    pub fn prompt(&self) -> Vec<Message> {
+        self.task.messages()
+    }
+    pub fn gap(&self) -> f32 {
+        self.chosen_score - self.rejected_score
+    }
+}
+
+/// `n` pairs over the training prompts: a reference answer (score 1)
+/// against a flawed one. Deterministic from `seed`.
+pub fn synthetic_pairs(n: usize, seed: u64) -> Vec<JudgedPair> {
+    let mut rng = Rng::new(seed ^ 0x9a12_5000);
+    train_tasks(n, seed)
+        .into_iter()
+        .map(|task| {
+            let chosen = reference_answer(&task, &mut rng);
+            let (rejected, _) = flawed_answer(&task, &mut rng);
+            JudgedPair {
+                chosen_score: score(&task, &chosen),
+                rejected_score: score(&task, &rejected),
+                task,
+                chosen,
+                rejected,
+            }
+        })
+        .collect()
+}
+
+/// How [`sample_pairs`] samples and filters.
+#[derive(Debug, Clone)]
+pub struct PairSampling {
+    /// Replies per prompt (>= 2).
+    pub k: usize,
+    /// Smallest judge-score gap between best and worst that makes a pair.
+    pub min_gap: f32,
+    /// Sampling settings; reply i of prompt p uses seed `sample.seed + p*k + i`.
+    pub sample: SampleOptions,
+}
+
+impl Default for PairSampling {
+    fn default() -> Self {
+        PairSampling {
+            k: 4,
+            min_gap: 0.25,
+            sample: SampleOptions {
+                max_new_tokens: 32,
+                temperature: 1.0,
+                ..SampleOptions::default()
+            },
+        }
+    }
+}
+
+/// What [`sample_pairs`] saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PairStats {
+    pub prompts: usize,
+    pub samples: usize,
+    pub pairs: usize,
+    /// Prompts whose best and worst replies were closer than `min_gap`
+    /// (or had the same text).
+    pub no_clear_preference: usize,
+    /// Mean judge score of all samples.
+    pub mean_sample_score: f32,
+    pub mean_chosen_score: f32,
+    pub mean_rejected_score: f32,
+}
+
+/// The best and the worst reply of one prompt (the first of each on ties),
+/// when their scores differ by at least `min_gap` and their texts differ.
+pub fn clear_preference(
+    group: &[EvalResponse],
+    min_gap: f32,
+) -> Option<(&EvalResponse, &EvalResponse)> {
+    let best = group
+        .iter()
+        .reduce(|a, b| if b.score > a.score { b } else { a })?;
+    let worst = group
+        .iter()
+        .reduce(|a, b| if b.score < a.score { b } else { a })?;
+    (best.score - worst.score >= min_gap && best.text != worst.text).then_some((best, worst))
+}
+
+/// Samples `cfg.k` replies per task from `model`, judges them and keeps
+/// the best against the worst where the gap is clear.
+pub fn sample_pairs(
+    be: &mut BackendBox,
+    model: &mut Gpt,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    tasks: &[Task],
+    cfg: &PairSampling,
+) -> Result<(Vec<JudgedPair>, PairStats), EvalError> {
+    if cfg.k < 2 {
+        return Err(EvalError::Input(format!(
+            "sampling preference pairs needs k >= 2 replies per prompt, not {}",
+            cfg.k
+        )));
+    }
+    let repeated: Vec<Task> = tasks
+        .iter()
+        .flat_map(|t| std::iter::repeat_n(t.clone(), cfg.k))
+        .collect();
+    let replies = generate_replies(be, model, tok, template, &repeated, &cfg.sample)?;
+    let judgedv: Vec<_> = replies
+        .into_iter()
+        .zip(&repeated)
+        .map(|((p, ids), task)| judged(tok, template, task, p, ids))
+        .collect();
+
+    let mut stats = PairStats {
+        prompts: tasks.len(),
+        samples: judgedv.len(),
+        ..PairStats::default()
+    };
+    let mut pairs = Vec::new();
+    for (task, group) in tasks.iter().zip(judgedv.chunks(cfg.k)) {
+        let Some((best, worst)) = clear_preference(group, cfg.min_gap) else {
+            stats.no_clear_preference += 1;
+            continue;
+        };
+        pairs.push(JudgedPair {
+            task: task.clone(),
+            chosen: best.text.clone(),
+            rejected: worst.text.clone(),
+            chosen_score: best.score,
+            rejected_score: worst.score,
+        });
+    }
+    let n = |x: usize| x.max(1) as f32;
+    stats.pairs = pairs.len();
+    stats.mean_sample_score = judgedv.iter().map(|r| r.score).sum::<f32>() / n(judgedv.len());
+    stats.mean_chosen_score = pairs.iter().map(|p| p.chosen_score).sum::<f32>() / n(pairs.len());
+    stats.mean_rejected_score =
+        pairs.iter().map(|p| p.rejected_score).sum::<f32>() / n(pairs.len());
+    Ok((pairs, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::eval_tasks;
+    use crate::test_util::{backend, chat_tokenizer, tiny_model};
+
+    fn reply(task: &Task, text: &str) -> EvalResponse {
+        let j = crate::judge::judge(task, text);
+        EvalResponse {
+            task: task.clone(),
+            prompt_ids: vec![1],
+            ids: vec![2],
+            text: text.into(),
+            ended: true,
+            score: j.score,
+            reason: j.reason,
+        }
+    }
+
+    #[test]
+    fn clear_preference_takes_best_and_worst_over_the_gap() {
+        let t = Task {
+            prompt: "What is 3 + 4?".into(),
+            spec: crate::TaskSpec::Arithmetic { a: 3, b: 4 },
+        };
+        // Scores 0.375, 1, 0.25, 1.
+        let g: Vec<EvalResponse> = ["8", "7", "5", "7."].iter().map(|x| reply(&t, x)).collect();
+        let (best, worst) = clear_preference(&g, 0.5).unwrap();
+        assert_eq!((best.text.as_str(), worst.text.as_str()), ("7", "5"));
+        assert!(clear_preference(&g, 0.8).is_none(), "gap 0.75 < 0.8");
+        let same = vec![reply(&t, "7"), reply(&t, "7")];
+        assert!(clear_preference(&same, 0.0).is_none(), "identical texts");
+        assert!(clear_preference(&[], 0.0).is_none());
+    }
+
+    #[test]
+    fn sampled_pairs_account_for_every_prompt() {
+        let (tok, tmpl) = chat_tokenizer();
+        let mut be = backend();
+        let mut model = tiny_model(&mut be, &tok, 3);
+        let tasks = eval_tasks(8, 0);
+        let mut cfg = PairSampling {
+            k: 3,
+            min_gap: 0.0,
+            ..PairSampling::default()
+        };
+        cfg.sample.max_new_tokens = 10;
+        let (pairs, stats) = sample_pairs(&mut be, &mut model, &tok, &tmpl, &tasks, &cfg).unwrap();
+        assert_eq!((stats.prompts, stats.samples), (8, 24));
+        assert_eq!(stats.pairs + stats.no_clear_preference, 8);
+        assert_eq!(stats.pairs, pairs.len());
+        for p in &pairs {
+            assert!(p.chosen_score >= p.rejected_score && p.chosen != p.rejected);
+            assert_eq!(p.chosen_score, score(&p.task, &p.chosen));
+            assert_eq!(p.rejected_score, score(&p.task, &p.rejected));
+        }
+        let again = sample_pairs(&mut be, &mut model, &tok, &tmpl, &tasks, &cfg).unwrap();
+        assert_eq!(again.0, pairs, "deterministic from the seed");
+        cfg.k = 1;
+        let err = sample_pairs(&mut be, &mut model, &tok, &tmpl, &tasks, &cfg).unwrap_err();
+        assert!(err.to_string().contains("k >= 2"), "{err}");
+    }
+
+    #[test]
+    fn synthetic_pairs_are_deterministic_and_clearly_ordered() {
+        let a = synthetic_pairs(200, 4);
+        assert_eq!(a, synthetic_pairs(200, 4));
+        assert_ne!(a, synthetic_pairs(200, 5));
+        for p in &a {
+            assert_eq!(p.chosen_score, 1.0, "{p:?}");
+            assert!(p.gap() >= 0.25, "{p:?}");
+            assert_ne!(p.chosen, p.rejected);
+        }
+    }
+}
