@@ -282,6 +282,24 @@ pub trait Backend: Send + Sync {
     /// See [`AdamWArgs`].
     #[sabi(last_prefix_field)]
     fn adamw(&mut self, args: AdamWArgs) -> RResult<(), RString>;
+
+    // ---- added after the first release (see docs/adr/0003) -------------
+
+    /// [`Backend::encoder_forward`] for positions `pos0..pos0+T`:
+    /// `out[b,t,:] = wte[tokens[b,t],:] + wpe[pos0+t,:]` (`wpe` must hold
+    /// `pos0+T` rows). Generation embeds new tokens after `pos0` cached ones
+    /// with it; `pos0 = 0` is `encoder_forward`, bit for bit.
+    fn encoder_forward_at(
+        &mut self,
+        out: BufId,
+        tokens: BufId,
+        wte: BufId,
+        wpe: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+        pos0: usize,
+    ) -> RResult<(), RString>;
 }
 
 /// `(dtype, len)` of a buffer, FFI-safe.

@@ -7,6 +7,7 @@
 
 use kiln_abi::{BackendBox, BufId, DType, IntoBResult};
 
+use crate::block::BlockIo;
 use crate::{GptConfig, ModelError};
 
 /// Saved activations of one transformer block (llm.c naming).
@@ -27,6 +28,29 @@ pub(crate) struct LayerActs {
     pub fcproj: BufId,
     /// Block output (input of the next block).
     pub residual3: BufId,
+}
+
+impl LayerActs {
+    /// The block's buffers, reading `inp` (the previous block's output).
+    pub fn io(&self, inp: BufId) -> BlockIo {
+        BlockIo {
+            inp,
+            ln1: self.ln1,
+            ln1_mean: self.ln1_mean,
+            ln1_rstd: self.ln1_rstd,
+            qkv: self.qkv,
+            atty: self.atty,
+            attproj: self.attproj,
+            residual2: self.residual2,
+            ln2: self.ln2,
+            ln2_mean: self.ln2_mean,
+            ln2_rstd: self.ln2_rstd,
+            fch: self.fch,
+            fch_gelu: self.fch_gelu,
+            fcproj: self.fcproj,
+            out: self.residual3,
+        }
+    }
 }
 
 /// Gradient scratch, reused block after block during backward.

@@ -1,13 +1,13 @@
 //! Training/eval forward pass: encoder -> blocks -> ln_f -> tied lm_head ->
 //! fused softmax cross-entropy. Every activation backward needs is kept.
 
-use kiln_abi::abi_stable::std_types::ROption;
-use kiln_abi::{BackendBox, BackendExt, IntoBResult, MatmulArgs};
+use kiln_abi::{BackendBox, BackendExt, IntoBResult};
 
 use crate::activations::Activations;
+use crate::block::{block_forward, Attention};
 use crate::model::LastForward;
-use crate::ops::linear;
-use crate::params::{layer_index, ln_f_index, slot, WPE, WTE};
+use crate::ops::lm_head;
+use crate::params::{ln_f_index, WPE, WTE};
 use crate::{Gpt, ModelError};
 
 impl Gpt {
@@ -90,21 +90,15 @@ impl Gpt {
         let (c, v, vp) = (cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size);
         let rows = b * t;
         let acts = self.acts.as_ref().expect("forward_trunk allocated them");
-        // Tied lm_head: logits = lnf @ wte^T over the padded vocabulary.
-        be.matmul(MatmulArgs {
-            out: acts.logits,
-            a: acts.lnf,
-            b: self.params[WTE].value,
-            bias: ROption::RNone,
-            m: rows,
-            n: vp,
-            k: c,
-            trans_a: false,
-            trans_b: true,
-            alpha: 1.0,
-            beta: 0.0,
-        })
-        .ok_or_err()?;
+        lm_head(
+            be,
+            acts.logits,
+            acts.lnf,
+            self.params[WTE].value,
+            rows,
+            c,
+            vp,
+        )?;
         self.logits_valid = true;
 
         let Some(targets) = targets else {
@@ -165,86 +159,16 @@ impl Gpt {
         let p = |i: usize| self.params[i].value;
         be.encoder_forward(acts.encoded, acts.tokens, p(WTE), p(WPE), b, t, c)
             .ok_or_err()?;
-        let eps = cfg.layer_norm_eps;
         for (l, la) in acts.layers.iter().enumerate() {
-            let w = |s: usize| p(layer_index(l, s));
-            let x = if l == 0 {
+            let inp = if l == 0 {
                 acts.encoded
             } else {
                 acts.layers[l - 1].residual3
             };
-            be.layernorm_forward(
-                la.ln1,
-                la.ln1_mean,
-                la.ln1_rstd,
-                x,
-                w(slot::LN1_W),
-                w(slot::LN1_B),
-                rows,
-                c,
-                eps,
-            )
-            .ok_or_err()?;
-            linear(
-                be,
-                la.qkv,
-                la.ln1,
-                w(slot::QKV_W),
-                Some(w(slot::QKV_B)),
-                rows,
-                c,
-                3 * c,
-            )?;
-            be.attention_forward(la.atty, la.att, la.qkv, b, t, c, nh)
-                .ok_or_err()?;
-            linear(
-                be,
-                la.attproj,
-                la.atty,
-                w(slot::ATTN_PROJ_W),
-                Some(w(slot::ATTN_PROJ_B)),
-                rows,
-                c,
-                c,
-            )?;
-            be.add(la.residual2, x, la.attproj, rows * c).ok_or_err()?;
-            be.layernorm_forward(
-                la.ln2,
-                la.ln2_mean,
-                la.ln2_rstd,
-                la.residual2,
-                w(slot::LN2_W),
-                w(slot::LN2_B),
-                rows,
-                c,
-                eps,
-            )
-            .ok_or_err()?;
-            linear(
-                be,
-                la.fch,
-                la.ln2,
-                w(slot::FC_W),
-                Some(w(slot::FC_B)),
-                rows,
-                c,
-                4 * c,
-            )?;
-            be.gelu_forward(la.fch_gelu, la.fch, rows * 4 * c)
-                .ok_or_err()?;
-            linear(
-                be,
-                la.fcproj,
-                la.fch_gelu,
-                w(slot::FC_PROJ_W),
-                Some(w(slot::FC_PROJ_B)),
-                rows,
-                4 * c,
-                c,
-            )?;
-            be.add(la.residual3, la.residual2, la.fcproj, rows * c)
-                .ok_or_err()?;
+            let attention = Attention::Causal { att: la.att };
+            block_forward(be, &cfg, &self.params, l, &la.io(inp), attention, b, t)?;
         }
+        let eps = cfg.layer_norm_eps;
         let top = acts.layers[cfg.n_layer - 1].residual3;
         let lnf = ln_f_index(&cfg);
         be.layernorm_forward(

@@ -1,27 +1,41 @@
-//! Autoregressive generation with a per-layer KV cache (batch 1).
+//! Autoregressive generation with per-layer KV caches, batched.
 //!
-//! The prompt runs through the blocks in one call (`attention_kv_forward`
-//! with `t_past = 0` fills the caches); every later step runs one new
-//! position against the cached keys and values.
+//! All sequences of a batch advance in lockstep, one position per step, so
+//! that one `attention_kv_forward` with a single `t_past` serves them all,
+//! whatever their prompt lengths:
+//! 1. prefill: positions `0..L_min-1` (`L_min` = shortest prompt) of every
+//!    prompt run through the blocks in chunks, filling the caches;
+//! 2. steps: at position `p` every sequence feeds one token (its prompt
+//!    token while `p` is inside its prompt, else its last sampled token),
+//!    and the sequences whose prompt ends at or before `p` sample the next
+//!    token from their row of the logits.
 //!
-//! The Backend ABI addresses buffers from element 0 only (no offsets), so
-//! the embedding of position `t_past` and the last row of the prompt are
-//! picked with a one-hot selector matmul (`[1, n] @ [n, C]`); multiplying by
-//! exact 0s and 1s copies the row bit for bit.
+//! Every op works row by row (or batch entry by batch entry), so a sequence
+//! computes the same numbers alone or in a batch; a finished sequence keeps
+//! its row (fed a dummy token) until the whole batch is done.
 
-use kiln_abi::abi_stable::std_types::ROption;
-use kiln_abi::{BackendBox, BackendExt, BufId, DType, IntoBResult, MatmulArgs};
+use kiln_abi::{BackendBox, BackendExt, BufId, DType, IntoBResult};
 
-use crate::ops::linear;
-use crate::params::{layer_index, ln_f_index, slot, WPE, WTE};
+use crate::block::{block_forward, Attention, BlockIo};
+use crate::ops::lm_head;
+use crate::params::{ln_f_index, WPE, WTE};
 use crate::sample::sample_token;
 use crate::{Gpt, GptConfig, ModelError, Rng, SampleOptions};
 
-/// Buffers for one sequence of up to `max_seq_len` positions.
+/// Positions per prefill call: bounds the activation buffers to
+/// `batch * PREFILL_CHUNK` rows whatever the prompt length.
+const PREFILL_CHUNK: usize = 64;
+
+/// Buffers for up to `batch` sequences of up to `t_max` positions.
 pub(crate) struct GenBuffers {
+    batch: usize,
+    /// Rows (batch x positions) one forward call may run.
+    rows: usize,
+    t_max: usize,
     tokens: BufId,
-    enc: BufId,
-    x: BufId,
+    /// Block input/output, alternating between layers.
+    x: [BufId; 2],
+    residual2: BufId,
     ln: BufId,
     mean: BufId,
     rstd: BufId,
@@ -30,9 +44,6 @@ pub(crate) struct GenBuffers {
     proj: BufId,
     fch: BufId,
     fch_gelu: BufId,
-    selector: BufId,
-    last: BufId,
-    last_ln: BufId,
     logits: BufId,
     k_cache: Vec<BufId>,
     v_cache: Vec<BufId>,
@@ -40,40 +51,46 @@ pub(crate) struct GenBuffers {
 }
 
 impl GenBuffers {
-    fn new(be: &mut BackendBox, cfg: &GptConfig) -> Result<Self, ModelError> {
-        let (tm, c) = (cfg.max_seq_len, cfg.n_embd);
+    fn new(
+        be: &mut BackendBox,
+        cfg: &GptConfig,
+        batch: usize,
+        t_max: usize,
+    ) -> Result<Self, ModelError> {
+        let c = cfg.n_embd;
+        let rows = batch * PREFILL_CHUNK.min(t_max);
         let mut all = Vec::new();
         let mut buf = |dtype: DType, len: usize| -> Result<BufId, ModelError> {
-            let id = be.alloc(dtype, len).ok_or_err()?;
+            let id = be.alloc(dtype, len.max(1)).ok_or_err()?;
             all.push(id);
             Ok(id)
         };
         let f = DType::F32;
+        let tokens = buf(DType::U32, rows)?;
+        let x = [buf(f, rows * c)?, buf(f, rows * c)?];
+        let residual2 = buf(f, rows * c)?;
+        let ln = buf(f, rows * c)?;
+        let mean = buf(f, rows)?;
+        let rstd = buf(f, rows)?;
+        let qkv = buf(f, rows * 3 * c)?;
+        let atty = buf(f, rows * c)?;
+        let proj = buf(f, rows * c)?;
+        let fch = buf(f, rows * 4 * c)?;
+        let fch_gelu = buf(f, rows * 4 * c)?;
+        let logits = buf(f, batch * cfg.padded_vocab_size)?;
         let mut k_cache = Vec::with_capacity(cfg.n_layer);
         let mut v_cache = Vec::with_capacity(cfg.n_layer);
-        let tokens = buf(DType::U32, tm)?;
-        let enc = buf(f, tm * c)?;
-        let x = buf(f, tm * c)?;
-        let ln = buf(f, tm * c)?;
-        let mean = buf(f, tm)?;
-        let rstd = buf(f, tm)?;
-        let qkv = buf(f, tm * 3 * c)?;
-        let atty = buf(f, tm * c)?;
-        let proj = buf(f, tm * c)?;
-        let fch = buf(f, tm * 4 * c)?;
-        let fch_gelu = buf(f, tm * 4 * c)?;
-        let selector = buf(f, tm)?;
-        let last = buf(f, c)?;
-        let last_ln = buf(f, c)?;
-        let logits = buf(f, cfg.padded_vocab_size)?;
         for _ in 0..cfg.n_layer {
-            k_cache.push(buf(f, tm * c)?);
-            v_cache.push(buf(f, tm * c)?);
+            k_cache.push(buf(f, batch * t_max * c)?);
+            v_cache.push(buf(f, batch * t_max * c)?);
         }
         Ok(GenBuffers {
+            batch,
+            rows,
+            t_max,
             tokens,
-            enc,
             x,
+            residual2,
             ln,
             mean,
             rstd,
@@ -82,14 +99,37 @@ impl GenBuffers {
             proj,
             fch,
             fch_gelu,
-            selector,
-            last,
-            last_ln,
             logits,
             k_cache,
             v_cache,
             all,
         })
+    }
+
+    fn fits(&self, batch: usize, t_max: usize) -> bool {
+        batch <= self.batch && t_max <= self.t_max
+    }
+
+    /// Block `l`'s buffers: the two LayerNorms and projections share one
+    /// buffer each, input and output alternate between `x[0]` and `x[1]`.
+    fn io(&self, l: usize) -> BlockIo {
+        BlockIo {
+            inp: self.x[l % 2],
+            ln1: self.ln,
+            ln1_mean: self.mean,
+            ln1_rstd: self.rstd,
+            qkv: self.qkv,
+            atty: self.atty,
+            attproj: self.proj,
+            residual2: self.residual2,
+            ln2: self.ln,
+            ln2_mean: self.mean,
+            ln2_rstd: self.rstd,
+            fch: self.fch,
+            fch_gelu: self.fch_gelu,
+            fcproj: self.proj,
+            out: self.x[(l + 1) % 2],
+        }
     }
 
     pub(crate) fn release(self, be: &mut BackendBox) -> Result<(), ModelError> {
@@ -124,199 +164,183 @@ impl Gpt {
         opts: &SampleOptions,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>, ModelError> {
-        let cfg = self.config.clone();
-        check_prompt(&cfg, prompt, None)?;
-        if self.gen.is_none() {
-            self.gen = Some(GenBuffers::new(be, &cfg)?);
-        }
-        let mut rng = Rng::new(opts.seed);
-        let mut context = prompt.to_vec();
-        let mut out = Vec::new();
-        let mut t_past = 0;
-        while out.len() < opts.max_new_tokens && context.len() <= cfg.max_seq_len {
-            let logits = self.decode_step(be, &context, t_past)?;
-            t_past = context.len();
-            let next = sample_token(&logits[..cfg.vocab_size], opts, &mut rng);
-            out.push(next);
-            let go_on = on_token(next);
-            if !go_on || Some(next) == opts.stop_token || context.len() == cfg.max_seq_len {
-                break;
-            }
-            context.push(next);
-        }
-        Ok(out)
+        check_prompt(&self.config, prompt, None)?;
+        let mut out = self.generate_lockstep(be, &[prompt], opts, |_, tok| on_token(tok))?;
+        Ok(out.pop().expect("one sequence"))
     }
 
     /// Continues every prompt (they may differ in length) as
     /// [`Gpt::generate`] would with `opts.seed + i` (wrapping) as the seed of
-    /// prompt `i`; returns the new tokens of each prompt, in order.
+    /// prompt `i`; returns the new tokens of each prompt, in order. All
+    /// sequences run together: one forward per position for the batch.
     pub fn generate_batch<P: AsRef<[u32]>>(
         &mut self,
         be: &mut BackendBox,
         prompts: &[P],
         opts: &SampleOptions,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let prompts: Vec<&[u32]> = prompts.iter().map(AsRef::as_ref).collect();
         for (i, prompt) in prompts.iter().enumerate() {
-            check_prompt(&self.config, prompt.as_ref(), Some(i))?;
+            check_prompt(&self.config, prompt, Some(i))?;
         }
-        prompts
-            .iter()
-            .enumerate()
-            .map(|(i, prompt)| {
-                let opts = SampleOptions {
-                    seed: opts.seed.wrapping_add(i as u64),
-                    ..opts.clone()
-                };
-                self.generate(be, prompt.as_ref(), &opts)
-            })
-            .collect()
+        self.generate_lockstep(be, &prompts, opts, |_, _| true)
     }
 
-    /// Runs positions `t_past..context.len()` through the model (their keys
-    /// and values join the cache) and returns the padded logits of the last one.
-    fn decode_step(
+    /// The generation loop (see the module docs). `on_token(i, token)` sees
+    /// every token sampled for sequence `i`; `false` ends that sequence.
+    /// Prompts are validated by the callers.
+    fn generate_lockstep(
         &mut self,
         be: &mut BackendBox,
-        context: &[u32],
-        t_past: usize,
-    ) -> Result<Vec<f32>, ModelError> {
-        let cfg = &self.config;
-        let (c, nh, tm, eps) = (cfg.n_embd, cfg.n_head, cfg.max_seq_len, cfg.layer_norm_eps);
-        let g = self.gen.as_ref().expect("allocated by generate");
-        let p = |i: usize| self.params[i].value;
-        let t_all = context.len();
-        let t_new = t_all - t_past;
-        let mut sel = Selector {
-            buf: g.selector,
-            host: &mut self.host_f32,
-            len: tm,
-        };
+        prompts: &[&[u32]],
+        opts: &SampleOptions,
+        mut on_token: impl FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let n = prompts.len();
+        let mut out = vec![Vec::new(); n];
+        if n == 0 || opts.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        let cfg = self.config.clone();
+        let (v, t_limit) = (cfg.vocab_size, cfg.max_seq_len);
+        let len = |i: usize| prompts[i].len();
+        let l_min = (0..n).map(len).min().expect("n > 0");
+        let l_max = (0..n).map(len).max().expect("n > 0");
+        // The last position a token can be fed at: the last new token of the
+        // longest prompt is sampled there, never fed.
+        let t_needed = (l_max + opts.max_new_tokens - 1).min(t_limit);
+        self.ensure_gen_buffers(be, n, t_needed)?;
 
-        crate::forward::stage_u32(&mut self.host_u32, context, tm, 0);
+        let mut rngs: Vec<Rng> = (0..n)
+            .map(|i| Rng::new(opts.seed.wrapping_add(i as u64)))
+            .collect();
+        let mut done = vec![false; n];
+        let mut step_tokens = vec![0u32; n];
+
+        // 1. prefill positions 0..l_min-1 (the caches only; no logits).
+        let mut start = 0;
+        while start + 1 < l_min {
+            let end = (start + PREFILL_CHUNK).min(l_min - 1);
+            let mut chunk = Vec::with_capacity(n * (end - start));
+            for p in prompts {
+                chunk.extend_from_slice(&p[start..end]);
+            }
+            self.gen_blocks(be, &chunk, n, end - start, start)?;
+            start = end;
+        }
+        // 2. one position per step for all sequences.
+        for p in l_min - 1..t_limit {
+            for ((slot, prompt), sampled) in step_tokens.iter_mut().zip(prompts).zip(&out) {
+                // past its prompt a sequence feeds its last token; a
+                // finished one is fed anything valid
+                *slot = match prompt.get(p) {
+                    Some(&tok) => tok,
+                    None => sampled.last().copied().unwrap_or(0),
+                };
+            }
+            let logits = self.gen_step(be, &step_tokens, p)?;
+            for i in 0..n {
+                if done[i] || p + 1 < len(i) {
+                    continue;
+                }
+                let row = &logits[i * cfg.padded_vocab_size..][..v];
+                let next = sample_token(row, opts, &mut rngs[i]);
+                out[i].push(next);
+                let go_on = on_token(i, next);
+                // p + 2 would be the context length after feeding `next`.
+                done[i] = !go_on
+                    || Some(next) == opts.stop_token
+                    || out[i].len() == opts.max_new_tokens
+                    || p + 1 == t_limit;
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn ensure_gen_buffers(
+        &mut self,
+        be: &mut BackendBox,
+        batch: usize,
+        t_max: usize,
+    ) -> Result<(), ModelError> {
+        if self.gen.as_ref().is_some_and(|g| g.fits(batch, t_max)) {
+            return Ok(());
+        }
+        let (old_batch, old_t) = self.gen.as_ref().map_or((0, 0), |g| (g.batch, g.t_max));
+        if let Some(old) = self.gen.take() {
+            old.release(be)?;
+        }
+        let g = GenBuffers::new(be, &self.config, batch.max(old_batch), t_max.max(old_t))?;
+        self.gen = Some(g);
+        Ok(())
+    }
+
+    /// Runs `tokens` (`[b, t]`, positions `pos0..pos0+t`) through the
+    /// blocks; their keys and values join the caches. The output is in
+    /// `x[n_layer % 2]`.
+    fn gen_blocks(
+        &mut self,
+        be: &mut BackendBox,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        pos0: usize,
+    ) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let g = self.gen.as_ref().expect("allocated by ensure_gen_buffers");
+        debug_assert!(b * t <= g.rows && pos0 + t <= g.t_max);
+        crate::forward::stage_u32(&mut self.host_u32, tokens, g.rows, 0);
         be.upload_u32(g.tokens, &self.host_u32)?;
-        if t_past == 0 {
-            be.encoder_forward(g.x, g.tokens, p(WTE), p(WPE), 1, t_all, c)
-                .ok_or_err()?;
-        } else {
-            // Embed the whole context, then keep the new rows (t_new == 1 here).
-            be.encoder_forward(g.enc, g.tokens, p(WTE), p(WPE), 1, t_all, c)
-                .ok_or_err()?;
-            sel.select_row(be, g.x, g.enc, t_all - 1, t_all, c)?;
-        }
+        let p = |i: usize| self.params[i].value;
+        be.encoder_forward_at(g.x[0], g.tokens, p(WTE), p(WPE), b, t, cfg.n_embd, pos0)
+            .ok_or_err()?;
         for l in 0..cfg.n_layer {
-            let w = |s: usize| p(layer_index(l, s));
-            be.layernorm_forward(
-                g.ln,
-                g.mean,
-                g.rstd,
-                g.x,
-                w(slot::LN1_W),
-                w(slot::LN1_B),
-                t_new,
-                c,
-                eps,
-            )
-            .ok_or_err()?;
-            linear(
-                be,
-                g.qkv,
-                g.ln,
-                w(slot::QKV_W),
-                Some(w(slot::QKV_B)),
-                t_new,
-                c,
-                3 * c,
-            )?;
-            be.attention_kv_forward(
-                g.atty,
-                g.qkv,
-                g.k_cache[l],
-                g.v_cache[l],
-                1,
-                t_new,
-                t_past,
-                tm,
-                c,
-                nh,
-            )
-            .ok_or_err()?;
-            linear(
-                be,
-                g.proj,
-                g.atty,
-                w(slot::ATTN_PROJ_W),
-                Some(w(slot::ATTN_PROJ_B)),
-                t_new,
-                c,
-                c,
-            )?;
-            be.accumulate(g.x, g.proj, t_new * c).ok_or_err()?;
-            be.layernorm_forward(
-                g.ln,
-                g.mean,
-                g.rstd,
-                g.x,
-                w(slot::LN2_W),
-                w(slot::LN2_B),
-                t_new,
-                c,
-                eps,
-            )
-            .ok_or_err()?;
-            linear(
-                be,
-                g.fch,
-                g.ln,
-                w(slot::FC_W),
-                Some(w(slot::FC_B)),
-                t_new,
-                c,
-                4 * c,
-            )?;
-            be.gelu_forward(g.fch_gelu, g.fch, t_new * 4 * c)
-                .ok_or_err()?;
-            linear(
-                be,
-                g.proj,
-                g.fch_gelu,
-                w(slot::FC_PROJ_W),
-                Some(w(slot::FC_PROJ_B)),
-                t_new,
-                4 * c,
-                c,
-            )?;
-            be.accumulate(g.x, g.proj, t_new * c).ok_or_err()?;
+            let attention = Attention::Cached {
+                k_cache: g.k_cache[l],
+                v_cache: g.v_cache[l],
+                t_past: pos0,
+                t_max: g.t_max,
+            };
+            block_forward(be, cfg, &self.params, l, &g.io(l), attention, b, t)?;
         }
-        // Only the last position's logits are needed.
-        sel.select_row(be, g.last, g.x, t_new - 1, t_new, c)?;
+        Ok(())
+    }
+
+    /// Feeds one token per sequence at position `pos` and returns the
+    /// padded logits `[b, Vp]` of the next token.
+    fn gen_step(
+        &mut self,
+        be: &mut BackendBox,
+        tokens: &[u32],
+        pos: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        let b = tokens.len();
+        self.gen_blocks(be, tokens, b, 1, pos)?;
+        let cfg = &self.config;
+        let (c, vp) = (cfg.n_embd, cfg.padded_vocab_size);
+        let g = self.gen.as_ref().expect("allocated by ensure_gen_buffers");
+        let top = g.x[cfg.n_layer % 2];
         let lnf = ln_f_index(cfg);
+        let p = |i: usize| self.params[i].value;
         be.layernorm_forward(
-            g.last_ln,
+            g.ln,
             g.mean,
             g.rstd,
-            g.last,
+            top,
             p(lnf),
             p(lnf + 1),
-            1,
+            b,
             c,
-            eps,
+            cfg.layer_norm_eps,
         )
         .ok_or_err()?;
-        be.matmul(MatmulArgs {
-            out: g.logits,
-            a: g.last_ln,
-            b: p(WTE),
-            bias: ROption::RNone,
-            m: 1,
-            n: cfg.padded_vocab_size,
-            k: c,
-            trans_a: false,
-            trans_b: true,
-            alpha: 1.0,
-            beta: 0.0,
-        })
-        .ok_or_err()?;
-        Ok(be.download_f32(g.logits)?)
+        lm_head(be, g.logits, g.ln, p(WTE), b, c, vp)?;
+        let mut logits = be.download_f32(g.logits)?;
+        logits.truncate(b * vp);
+        Ok(logits)
     }
 }
 
@@ -347,44 +371,4 @@ fn check_prompt(cfg: &GptConfig, prompt: &[u32], index: Option<usize>) -> Result
         )));
     }
     Ok(())
-}
-
-/// Picks one row of a `[rows, c]` buffer with a one-hot `[1, rows]` matmul.
-struct Selector<'a> {
-    buf: BufId,
-    host: &'a mut Vec<f32>,
-    len: usize,
-}
-
-impl Selector<'_> {
-    /// `out[0, :] = src[row, :]`.
-    fn select_row(
-        &mut self,
-        be: &mut BackendBox,
-        out: BufId,
-        src: BufId,
-        row: usize,
-        rows: usize,
-        c: usize,
-    ) -> Result<(), ModelError> {
-        self.host.clear();
-        self.host.resize(self.len, 0.0);
-        self.host[row] = 1.0;
-        be.upload_f32(self.buf, self.host)?;
-        be.matmul(MatmulArgs {
-            out,
-            a: self.buf,
-            b: src,
-            bias: ROption::RNone,
-            m: 1,
-            n: c,
-            k: rows,
-            trans_a: false,
-            trans_b: false,
-            alpha: 1.0,
-            beta: 0.0,
-        })
-        .ok_or_err()?;
-        Ok(())
-    }
 }

@@ -10,6 +10,7 @@
 
 mod activations;
 mod backward;
+mod block;
 mod checkpoint;
 mod config;
 mod error;

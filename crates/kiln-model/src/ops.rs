@@ -82,3 +82,16 @@ pub(crate) fn linear_backward(
     }
     Ok(())
 }
+
+/// Tied lm_head: `logits[rows, Vp] = inp[rows, C] @ wte[Vp, C]^T`.
+pub(crate) fn lm_head(
+    be: &mut BackendBox,
+    logits: BufId,
+    inp: BufId,
+    wte: BufId,
+    rows: usize,
+    c: usize,
+    vp: usize,
+) -> Result<(), ModelError> {
+    linear(be, logits, inp, wte, None, rows, c, vp)
+}

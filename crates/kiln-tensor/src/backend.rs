@@ -260,9 +260,12 @@ impl CpuBackend {
 
     // ---- layers ------------------------------------------------------------
 
+    /// `encoder_forward` (`pos0 == 0`) and `encoder_forward_at` (`op` names
+    /// the one called, for messages).
     #[allow(clippy::too_many_arguments)]
     fn encoder_forward_impl(
         &mut self,
+        op: &'static str,
         out: BufId,
         tokens: BufId,
         wte: BufId,
@@ -270,11 +273,15 @@ impl CpuBackend {
         b: usize,
         t: usize,
         c: usize,
+        pos0: usize,
     ) -> Result<(), String> {
-        let op = "encoder_forward";
         let bt = product(op, "B*T", &[b, t])?;
         let btc = product(op, "B*T*C", &[bt, c])?;
-        let tc = product(op, "T*C", &[t, c])?;
+        // wpe rows pos0..pos0+T are read: the buffer must hold (pos0+T)*C.
+        let end = pos0
+            .checked_add(t)
+            .ok_or_else(|| format!("{op}: pos0 + T overflows"))?;
+        let wpe_len = product(op, "(pos0+T)*C", &[end, c])?;
         self.with_outputs(
             op,
             &[("out", out)],
@@ -282,9 +289,10 @@ impl CpuBackend {
             |ins, outs| {
                 let tokens = ins.u32("tokens", tokens, bt)?;
                 let wte = ins.f32_whole("wte", wte)?;
-                let wpe = ins.f32("wpe", wpe, tc)?;
+                let wpe = ins.f32("wpe", wpe, wpe_len)?;
                 check_tokens(op, "wte", tokens, wte.len(), c)?;
                 let wte = &wte[..rows_of(wte.len(), c) * c];
+                let wpe = &wpe[pos0 * c..wpe_len];
                 ops::encoder::forward(outs[0].f32(op, btc)?, tokens, wte, wpe, t, c);
                 Ok(())
             },
@@ -840,7 +848,7 @@ impl Backend for CpuBackend {
         c: usize,
     ) -> RResult<(), RString> {
         guard("encoder_forward", || {
-            ffi(self.encoder_forward_impl(out, tokens, wte, wpe, b, t, c))
+            ffi(self.encoder_forward_impl("encoder_forward", out, tokens, wte, wpe, b, t, c, 0))
         })
     }
 
@@ -1017,5 +1025,30 @@ impl Backend for CpuBackend {
 
     fn adamw(&mut self, args: AdamWArgs) -> RResult<(), RString> {
         guard("adamw", || ffi(self.adamw_impl(args)))
+    }
+    fn encoder_forward_at(
+        &mut self,
+        out: BufId,
+        tokens: BufId,
+        wte: BufId,
+        wpe: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+        pos0: usize,
+    ) -> RResult<(), RString> {
+        guard("encoder_forward_at", || {
+            ffi(self.encoder_forward_impl(
+                "encoder_forward_at",
+                out,
+                tokens,
+                wte,
+                wpe,
+                b,
+                t,
+                c,
+                pos0,
+            ))
+        })
     }
 }

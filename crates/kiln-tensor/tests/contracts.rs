@@ -66,6 +66,17 @@ fn cases(d: Dims) -> Vec<Case> {
             call: |be, i, d| be.encoder_forward(i[0], i[1], i[2], i[3], d.b, d.t, d.c),
         },
         Case {
+            // positions 2..2+T: wpe holds T+2 rows
+            op: "encoder_forward_at",
+            args: vec![
+                ("out", F32, btc),
+                ("tokens", U32, bt),
+                ("wte", F32, vp * c),
+                ("wpe", F32, (t + 2) * c),
+            ],
+            call: |be, i, d| be.encoder_forward_at(i[0], i[1], i[2], i[3], d.b, d.t, d.c, 2),
+        },
+        Case {
             op: "encoder_backward",
             args: vec![
                 ("dwte", F32, vp * c),

@@ -458,6 +458,105 @@ fn encoder_forward_and_gradients() {
 }
 
 #[test]
+fn encoder_forward_at_reads_positions_from_pos0() {
+    let (bsz, t, c, vp, pos0, t_max) = (2, 3, 4, 6, 5, 9);
+    let mut rng = Rng::new(21);
+    let tokens: Vec<u32> = vec![5, 0, 2, 2, 4, 1];
+    let wte = rng.vec(vp * c, 1.0);
+    let wpe = rng.vec(t_max * c, 1.0);
+    let mut be = backend(2);
+    let ti = be.from_u32(&tokens).unwrap();
+    let (wi, pi, out) = (
+        upload(&mut be, &wte),
+        upload(&mut be, &wpe),
+        zeros(&mut be, bsz * t * c),
+    );
+    be.encoder_forward_at(out, ti, wi, pi, bsz, t, c, pos0)
+        .ok_or_err()
+        .unwrap();
+    let (wte64, wpe64) = (to_f64(&wte), to_f64(&wpe));
+    let reference =
+        |wte: &[f64], wpe: &[f64]| r::encoder(&tokens, wte, &wpe[pos0 * c..(pos0 + t) * c], t, c);
+    let got = download(&mut be, out);
+    assert_close("out", &got, &reference(&wte64, &wpe64), 1e-6, 1e-6);
+
+    // Finite differences of the backend op itself: only the rows it should
+    // read (the tokens' wte rows, wpe rows pos0..pos0+T) move its output,
+    // by the amounts the f64 reference's gradient says.
+    let g = rng.vec(bsz * t * c, 1.0);
+    let g64 = to_f64(&g);
+    let mut op_sum = |wte: &[f64], wpe: &[f64]| -> f64 {
+        let (w32, p32): (Vec<f32>, Vec<f32>) = (
+            wte.iter().map(|&x| x as f32).collect(),
+            wpe.iter().map(|&x| x as f32).collect(),
+        );
+        be.upload_f32(wi, &w32).unwrap();
+        be.upload_f32(pi, &p32).unwrap();
+        be.encoder_forward_at(out, ti, wi, pi, bsz, t, c, pos0)
+            .ok_or_err()
+            .unwrap();
+        weighted_sum(&g64, &to_f64(&download(&mut be, out)))
+    };
+    // h large enough for f32 inputs; the op is linear, so no truncation error.
+    let h = 1e-2;
+    let mut op_grad = |which_wpe: bool| -> Vec<f64> {
+        let mut x = if which_wpe {
+            wpe64.clone()
+        } else {
+            wte64.clone()
+        };
+        (0..x.len())
+            .map(|i| {
+                let orig = x[i];
+                let mut at = |v: f64, x: &mut Vec<f64>| {
+                    x[i] = v;
+                    if which_wpe {
+                        op_sum(&wte64, x)
+                    } else {
+                        op_sum(x, &wpe64)
+                    }
+                };
+                let d = (at(orig + h, &mut x) - at(orig - h, &mut x)) / (2.0 * h);
+                x[i] = orig;
+                d
+            })
+            .collect()
+    };
+    let op_dwpe = op_grad(true);
+    let op_dwte = op_grad(false);
+    let ref_dwpe = numeric_grad(&wpe64, |x| weighted_sum(&g64, &reference(&wte64, x)));
+    let ref_dwte = numeric_grad(&wte64, |x| weighted_sum(&g64, &reference(x, &wpe64)));
+    let as_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    assert_close("d/dwpe", &as_f32(&op_dwpe), &ref_dwpe, 1e-3, 1e-3);
+    assert_close("d/dwte", &as_f32(&op_dwte), &ref_dwte, 1e-3, 1e-3);
+    assert!(op_dwpe[..pos0 * c].iter().all(|&d| d.abs() < 1e-3));
+    assert!(op_dwpe[(pos0 + t) * c..].iter().all(|&d| d.abs() < 1e-3));
+
+    // pos0 = 0 is encoder_forward bit for bit; the last rows of wpe fit
+    // exactly; one more position is an error naming the op and wpe.
+    let full = zeros(&mut be, bsz * t * c);
+    be.upload_f32(wi, &wte).unwrap();
+    be.upload_f32(pi, &wpe).unwrap();
+    be.encoder_forward(full, ti, wi, pi, bsz, t, c)
+        .ok_or_err()
+        .unwrap();
+    be.encoder_forward_at(out, ti, wi, pi, bsz, t, c, 0)
+        .ok_or_err()
+        .unwrap();
+    assert_eq!(download(&mut be, full), download(&mut be, out));
+    let last = t_max - t;
+    assert!(be
+        .encoder_forward_at(out, ti, wi, pi, bsz, t, c, last)
+        .ok_or_err()
+        .is_ok());
+    let r = be.encoder_forward_at(out, ti, wi, pi, bsz, t, c, last + 1);
+    assert!(
+        matches!(r, RResult::RErr(ref e) if e.contains("encoder_forward_at") && e.contains("wpe")),
+        "{r:?}"
+    );
+}
+
+#[test]
 fn crossentropy_forward_and_gradient_with_ignored_targets_and_padding() {
     let (rows, v, vp) = (6, 7, 10);
     let mut rng = Rng::new(12);

@@ -43,6 +43,7 @@ pub const OPS: &[&str] = &[
     "crossentropy_forward",
     "crossentropy_backward",
     "adamw",
+    "encoder_forward_at",
 ];
 
 /// Wraps a backend so that none of its panics cross the boundary.
@@ -320,5 +321,23 @@ impl<B: Backend> Backend for Guarded<B> {
     }
     fn adamw(&mut self, args: AdamWArgs) -> RResult<(), RString> {
         guarded!(self, "adamw", self.inner.adamw(args))
+    }
+    fn encoder_forward_at(
+        &mut self,
+        out: BufId,
+        tokens: BufId,
+        wte: BufId,
+        wpe: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+        pos0: usize,
+    ) -> RResult<(), RString> {
+        guarded!(
+            self,
+            "encoder_forward_at",
+            self.inner
+                .encoder_forward_at(out, tokens, wte, wpe, b, t, c, pos0)
+        )
     }
 }

@@ -83,3 +83,64 @@ fn sampling_is_seed_deterministic() {
     assert!(gpt.generate(&mut be, &[], &opts(1)).is_err());
     assert!(gpt.generate(&mut be, &[57], &opts(1)).is_err());
 }
+
+/// Reference sampler: recompute the whole forward for every new token and
+/// sample from its last row with the same rule and seed.
+fn sample_by_full_forward(
+    gpt: &mut kiln_model::Gpt,
+    be: &mut kiln_abi::BackendBox,
+    prompt: &[u32],
+    opts: &SampleOptions,
+) -> Vec<u32> {
+    let (v, t_max) = (gpt.config.vocab_size, gpt.config.max_seq_len);
+    let mut rng = kiln_model::Rng::new(opts.seed);
+    let mut context = prompt.to_vec();
+    let mut out = Vec::new();
+    while out.len() < opts.max_new_tokens {
+        let t = context.len();
+        gpt.forward(be, &context, None, 1, t).unwrap();
+        let logits = gpt.logits(be).unwrap();
+        let next = kiln_model::sample_token(&logits[(t - 1) * v..], opts, &mut rng);
+        out.push(next);
+        if Some(next) == opts.stop_token || t == t_max {
+            break;
+        }
+        context.push(next);
+    }
+    out
+}
+
+#[test]
+fn batched_sampling_equals_full_forward_sampling_with_long_prompts() {
+    let mut be = backend();
+    // Prompts longer than one prefill chunk (64 positions), of different
+    // lengths; the longest reaches max_seq_len before max_new_tokens.
+    let cfg = GptConfig::new(57, 150, 2, 2, 16);
+    let mut gpt = perturbed_model(&mut be, cfg.clone(), 6);
+    let prompts: Vec<Vec<u32>> = [70usize, 131, 66, 145]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| tokens(n, cfg.vocab_size, 60 + i as u64))
+        .collect();
+    let opts = SampleOptions {
+        max_new_tokens: 10,
+        temperature: 1.0,
+        top_k: Some(20),
+        top_p: Some(0.95),
+        seed: 11,
+        stop_token: None,
+    };
+    let batch = gpt.generate_batch(&mut be, &prompts, &opts).unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let one = SampleOptions {
+            seed: 11 + i as u64,
+            ..opts.clone()
+        };
+        let want = sample_by_full_forward(&mut gpt, &mut be, prompt, &one);
+        assert_eq!(batch[i], want, "prompt {i}");
+    }
+    assert_eq!(
+        batch.iter().map(Vec::len).collect::<Vec<_>>(),
+        [10, 10, 10, 6]
+    );
+}
