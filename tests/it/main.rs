@@ -2,6 +2,7 @@
 
 mod cli;
 mod data_cli;
+mod dpo;
 mod gpt2_reference;
 mod pipeline;
 mod plugins;

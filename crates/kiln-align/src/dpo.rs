@@ -1,1 +1,584 @@
-//! (being written)
+//! Direct preference optimisation (and IPO, hinge, robust, SimPO) of a
+//! policy on `(prompt, chosen, rejected)` pairs.
+//!
+//! - A completion's log-prob is the SUM of its tokens' log-probs (prompt
+//!   tokens masked), as in TRL; the objectives are in [`crate::loss::dpo`].
+//! - The reference model is the policy's starting point. Its log-probs are
+//!   computed once, before training, and cached on disk keyed by a
+//!   fingerprint of the model files and the encoded pairs
+//!   ([`ReferenceCache`]); a rerun with the same model and data reuses them
+//!   and never loads the reference model.
+//! - Gradients: one forward over a micro-batch of `2k` rows (chosen and
+//!   rejected of `k` pairs, right-padded), the objective's gradient with
+//!   respect to each sequence log-prob put on that sequence's completion
+//!   positions, one weighted backward ([`Gpt::backward_weighted`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kiln_abi::BackendBox;
+use kiln_model::{Gpt, Rng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::batch::{prompt_completion, LmSequence, TokenBatch};
+use crate::data::EncodedPair;
+use crate::loss::dpo::{preference_loss, PairLogps, PreferenceLoss, PreferenceOutput};
+use crate::metrics::{MetricsLog, Progress, Record, EVAL, TRAIN};
+use crate::optim::{AlignOptimizer, OptimConfig};
+use crate::policy::param_refs;
+use crate::AlignError;
+
+/// The reference log-prob cache inside the output directory.
+pub const REF_CACHE_FILE: &str = "ref_logps.json";
+
+/// Settings of a preference-optimisation run (the `dpo.toml` keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DpoConfig {
+    /// sigmoid (DPO), robust, ipo, hinge or simpo.
+    pub loss: String,
+    /// β: the strength of the implicit KL constraint (SimPO: reward scale).
+    pub beta: f64,
+    /// ε of the robust loss (assumed share of flipped labels), in [0, 0.5).
+    pub label_smoothing: f64,
+    /// γ, SimPO's target reward margin.
+    pub simpo_gamma: f64,
+    /// Pairs per optimizer step.
+    pub batch_size: usize,
+    /// Pairs per forward/backward (gradient accumulation inside a step).
+    pub micro_batch: usize,
+    /// Passes over the pairs (ignored when `steps` is set).
+    pub epochs: u64,
+    /// Optimizer steps (default: `epochs` passes).
+    pub steps: Option<u64>,
+    pub lr: f32,
+    pub min_lr: f32,
+    pub warmup: u64,
+    pub weight_decay: f32,
+    pub grad_clip: Option<f32>,
+    pub seed: u64,
+    /// Plain progress line every N steps when stderr is not a terminal.
+    pub log_every: u64,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        DpoConfig {
+            loss: "sigmoid".into(),
+            beta: 0.1,
+            label_smoothing: 0.1,
+            simpo_gamma: 0.5,
+            batch_size: 8,
+            micro_batch: 8,
+            epochs: 1,
+            steps: None,
+            lr: 1e-5,
+            min_lr: 1e-6,
+            warmup: 0,
+            weight_decay: 0.0,
+            grad_clip: Some(1.0),
+            seed: 0,
+            log_every: 10,
+        }
+    }
+}
+
+impl DpoConfig {
+    /// The objective, with its extra parameter; errors name the key.
+    pub fn objective(&self) -> Result<PreferenceLoss, AlignError> {
+        let kind = PreferenceLoss::from_name(&self.loss, self.label_smoothing, self.simpo_gamma)
+            .map_err(|e| AlignError::Config(format!("loss: {e}")))?;
+        // Validate β / ε / γ once, up front, on a harmless pair.
+        let probe = PairLogps {
+            chosen_len: 1,
+            rejected_len: 1,
+            ..Default::default()
+        };
+        preference_loss(kind, self.beta, &[probe]).map_err(|e| AlignError::Config(e.0))?;
+        Ok(kind)
+    }
+
+    pub fn validate(&self) -> Result<(), AlignError> {
+        self.objective()?;
+        if self.batch_size == 0 || self.micro_batch == 0 {
+            return Err(AlignError::Config(
+                "batch_size and micro_batch must be at least 1".into(),
+            ));
+        }
+        if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
+            return Err(AlignError::Config(
+                "nothing to train: steps (or epochs) is 0".into(),
+            ));
+        }
+        self.optim().validate()
+    }
+
+    pub fn optim(&self) -> OptimConfig {
+        OptimConfig {
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            ..OptimConfig::default()
+        }
+    }
+
+    /// Optimizer steps for `pairs` pairs.
+    pub fn total_steps(&self, pairs: usize) -> u64 {
+        self.steps
+            .unwrap_or_else(|| self.epochs * pairs.div_ceil(self.batch_size.max(1)) as u64)
+    }
+}
+
+/// Reference (or any frozen model's) summed completion log-probs of one
+/// pair: `[chosen, rejected]`.
+pub type PairRef = [f64; 2];
+
+/// The `2k` rows (chosen, rejected, chosen, ...) of `pairs` in the
+/// next-token layout, completions learned, prompts masked.
+pub fn pair_batch(pairs: &[&EncodedPair], pad: u32) -> Result<TokenBatch, AlignError> {
+    let seqs: Vec<(Vec<u32>, Vec<bool>)> = pairs
+        .iter()
+        .flat_map(|p| {
+            [
+                prompt_completion(&p.prompt, &p.chosen),
+                prompt_completion(&p.prompt, &p.rejected),
+            ]
+        })
+        .collect();
+    let views: Vec<LmSequence<'_>> = seqs
+        .iter()
+        .map(|(ids, learn)| LmSequence { ids, learn })
+        .collect();
+    TokenBatch::next_token(&views, pad).map_err(AlignError::Input)
+}
+
+/// Forward `batch` and return each row's summed target log-prob (f64 sums
+/// of the model's f32 token losses). Activations stay for a backward.
+pub fn sequence_logps(
+    model: &mut Gpt,
+    be: &mut BackendBox,
+    batch: &TokenBatch,
+) -> Result<Vec<f64>, AlignError> {
+    let losses = model.forward_token_losses(be, &batch.tokens, &batch.targets, batch.b, batch.t)?;
+    Ok((0..batch.b)
+        .map(|r| {
+            let row = r * batch.t..(r + 1) * batch.t;
+            -losses[row.clone()]
+                .iter()
+                .zip(&batch.targets[row])
+                .filter(|(_, &y)| y != crate::batch::IGNORE)
+                .map(|(&l, _)| l as f64)
+                .sum::<f64>()
+        })
+        .collect())
+}
+
+/// Summed completion log-probs of every pair under a frozen `model`,
+/// `micro_batch` pairs per forward.
+pub fn pair_logps(
+    model: &mut Gpt,
+    be: &mut BackendBox,
+    pairs: &[EncodedPair],
+    pad: u32,
+    micro_batch: usize,
+) -> Result<Vec<PairRef>, AlignError> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(micro_batch.max(1)) {
+        let refs: Vec<&EncodedPair> = chunk.iter().collect();
+        let lp = sequence_logps(model, be, &pair_batch(&refs, pad)?)?;
+        out.extend(lp.chunks_exact(2).map(|c| [c[0], c[1]]));
+    }
+    Ok(out)
+}
+
+fn pair_inputs(pairs: &[&EncodedPair], policy: &[f64], refs: &[PairRef]) -> Vec<PairLogps> {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PairLogps {
+            policy_chosen: policy[2 * i],
+            policy_rejected: policy[2 * i + 1],
+            ref_chosen: refs[i][0],
+            ref_rejected: refs[i][1],
+            chosen_len: p.chosen.len(),
+            rejected_len: p.rejected.len(),
+        })
+        .collect()
+}
+
+/// One micro-batch: forward, the objective (mean over these pairs), and
+/// `grads += scale · d(objective)/d(params)`. Returns the objective's
+/// output (loss and rewards unscaled) and the policy log-probs.
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate_gradients(
+    model: &mut Gpt,
+    be: &mut BackendBox,
+    pairs: &[&EncodedPair],
+    refs: &[PairRef],
+    kind: PreferenceLoss,
+    beta: f64,
+    pad: u32,
+    scale: f64,
+) -> Result<(PreferenceOutput, Vec<f64>), AlignError> {
+    if pairs.len() != refs.len() {
+        return Err(AlignError::Input(format!(
+            "{} pairs but {} reference log-prob pairs",
+            pairs.len(),
+            refs.len()
+        )));
+    }
+    let batch = pair_batch(pairs, pad)?;
+    let policy = sequence_logps(model, be, &batch)?;
+    let out = preference_loss(kind, beta, &pair_inputs(pairs, &policy, refs))
+        .map_err(|e| AlignError::Config(e.0))?;
+    // loss_i = -log p_i: d/dθ Σ_rows g_row · logp_row = Σ_i (-g_row(i)) dloss_i/dθ.
+    let mut weights = vec![0f32; batch.b * batch.t];
+    for (i, g) in out.grads.iter().enumerate() {
+        for (row, d) in [(2 * i, g.chosen), (2 * i + 1, g.rejected)] {
+            let w = (-d * scale) as f32;
+            for pos in row * batch.t..(row + 1) * batch.t {
+                if batch.is_counted(pos) {
+                    weights[pos] = w;
+                }
+            }
+        }
+    }
+    model.backward_weighted(be, &weights)?;
+    Ok((out, policy))
+}
+
+/// FNV-1a 64: a stable hash (std's hasher may change between releases).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn u32s(&mut self, ids: &[u32]) {
+        self.bytes(&(ids.len() as u64).to_le_bytes());
+        for id in ids {
+            self.bytes(&id.to_le_bytes());
+        }
+    }
+}
+
+/// Identifies the reference log-probs: the reference model's files
+/// (`config.json`, `model.safetensors`) and every encoded pair, in order.
+pub fn reference_fingerprint(
+    model_dir: &Path,
+    pairs: &[EncodedPair],
+) -> Result<String, AlignError> {
+    let mut model = Fnv::new();
+    for name in ["config.json", "model.safetensors"] {
+        let path = model_dir.join(name);
+        let bytes = std::fs::read(&path).map_err(|e| AlignError::io(&path, e))?;
+        model.bytes(&bytes);
+    }
+    let mut data = Fnv::new();
+    for p in pairs {
+        data.u32s(&p.prompt);
+        data.u32s(&p.chosen);
+        data.u32s(&p.rejected);
+    }
+    Ok(format!("model-{:016x}-data-{:016x}", model.0, data.0))
+}
+
+/// Reference log-probs on disk (`OUT/ref_logps.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceCache {
+    pub fingerprint: String,
+    pub pairs: usize,
+    /// `[chosen, rejected]` per pair, in data order.
+    pub logps: Vec<PairRef>,
+}
+
+/// Where the reference log-probs of a run came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefSource {
+    Computed,
+    Reused,
+    /// SimPO has no reference.
+    NotNeeded,
+}
+
+impl ReferenceCache {
+    /// The cache at `path` when its fingerprint matches, else None (a
+    /// missing, stale or unreadable cache is recomputed, not an error).
+    pub fn load_matching(path: &Path, fingerprint: &str, pairs: usize) -> Option<ReferenceCache> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let cache: ReferenceCache = serde_json::from_str(&text).ok()?;
+        (cache.fingerprint == fingerprint
+            && cache.pairs == pairs
+            && cache.logps.len() == pairs
+            && cache.logps.iter().flatten().all(|x| x.is_finite()))
+        .then_some(cache)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), AlignError> {
+        let text = serde_json::to_string(self).expect("plain data");
+        kiln_stdx::fs::write_atomic(path, text.as_bytes()).map_err(|e| AlignError::io(path, e))
+    }
+}
+
+/// Reference log-probs of `pairs` for the model in `model_dir`: from
+/// `cache_path` when it matches, else computed with a freshly loaded copy of
+/// the model (released afterwards) and written there.
+pub fn reference_logps(
+    be: &mut BackendBox,
+    model_dir: &Path,
+    pairs: &[EncodedPair],
+    pad: u32,
+    micro_batch: usize,
+    cache_path: &Path,
+) -> Result<(Vec<PairRef>, RefSource), AlignError> {
+    let fingerprint = reference_fingerprint(model_dir, pairs)?;
+    if let Some(c) = ReferenceCache::load_matching(cache_path, &fingerprint, pairs.len()) {
+        return Ok((c.logps, RefSource::Reused));
+    }
+    let mut reference = Gpt::load_pretrained(be, model_dir)?;
+    let logps = pair_logps(&mut reference, be, pairs, pad, micro_batch);
+    reference.release(be)?;
+    let logps = logps?;
+    ReferenceCache {
+        fingerprint,
+        pairs: pairs.len(),
+        logps: logps.clone(),
+    }
+    .save(cache_path)?;
+    Ok((logps, RefSource::Computed))
+}
+
+/// Mean figures over a set of pairs (an evaluation pass, no gradients).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PairEval {
+    pub loss: f64,
+    pub rewards_chosen: f64,
+    pub rewards_rejected: f64,
+    pub rewards_margins: f64,
+    pub rewards_accuracies: f64,
+    pub logps_chosen: f64,
+    pub logps_rejected: f64,
+}
+
+impl PairEval {
+    fn record(&self, step: u64, split: &str) -> Record {
+        Record::new(step, split)
+            .with("loss", self.loss)
+            .with("rewards/chosen", self.rewards_chosen)
+            .with("rewards/rejected", self.rewards_rejected)
+            .with("rewards/margins", self.rewards_margins)
+            .with("rewards/accuracies", self.rewards_accuracies)
+            .with("logps/chosen", self.logps_chosen)
+            .with("logps/rejected", self.logps_rejected)
+    }
+}
+
+/// The objective and rewards of `model` on all `pairs` (forward only).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_pairs(
+    model: &mut Gpt,
+    be: &mut BackendBox,
+    pairs: &[EncodedPair],
+    refs: &[PairRef],
+    kind: PreferenceLoss,
+    beta: f64,
+    pad: u32,
+    micro_batch: usize,
+) -> Result<PairEval, AlignError> {
+    let policy = pair_logps(model, be, pairs, pad, micro_batch)?;
+    let flat: Vec<f64> = policy.iter().flatten().copied().collect();
+    let all: Vec<&EncodedPair> = pairs.iter().collect();
+    let out = preference_loss(kind, beta, &pair_inputs(&all, &flat, refs))
+        .map_err(|e| AlignError::Config(e.0))?;
+    let n = pairs.len() as f64;
+    Ok(PairEval {
+        loss: out.loss,
+        rewards_chosen: out.rewards.chosen,
+        rewards_rejected: out.rewards.rejected,
+        rewards_margins: out.rewards.margins,
+        rewards_accuracies: out.rewards.accuracies,
+        logps_chosen: policy.iter().map(|p| p[0]).sum::<f64>() / n,
+        logps_rejected: policy.iter().map(|p| p[1]).sum::<f64>() / n,
+    })
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DpoSummary {
+    pub loss_type: String,
+    pub beta: f64,
+    pub pairs: usize,
+    pub steps: u64,
+    pub skipped_steps: u64,
+    /// Loss of the first step (before any update): ln 2 for DPO.
+    pub first_loss: f64,
+    pub last_loss: f64,
+    /// All pairs, before and after training.
+    pub before: PairEval,
+    pub after: PairEval,
+    /// Real (non-padding) tokens per second of the optimizer steps.
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+/// Trains `model` for `cfg.total_steps()` optimizer steps on `pairs`
+/// (shuffled each epoch with `cfg.seed`), one metrics record per step
+/// (`loss`, `lr`, `grad_norm`, `rewards/*`, `logps/*`, `tokens_per_s`) plus
+/// eval records over all pairs at step 0 and at the end.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    be: &mut BackendBox,
+    model: &mut Gpt,
+    pairs: &[EncodedPair],
+    refs: &[PairRef],
+    pad: u32,
+    cfg: &DpoConfig,
+    mut metrics: Option<&mut MetricsLog>,
+    progress: &Progress,
+) -> Result<DpoSummary, AlignError> {
+    cfg.validate()?;
+    let kind = cfg.objective()?;
+    if pairs.is_empty() || pairs.len() != refs.len() {
+        return Err(AlignError::Input(format!(
+            "{} pairs with {} reference log-probs",
+            pairs.len(),
+            refs.len()
+        )));
+    }
+    let total = cfg.total_steps(pairs.len());
+    let mut log = |r: &Record| -> Result<(), AlignError> {
+        progress.record(r);
+        if let Some(m) = metrics.as_deref_mut() {
+            m.append(r)
+                .map_err(|e| AlignError::io(m.path().to_path_buf(), e))?;
+        }
+        Ok(())
+    };
+    let before = evaluate_pairs(model, be, pairs, refs, kind, cfg.beta, pad, cfg.micro_batch)?;
+    log(&before.record(0, EVAL))?;
+
+    let mut opt = AlignOptimizer::new(be, param_refs(model), &cfg.optim(), total)?;
+    let mut rng = Rng::new(cfg.seed);
+    let mut order: Vec<usize> = Vec::new();
+    let mut cursor = 0;
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let (mut skipped_steps, mut tokens, mut busy_s) = (0u64, 0usize, 0f64);
+    let started = Instant::now();
+    for step in 1..=total {
+        let t0 = Instant::now();
+        // Next batch_size pairs of the shuffled order (reshuffled each pass).
+        let mut picked = Vec::with_capacity(cfg.batch_size);
+        while picked.len() < cfg.batch_size.min(pairs.len()) {
+            if cursor == order.len() {
+                order = (0..pairs.len()).collect();
+                shuffle(&mut order, &mut rng);
+                cursor = 0;
+            }
+            picked.push(order[cursor]);
+            cursor += 1;
+        }
+        opt.zero_grad(be)?;
+        let n = picked.len() as f64;
+        // Pair-weighted sums: loss, rewards chosen / rejected / margins / accuracies.
+        let mut sums = [0f64; 5];
+        let (mut lp_c, mut lp_r) = (0f64, 0f64);
+        for chunk in picked.chunks(cfg.micro_batch) {
+            let ps: Vec<&EncodedPair> = chunk.iter().map(|&i| &pairs[i]).collect();
+            let rs: Vec<PairRef> = chunk.iter().map(|&i| refs[i]).collect();
+            let m = chunk.len() as f64;
+            let (out, policy) =
+                accumulate_gradients(model, be, &ps, &rs, kind, cfg.beta, pad, m / n)?;
+            sums[0] += out.loss * m;
+            sums[1] += out.rewards.chosen * m;
+            sums[2] += out.rewards.rejected * m;
+            sums[3] += out.rewards.margins * m;
+            sums[4] += out.rewards.accuracies * m;
+            lp_c += policy.iter().step_by(2).sum::<f64>();
+            lp_r += policy.iter().skip(1).step_by(2).sum::<f64>();
+            tokens += ps
+                .iter()
+                .map(|p| 2 * p.prompt.len() + p.chosen.len() + p.rejected.len() - 2)
+                .sum::<usize>();
+        }
+        let loss = sums[0] / n;
+        let outcome = opt.step(be, loss as f32)?;
+        if outcome.skipped.is_some() {
+            skipped_steps += 1;
+        }
+        busy_s += t0.elapsed().as_secs_f64();
+        if step == 1 {
+            first_loss = loss;
+        }
+        last_loss = loss;
+        let r = Record::new(step, TRAIN)
+            .with("loss", loss)
+            .with("lr", outcome.lr as f64)
+            .with("grad_norm", outcome.grad_norm as f64)
+            .with("rewards/chosen", sums[1] / n)
+            .with("rewards/rejected", sums[2] / n)
+            .with("rewards/margins", sums[3] / n)
+            .with("rewards/accuracies", sums[4] / n)
+            .with("logps/chosen", lp_c / n)
+            .with("logps/rejected", lp_r / n)
+            .with("tokens_per_s", tokens as f64 / busy_s.max(1e-9))
+            .with("elapsed_s", started.elapsed().as_secs_f64());
+        log(&r)?;
+    }
+    opt.release(be)?;
+    let after = evaluate_pairs(model, be, pairs, refs, kind, cfg.beta, pad, cfg.micro_batch)?;
+    log(&after.record(total, EVAL))?;
+    progress.finish();
+    Ok(DpoSummary {
+        loss_type: kind.name().into(),
+        beta: cfg.beta,
+        pairs: pairs.len(),
+        steps: total,
+        skipped_steps,
+        first_loss,
+        last_loss,
+        before,
+        after,
+        tokens_per_s: tokens as f64 / busy_s.max(1e-9),
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Fisher-Yates with the run's seeded RNG.
+fn shuffle(v: &mut [usize], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+/// Files of an output directory.
+pub fn out_paths(out: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    (
+        out.join("metrics.jsonl"),
+        out.join(REF_CACHE_FILE),
+        out.join("model"),
+        out.join("summary.json"),
+    )
+}
+
+/// `summary.json`: the run's figures plus where the reference came from and
+/// what was skipped.
+pub fn summary_json(summary: &DpoSummary, source: RefSource, skipped_lines: usize) -> String {
+    let mut v = serde_json::to_value(summary).expect("plain data");
+    v["reference_logps"] = json!(match source {
+        RefSource::Computed => "computed",
+        RefSource::Reused => "reused from cache",
+        RefSource::NotNeeded => "not needed (simpo)",
+    });
+    v["skipped_lines"] = json!(skipped_lines);
+    serde_json::to_string_pretty(&v).expect("plain data") + "\n"
+}
