@@ -1,5 +1,6 @@
 //! Workspace integration tests: one crate, one module per area.
 
+mod align_cli;
 mod cli;
 mod data_cli;
 mod dpo;

@@ -81,9 +81,13 @@ impl TokenBatch {
             let n = s.ids.len() - 1;
             let row = r * t;
             tokens[row..row + n].copy_from_slice(&s.ids[..n]);
-            for i in 0..n {
-                if s.learn[i + 1] {
-                    targets[row + i] = s.ids[i + 1];
+            for ((y, &id), &learn) in targets[row..row + n]
+                .iter_mut()
+                .zip(&s.ids[1..])
+                .zip(&s.learn[1..])
+            {
+                if learn {
+                    *y = id;
                 }
             }
             lengths.push(n);

@@ -171,9 +171,9 @@ impl RewardModel {
             }
             let h = &last.hidden[pos * c..(pos + 1) * c];
             let dh = &mut dhidden[pos * c..(pos + 1) * c];
-            for j in 0..c {
-                dh[j] += g * w[j];
-                dw[j] += g as f64 * h[j] as f64;
+            for ((dhj, dwj), (&wj, &hj)) in dh.iter_mut().zip(&mut dw).zip(w.iter().zip(h)) {
+                *dhj += g * wj;
+                *dwj += g as f64 * hj as f64;
             }
             db += g as f64;
         }

@@ -1,10 +1,185 @@
-//! `kiln reward` (being written).
+//! `kiln reward`: trains a reward model (transformer + scalar head read at
+//! the last token) on preference pairs with the Bradley-Terry loss. Writes
+//! OUT/metrics.jsonl, OUT/summary.json and OUT/model/ (model, tokenizer.json,
+//! score_head.safetensors), the input of PPO's reward and value models.
 
-use anyhow::{bail, Result};
+use std::path::PathBuf;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::{bail, Context, Result};
+use kiln_align::data::{encode_pairs, read_preferences, OnBad};
+use kiln_align::metrics::{MetricsLog, Progress};
+use kiln_align::policy::Policy;
+use kiln_align::reward::{
+    read_margins, train_reward, RewardConfig, RewardExample, RewardModel, RewardSummary,
+};
+use kiln_align::sft::split_eval;
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("kiln reward is not built yet")
+use super::sft::read_toml;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Model directory to start from (usually the SFT model).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Preference pairs: {"prompt", "chosen", "rejected"[, "margin"]} per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory (metrics.jsonl, summary.json, model/).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// TOML file with reward settings (keys as in `RewardConfig`); flags
+    /// override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Tokenizer file (default: MODEL/tokenizer.json).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Skip and count bad lines and pairs too long for the model.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Reward centering coefficient (TRL recommends 0.01).
+    #[arg(long)]
+    pub center_coef: Option<f32>,
+    #[arg(long)]
+    pub eval_fraction: Option<f32>,
+}
+
+fn config_of(args: &Args) -> Result<RewardConfig> {
+    let mut c: RewardConfig = match &args.config {
+        Some(p) => read_toml(p, "reward")?,
+        None => RewardConfig::default(),
+    };
+    if let Some(v) = args.epochs {
+        c.epochs = v;
+    }
+    if let Some(v) = args.max_steps {
+        c.max_steps = v;
+    }
+    if let Some(v) = args.batch_size {
+        c.batch_size = v;
+    }
+    if let Some(v) = args.lr {
+        c.lr = v;
+        c.min_lr = c.min_lr.min(v);
+    }
+    if let Some(v) = args.seed {
+        c.seed = v;
+    }
+    if let Some(v) = args.center_coef {
+        c.center_coef = v;
+    }
+    if let Some(v) = args.eval_fraction {
+        c.eval_fraction = v;
+    }
+    c.validate().context("reward settings")?;
+    Ok(c)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let s = run_reward(&args)?;
+    let acc = |e: Option<kiln_align::reward::RewardEval>| {
+        e.map_or("-".to_string(), |e| format!("{:.3}", e.accuracy))
+    };
+    println!(
+        "done: {} steps, loss {:.4} -> {:.4}, held-out accuracy {} -> {}, {:.1} pairs/s; model {}",
+        s.steps,
+        s.first_loss,
+        s.last_loss,
+        acc(s.eval_before),
+        acc(s.eval),
+        s.pairs_per_s,
+        args.out.join("model").display()
+    );
+    Ok(())
+}
+
+/// The whole command as a function (the pipeline calls it).
+pub fn run_reward(args: &Args) -> Result<RewardSummary> {
+    let config = config_of(args)?;
+    let on_bad = if args.skip_bad {
+        OnBad::Skip
+    } else {
+        OnBad::Error
+    };
+    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let pairs = read_preferences(&args.data, on_bad)?;
+    let encoded = encode_pairs(
+        &policy.tokenizer,
+        &policy.template,
+        &pairs,
+        policy.max_seq_len(),
+        on_bad,
+    )?;
+    if let Some(report) = encoded.skip_report() {
+        eprintln!("warning: {report}");
+    }
+    let margins = read_margins(&args.data, &encoded.lines)?;
+    let examples: Vec<RewardExample> = encoded
+        .items
+        .iter()
+        .zip(margins)
+        .map(|(pair, margin)| RewardExample {
+            pair: pair.clone(),
+            margin,
+        })
+        .collect();
+    let (train, eval) = split_eval(&examples, config.eval_fraction, config.seed);
+    if train.is_empty() {
+        bail!("{}: no pairs left to train on", args.data.display());
+    }
+    let mut rm = RewardModel::from_policy(&mut be, policy, config.seed)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let metrics_path = args.out.join("metrics.jsonl");
+    let mut metrics = MetricsLog::create(&metrics_path)
+        .with_context(|| format!("creating {}", metrics_path.display()))?;
+    let mut total = train.len().div_ceil(config.pairs_per_step()) as u64 * config.epochs as u64;
+    if config.max_steps > 0 {
+        total = total.min(config.max_steps);
+    }
+    eprintln!(
+        "reward: {} train / {} eval pairs ({} skipped), {} steps of {} pairs, lr {} -> {}, centering {}",
+        train.len(),
+        eval.len(),
+        encoded.skipped.len(),
+        total,
+        config.pairs_per_step(),
+        config.lr,
+        config.min_lr,
+        config.center_coef
+    );
+    let progress = Progress::new("reward", total, config.log_every);
+    let result = train_reward(
+        &mut be,
+        &mut rm,
+        &train,
+        &eval,
+        &config,
+        Some(&mut metrics),
+        &progress,
+    );
+    progress.finish();
+    let summary = result?;
+    rm.save(&mut be, &args.out.join("model"))?;
+    let mut json = serde_json::to_value(&summary)?;
+    json["skipped_lines"] = encoded.skipped.len().into();
+    let path = args.out.join("summary.json");
+    kiln_stdx::fs::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(summary)
 }

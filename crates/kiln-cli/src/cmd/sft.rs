@@ -1,10 +1,182 @@
-//! `kiln sft` (being written).
+//! `kiln sft`: supervised fine-tuning of a pretrained model on chats
+//! (JSONL, OpenAI `messages` or prompt/completion), loss on assistant tokens
+//! only. Writes OUT/metrics.jsonl, OUT/summary.json and OUT/model/ (model +
+//! tokenizer.json, loadable by every later stage).
 
-use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::{bail, Context, Result};
+use kiln_align::data::{encode_chats, read_chats, OnBad};
+use kiln_align::metrics::{MetricsLog, Progress};
+use kiln_align::policy::Policy;
+use kiln_align::sft::{split_eval, train_sft, SftConfig, SftSummary};
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("kiln sft is not built yet")
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Model directory: a pretrain checkpoint, or a policy written by a
+    /// kiln alignment stage.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Chats, one JSON object per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory (metrics.jsonl, summary.json, model/).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// TOML file with SFT settings (keys as in `SftConfig`, e.g. batch_size);
+    /// flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Tokenizer file (default: MODEL/tokenizer.json).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Skip and count bad lines and chats too long for the model instead
+    /// of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub eval_fraction: Option<f32>,
+}
+
+/// Reads a TOML settings file of type `T` (unknown keys refused), naming
+/// the file in every error.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("config {}: cannot read", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "config {}: {} (valid keys are the {what} settings, e.g. batch_size)",
+            path.display(),
+            e.to_string().trim_end()
+        )
+    })
+}
+
+fn config_of(args: &Args) -> Result<SftConfig> {
+    let mut c: SftConfig = match &args.config {
+        Some(p) => read_toml(p, "SFT")?,
+        None => SftConfig::default(),
+    };
+    if let Some(v) = args.epochs {
+        c.epochs = v;
+    }
+    if let Some(v) = args.max_steps {
+        c.max_steps = v;
+    }
+    if let Some(v) = args.batch_size {
+        c.batch_size = v;
+    }
+    if let Some(v) = args.lr {
+        c.lr = v;
+        c.min_lr = c.min_lr.min(v);
+    }
+    if let Some(v) = args.seed {
+        c.seed = v;
+    }
+    if let Some(v) = args.eval_fraction {
+        c.eval_fraction = v;
+    }
+    c.validate().context("sft settings")?;
+    Ok(c)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let summary = run_sft(&args)?;
+    println!(
+        "done: {} steps, loss {:.4} -> {:.4}, val loss {} -> {}, {:.0} tokens/s; model {}",
+        summary.steps,
+        summary.first_loss,
+        summary.last_loss,
+        fmt_opt(summary.eval_loss_before),
+        fmt_opt(summary.eval_loss),
+        summary.tokens_per_s,
+        args.out.join("model").display()
+    );
+    Ok(())
+}
+
+fn fmt_opt(x: Option<f32>) -> String {
+    x.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+/// The whole command as a function (the pipeline calls it).
+pub fn run_sft(args: &Args) -> Result<SftSummary> {
+    let config = config_of(args)?;
+    let on_bad = if args.skip_bad {
+        OnBad::Skip
+    } else {
+        OnBad::Error
+    };
+    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let chats = read_chats(&args.data, on_bad)?;
+    let encoded = encode_chats(
+        &policy.tokenizer,
+        &policy.template,
+        &chats,
+        policy.max_seq_len(),
+        on_bad,
+    )?;
+    if let Some(report) = encoded.skip_report() {
+        eprintln!("warning: {report}");
+    }
+    let (train, eval) = split_eval(&encoded.items, config.eval_fraction, config.seed);
+    if train.is_empty() {
+        bail!("{}: no chats left to train on", args.data.display());
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let metrics_path = args.out.join("metrics.jsonl");
+    let mut metrics = MetricsLog::create(&metrics_path)
+        .with_context(|| format!("creating {}", metrics_path.display()))?;
+    let steps_per_epoch = train.len().div_ceil(config.chats_per_step()) as u64;
+    let mut total = steps_per_epoch * config.epochs as u64;
+    if config.max_steps > 0 {
+        total = total.min(config.max_steps);
+    }
+    eprintln!(
+        "sft: {} train / {} eval chats ({} skipped), {} steps of {} chats, lr {} -> {}, model {} ({} params)",
+        train.len(),
+        eval.len(),
+        encoded.skipped.len(),
+        total,
+        config.chats_per_step(),
+        config.lr,
+        config.min_lr,
+        args.model.display(),
+        policy.model.num_params()
+    );
+    let progress = Progress::new("sft", total, config.log_every);
+    let result = train_sft(
+        &mut be,
+        &mut policy,
+        &train,
+        &eval,
+        &config,
+        Some(&mut metrics),
+        &progress,
+    );
+    progress.finish();
+    let summary = result?;
+    policy.save(&mut be, &args.out.join("model"))?;
+    let mut json = serde_json::to_value(&summary)?;
+    json["skipped_lines"] = encoded.skipped.len().into();
+    let path = args.out.join("summary.json");
+    kiln_stdx::fs::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(summary)
 }
