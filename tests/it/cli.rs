@@ -13,7 +13,7 @@ use crate::train::{byte_shards, loss_bits};
 
 /// The `kiln` binary of this build (built once per test process, with the
 /// profile the tests were built with, into the same target directory).
-fn kiln_bin() -> &'static Path {
+pub(crate) fn kiln_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
