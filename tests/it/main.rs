@@ -6,6 +6,7 @@ mod cli;
 mod data_cli;
 mod dpo;
 mod gpt2_reference;
+mod perplexity_filter;
 mod pipeline;
 mod plugins;
 mod resume;

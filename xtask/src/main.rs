@@ -4,6 +4,10 @@
 //! - `plugins`  build the cdylib plugins into `target/plugins/`
 //! - `bench [NAME]` run the criterion benchmarks (all, or one bench target)
 //! - `demo`     the main job: `kiln pipeline` in release mode
+//! - `experiment data-quality [--quick]`  raw vs curated pretraining data,
+//!   written up in docs/experiments/ (see `experiment/mod.rs`)
+
+mod experiment;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -15,8 +19,9 @@ fn main() -> ExitCode {
         Some("plugins") => plugins("release").map(|_| ()),
         Some("bench") => bench(args.get(1).map(String::as_str)),
         Some("demo") => cargo(&["run", "--release", "-p", "kiln-cli", "--", "pipeline"]),
+        Some("experiment") => experiment::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|plugins|bench [NAME]|demo>");
+            eprintln!("usage: cargo xtask <ci|plugins|bench [NAME]|demo|experiment data-quality [--quick]>");
             return ExitCode::from(2);
         }
     };

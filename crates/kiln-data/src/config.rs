@@ -7,7 +7,7 @@ use crate::dedup::lines::LineDedupConfig;
 use crate::dedup::minhash::MinHashConfig;
 use crate::filters::{
     c4::C4, fineweb::FineWeb, gopher_quality::GopherQuality, gopher_repetition::GopherRepetition,
-    language::Language,
+    language::Language, perplexity::Perplexity,
 };
 use crate::pii::PiiConfig;
 use crate::split::InputConfig;
@@ -55,6 +55,7 @@ pub struct CurateConfig {
     pub fineweb: FineWeb,
     pub decontamination: DecontamConfig,
     pub pii: PiiConfig,
+    pub perplexity: Perplexity,
     pub exact_dedup: ExactDedup,
     pub minhash: MinHashConfig,
     pub line_dedup: LineDedupConfig,
@@ -98,6 +99,12 @@ impl CurateConfig {
         let mut c = Self::from_toml_str(&s, &p)?;
         if let Some(dir) = path.parent() {
             for e in &mut c.decontamination.eval {
+                if e.is_relative() {
+                    *e = dir.join(&*e);
+                }
+            }
+            let p = &mut c.perplexity;
+            for e in [&mut p.model, &mut p.tokenizer].into_iter().flatten() {
                 if e.is_relative() {
                     *e = dir.join(&*e);
                 }

@@ -1,15 +1,18 @@
 //! One document through the per-document stages: normalise, input limits,
 //! language, Gopher repetition, Gopher quality, C4 (rewrites), FineWeb,
-//! decontamination, PII redaction. Stage order follows FineWeb's pipeline.
+//! decontamination, PII redaction, then the optional model-based perplexity
+//! filter (the costliest, so last). Stage order follows FineWeb's pipeline.
 
 use crate::config::CurateConfig;
 use crate::decontam::Decontaminator;
 use crate::doc::Document;
 use crate::filters::c4::C4Outcome;
+use crate::filters::perplexity::PerplexityOutcome;
 use crate::filters::Rejection;
 use crate::normalize::normalize;
 use crate::pii::PiiCounts;
 use crate::read::BadRecord;
+use crate::stats::STAGES;
 use crate::words::split_words;
 use serde::Serialize;
 use std::time::Instant;
@@ -85,7 +88,7 @@ pub struct Outcome {
     pub kept: Option<Document>,
     pub rejects: Vec<Reject>,
     /// Nanoseconds per stage, indexed like [`crate::stats::STAGES`].
-    pub time_ns: [u64; 9],
+    pub time_ns: [u64; STAGES.len()],
     pub pii: PiiCounts,
     /// Bytes of the document as read (before normalisation).
     pub input_bytes: u64,
@@ -98,6 +101,7 @@ pub struct Processor {
 
 impl Processor {
     pub fn new(cfg: CurateConfig) -> std::io::Result<Self> {
+        cfg.perplexity.validate().map_err(std::io::Error::other)?;
         let decontam = if cfg.decontamination.enabled {
             Decontaminator::from_config(&cfg.decontamination)?
         } else {
@@ -243,12 +247,37 @@ impl Processor {
             }
             out.pii = counts;
         }
+        // Last: scoring with a model costs far more than every rule above.
+        if c.perplexity.enabled {
+            t = Instant::now(); // PII redaction is not a timed stage
+            let outcome = c.perplexity.check(&doc.text);
+            tick(&mut out.time_ns, 7, &mut t);
+            match outcome {
+                PerplexityOutcome::Scored { value, rejection } => {
+                    if let Some(r) = rejection {
+                        out.rejects.push(Reject::from_rejection(&doc, &r));
+                        return;
+                    }
+                    let rounded = (value * 1e4).round() / 1e4;
+                    doc.meta.insert("perplexity".into(), rounded.into());
+                }
+                PerplexityOutcome::Failed(e) => {
+                    let r = Rejection::new("perplexity", "score_failed", 0.0, 0.0);
+                    let mut rec = Reject::from_rejection(&doc, &r);
+                    rec.value = None;
+                    rec.threshold = None;
+                    rec.detail = Some(e);
+                    out.rejects.push(rec);
+                    return;
+                }
+            }
+        }
         out.kept = Some(doc);
     }
 }
 
 /// Adds the time since `t` to `stage` and restarts the clock.
-fn tick(times: &mut [u64; 9], stage: usize, t: &mut Instant) {
+fn tick(times: &mut [u64; STAGES.len()], stage: usize, t: &mut Instant) {
     let now = Instant::now();
     times[stage] += (now - *t).as_nanos() as u64;
     *t = now;

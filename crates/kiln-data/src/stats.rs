@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Stages in pipeline order (also the order of the summary table).
-pub const STAGES: [&str; 10] = [
+pub const STAGES: [&str; 11] = [
     "input",
     "language",
     "gopher_repetition",
@@ -15,6 +15,7 @@ pub const STAGES: [&str; 10] = [
     "c4",
     "fineweb",
     "decontamination",
+    "perplexity",
     "exact_dedup",
     "minhash",
     "line_dedup",

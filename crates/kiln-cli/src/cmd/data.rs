@@ -2,10 +2,13 @@
 
 use anyhow::{bail, Context};
 use kiln_data::curate::{curate, CurateOptions, Progress};
+use kiln_data::filters::perplexity::ScorerHandle;
 use kiln_data::CurateConfig;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+mod perplexity;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -46,6 +49,19 @@ pub struct CurateArgs {
     /// Evaluation JSONL files for 13-gram decontamination (added to the config's list).
     #[arg(long)]
     pub eval: Vec<PathBuf>,
+    /// Score every document with this kiln checkpoint (or pretrain run
+    /// directory) and keep its perplexity; enables the perplexity filter.
+    #[arg(long)]
+    pub perplexity_model: Option<PathBuf>,
+    /// The tokenizer the --perplexity-model was trained with.
+    #[arg(long)]
+    pub perplexity_tokenizer: Option<PathBuf>,
+    /// Remove documents whose perplexity under the model is above this.
+    #[arg(long)]
+    pub max_perplexity: Option<f64>,
+    /// Remove documents whose perplexity under the model is below this.
+    #[arg(long)]
+    pub min_perplexity: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +106,7 @@ fn run_curate(a: CurateArgs) -> anyhow::Result<()> {
         None => CurateConfig::default(),
     };
     config.decontamination.eval.extend(a.eval.iter().cloned());
+    attach_perplexity_scorer(&mut config, &a)?;
     let opts = CurateOptions {
         inputs: a.input.clone(),
         output: a.output.clone(),
@@ -120,9 +137,79 @@ fn run_curate(a: CurateArgs) -> anyhow::Result<()> {
         Some(stats) => {
             println!("{}", stats.table());
             println!("wrote {}/kept, {}/rejected, {}/stats.json", a.output.display(), a.output.display(), a.output.display());
+            if opts.config.perplexity.enabled {
+                print_perplexity_quantiles(&a.output.join("kept"))?;
+            }
         }
         None => println!("stage 1 done for the selected shards; run again without --shard to deduplicate and write kept/"),
     }
+    Ok(())
+}
+
+/// Applies the perplexity flags over the config's `[perplexity]` section and
+/// loads the scorer when the filter is on.
+fn attach_perplexity_scorer(config: &mut CurateConfig, a: &CurateArgs) -> anyhow::Result<()> {
+    let p = &mut config.perplexity;
+    if let Some(m) = &a.perplexity_model {
+        p.model = Some(m.clone());
+        p.enabled = true;
+    }
+    if let Some(t) = &a.perplexity_tokenizer {
+        p.tokenizer = Some(t.clone());
+    }
+    if a.max_perplexity.is_some() {
+        p.max_perplexity = a.max_perplexity;
+    }
+    if a.min_perplexity.is_some() {
+        p.min_perplexity = a.min_perplexity;
+    }
+    if !p.enabled {
+        let flags = a.max_perplexity.is_some()
+            || a.min_perplexity.is_some()
+            || a.perplexity_tokenizer.is_some();
+        if flags {
+            bail!("--max-perplexity / --min-perplexity / --perplexity-tokenizer need --perplexity-model DIR (the model that scores documents)");
+        }
+        return Ok(());
+    }
+    let (Some(model), Some(tokenizer)) = (&p.model, &p.tokenizer) else {
+        bail!("the perplexity filter needs both --perplexity-model DIR and --perplexity-tokenizer FILE (or perplexity.model and perplexity.tokenizer in the config)");
+    };
+    let scorer = perplexity::ModelScorer::load(model, tokenizer)?;
+    p.scorer = ScorerHandle::new(std::sync::Arc::new(scorer));
+    p.validate().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(())
+}
+
+/// Quantiles of the kept documents' perplexities: where to put the
+/// thresholds for a wanted band (CCNet's head/middle/tail are cut at the
+/// 30th and 60th percentiles).
+fn print_perplexity_quantiles(kept: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut values = Vec::new();
+    for f in kiln_data::read::list_inputs(&[kept.to_path_buf()])? {
+        let r = kiln_data::read::open(&f).with_context(|| format!("{}", f.display()))?;
+        for line in r.lines() {
+            let v: serde_json::Value = serde_json::from_str(&line?)?;
+            values.extend(v.get("perplexity").and_then(|p| p.as_f64()));
+        }
+    }
+    if values.is_empty() {
+        return Ok(());
+    }
+    values.sort_by(f64::total_cmp);
+    let q = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "perplexity of the {} kept documents: min {:.1}, p10 {:.1}, p30 {:.1}, p50 {:.1}, p60 {:.1}, p90 {:.1}, max {:.1}",
+        values.len(),
+        values[0],
+        q(0.1),
+        q(0.3),
+        q(0.5),
+        q(0.6),
+        q(0.9),
+        values[values.len() - 1]
+    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod fineweb;
 pub mod gopher_quality;
 pub mod gopher_repetition;
 pub mod language;
+pub mod perplexity;
 
 use serde::Serialize;
 
