@@ -1,10 +1,220 @@
-//! `kiln ppo` (being written).
+//! `kiln ppo`: RLHF with PPO. The policy and the frozen reference start
+//! from the SFT model, the value model from the reward model, which also
+//! scores every reply. Writes OUT/metrics.jsonl (one line per rollout
+//! batch), OUT/summary.json and OUT/model/.
 
-use anyhow::{bail, Result};
+use std::path::PathBuf;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::{Context, Result};
+use kiln_align::data::{encode_prompts, read_prompts, OnBad};
+use kiln_align::metrics::{MetricsLog, Progress, Record};
+use kiln_align::policy::Policy;
+use kiln_align::ppo::{train_ppo, PpoConfig, PpoModels};
+use kiln_align::reward::RewardModel;
+use kiln_align::rollout::Scorer;
+use kiln_align::AlignError;
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("kiln ppo is not built yet")
+use super::sft::read_toml;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The SFT model directory (policy and reference start from it).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The reward model directory written by `kiln reward` (scorer and
+    /// the value model's starting point).
+    #[arg(long)]
+    pub reward: PathBuf,
+    /// Prompts, one `{"prompt": ...}` per line.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Output directory (metrics.jsonl, summary.json, model/).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// TOML file with PPO settings (keys as in `PpoConfig`); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Skip and count bad prompt lines instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub iterations: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long)]
+    pub kl_coef: Option<f64>,
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+fn config_of(args: &Args) -> Result<PpoConfig> {
+    let mut c: PpoConfig = match &args.config {
+        Some(p) => read_toml(p, "PPO")?,
+        None => PpoConfig::default(),
+    };
+    if let Some(v) = args.iterations {
+        c.iterations = v;
+    }
+    if let Some(v) = args.batch_size {
+        c.batch_size = v;
+        c.minibatch_size = c.minibatch_size.min(v);
+    }
+    if let Some(v) = args.lr {
+        c.lr = v;
+    }
+    if let Some(v) = args.kl_coef {
+        c.kl_coef = v;
+    }
+    if let Some(v) = args.max_new_tokens {
+        c.sampling.max_new_tokens = v;
+    }
+    if let Some(v) = args.seed {
+        c.seed = v;
+    }
+    c.validate().context("ppo settings")?;
+    Ok(c)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let s = run_ppo(&args)?;
+    println!(
+        "done: {} iterations, reward {:.4} -> {:.4}, KL to the reference {:.4}; model {}",
+        s.iterations,
+        s.reward_first,
+        s.reward_last,
+        s.kl_last,
+        args.out.join("model").display()
+    );
+    Ok(())
+}
+
+/// The figures `summary.json` holds (first / last iteration).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RlSummary {
+    pub iterations: u64,
+    pub reward_first: f64,
+    pub reward_last: f64,
+    pub kl_last: f64,
+    pub entropy_last: f64,
+    pub response_len_last: f64,
+    pub elapsed_s: f64,
+}
+
+impl RlSummary {
+    pub fn of(records: &[Record], elapsed_s: f64) -> RlSummary {
+        let get = |r: Option<&Record>, k: &str| r.and_then(|r| r.get(k)).unwrap_or(f64::NAN);
+        let (first, last) = (records.first(), records.last());
+        RlSummary {
+            iterations: records.len() as u64,
+            reward_first: get(first, "reward"),
+            reward_last: get(last, "reward"),
+            kl_last: get(last, "kl"),
+            entropy_last: get(last, "entropy"),
+            response_len_last: get(last, "response_len"),
+            elapsed_s,
+        }
+    }
+}
+
+/// Reads and encodes the prompts, leaving room for the replies.
+pub fn load_prompts(
+    path: &std::path::Path,
+    policy: &Policy,
+    max_new_tokens: usize,
+    skip_bad: bool,
+) -> Result<Vec<Vec<u32>>> {
+    let on_bad = if skip_bad { OnBad::Skip } else { OnBad::Error };
+    let data = read_prompts(path, on_bad)?;
+    let encoded = encode_prompts(
+        &policy.tokenizer,
+        &policy.template,
+        &data,
+        policy.max_seq_len(),
+        max_new_tokens,
+        on_bad,
+    )?;
+    if let Some(report) = encoded.skip_report() {
+        eprintln!("warning: {report}");
+    }
+    Ok(encoded.items)
+}
+
+/// Opens OUT/metrics.jsonl and returns the per-record callback's state.
+pub fn open_metrics(out: &std::path::Path) -> Result<MetricsLog> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let path = out.join("metrics.jsonl");
+    MetricsLog::create(&path).with_context(|| format!("creating {}", path.display()))
+}
+
+/// Writes OUT/summary.json.
+pub fn write_summary(out: &std::path::Path, summary: &RlSummary) -> Result<()> {
+    let path = out.join("summary.json");
+    kiln_stdx::fs::write_atomic(&path, serde_json::to_string_pretty(summary)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The whole command as a function (the pipeline calls it).
+pub fn run_ppo(args: &Args) -> Result<RlSummary> {
+    let cfg = config_of(args)?;
+    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let load = |be: &mut _| {
+        Policy::load(be, &args.policy, None)
+            .with_context(|| format!("loading policy {}", args.policy.display()))
+    };
+    let mut policy = load(&mut be)?;
+    let mut reference = load(&mut be)?;
+    let load_rm = |be: &mut _| {
+        RewardModel::load(be, &args.reward, None)
+            .with_context(|| format!("loading reward model {}", args.reward.display()))
+    };
+    let mut scorer_rm = load_rm(&mut be)?;
+    let mut value = load_rm(&mut be)?;
+    let prompts = load_prompts(
+        &args.prompts,
+        &policy,
+        cfg.sampling.max_new_tokens,
+        args.skip_bad,
+    )?;
+    let mut metrics = open_metrics(&args.out)?;
+    eprintln!(
+        "ppo: {} prompts, {} iterations of {} episodes ({} epochs, minibatch {}), \
+         max_new_tokens {}, kl_coef {}{}, lr {} / value {}",
+        prompts.len(),
+        cfg.iterations,
+        cfg.batch_size,
+        cfg.ppo_epochs,
+        cfg.minibatch_size,
+        cfg.sampling.max_new_tokens,
+        cfg.kl_coef,
+        cfg.kl_target
+            .map_or(String::new(), |t| format!(" (adaptive, target {t})")),
+        cfg.lr,
+        cfg.value_lr
+    );
+    let progress = Progress::new("ppo", cfg.iterations, 1);
+    let models = PpoModels {
+        policy: &mut policy,
+        reference: &mut reference,
+        value: &mut value,
+        scorer: Scorer::Model(&mut scorer_rm),
+    };
+    let result = train_ppo(&mut be, models, &prompts, &cfg, |r| {
+        progress.record(r);
+        metrics
+            .append(r)
+            .map_err(|e| AlignError::io(metrics.path().to_path_buf(), e))
+    });
+    progress.finish();
+    let records = result?;
+    policy.save(&mut be, &args.out.join("model"))?;
+    let summary = RlSummary::of(&records, progress.elapsed_s());
+    write_summary(&args.out, &summary)?;
+    Ok(summary)
 }
