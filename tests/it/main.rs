@@ -10,4 +10,5 @@ mod perplexity_filter;
 mod pipeline;
 mod plugins;
 mod resume;
+mod rl_cli;
 mod train;
