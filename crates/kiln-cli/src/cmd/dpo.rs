@@ -1,10 +1,192 @@
-//! `kiln dpo` (being written).
+//! `kiln dpo`: preference optimisation (DPO / robust / IPO / hinge / SimPO)
+//! of an SFT model on `{"prompt", "chosen", "rejected"}` JSONL. The
+//! reference is the SFT model itself; its log-probs are computed once and
+//! cached in OUT/ref_logps.json (reused when model and data are unchanged).
+//! Writes OUT/metrics.jsonl, OUT/summary.json and OUT/model/.
 
-use anyhow::{bail, Result};
+use std::path::PathBuf;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::{Context, Result};
+use kiln_align::data::{encode_pairs, read_preferences, OnBad};
+use kiln_align::dpo::{
+    out_paths, reference_logps, summary_json, train, DpoConfig, DpoSummary, RefSource,
+};
+use kiln_align::metrics::{MetricsLog, Progress};
+use kiln_align::policy::Policy;
 
-pub fn run(_args: Args) -> Result<()> {
-    bail!("kiln dpo is not built yet")
+use super::sft::read_toml;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The SFT model directory: the policy's start and the frozen reference.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Preference pairs, one `{"prompt", "chosen", "rejected"}` per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory (metrics.jsonl, summary.json, ref_logps.json, model/).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Objective: sigmoid (DPO), robust, ipo, hinge or simpo.
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// β (default 0.1).
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// TOML file with DPO settings (keys as in `DpoConfig`, e.g. batch_size,
+    /// label_smoothing, simpo_gamma); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Tokenizer file (default: MODEL/tokenizer.json).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Skip and count bad lines (missing field, empty completion, pair
+    /// longer than the context) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Optimizer steps (overrides epochs).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Pairs per optimizer step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+fn config_of(args: &Args) -> Result<DpoConfig> {
+    let mut c: DpoConfig = match &args.config {
+        Some(p) => read_toml(p, "DPO")?,
+        None => DpoConfig::default(),
+    };
+    if let Some(v) = &args.loss {
+        c.loss = v.clone();
+    }
+    if let Some(v) = args.beta {
+        c.beta = v;
+    }
+    if let Some(v) = args.epochs {
+        c.epochs = v;
+    }
+    if let Some(v) = args.steps {
+        c.steps = Some(v);
+    }
+    if let Some(v) = args.batch_size {
+        c.batch_size = v;
+        c.micro_batch = c.micro_batch.min(v);
+    }
+    if let Some(v) = args.lr {
+        c.lr = v;
+        c.min_lr = c.min_lr.min(v);
+    }
+    if let Some(v) = args.seed {
+        c.seed = v;
+    }
+    c.validate().context("dpo settings")?;
+    Ok(c)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let s = run_dpo(&args)?;
+    println!(
+        "done: {} {} steps, loss {:.4} -> {:.4}, pairs: accuracy {:.3} -> {:.3}, margin {:.4} -> {:.4}, {:.0} tokens/s; model {}",
+        s.loss_type,
+        s.steps,
+        s.first_loss,
+        s.last_loss,
+        s.before.rewards_accuracies,
+        s.after.rewards_accuracies,
+        s.before.rewards_margins,
+        s.after.rewards_margins,
+        s.tokens_per_s,
+        args.out.join("model").display()
+    );
+    Ok(())
+}
+
+/// The whole command as a function (the pipeline calls it).
+pub fn run_dpo(args: &Args) -> Result<DpoSummary> {
+    let config = config_of(args)?;
+    let kind = config.objective()?;
+    let on_bad = if args.skip_bad {
+        OnBad::Skip
+    } else {
+        OnBad::Error
+    };
+    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let pairs = read_preferences(&args.data, on_bad)?;
+    let encoded = encode_pairs(
+        &policy.tokenizer,
+        &policy.template,
+        &pairs,
+        policy.max_seq_len(),
+        on_bad,
+    )?;
+    if let Some(report) = encoded.skip_report() {
+        eprintln!("warning: {report}");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let (metrics_path, cache_path, model_out, summary_path) = out_paths(&args.out);
+    let pad = policy.pad_id();
+    let (refs, source) = if kind.uses_reference() {
+        reference_logps(
+            &mut be,
+            &args.model,
+            &encoded.items,
+            pad,
+            config.micro_batch,
+            &cache_path,
+        )
+        .context("reference log-probs")?
+    } else {
+        (vec![[0.0, 0.0]; encoded.len()], RefSource::NotNeeded)
+    };
+    let total = config.total_steps(encoded.len());
+    eprintln!(
+        "dpo: {} pairs ({} skipped), loss {} beta {}, {} steps of {} pairs, lr {}, reference log-probs {}",
+        encoded.len(),
+        encoded.skipped.len(),
+        kind.name(),
+        config.beta,
+        total,
+        config.batch_size,
+        config.lr,
+        match source {
+            RefSource::Computed => format!("computed ({})", cache_path.display()),
+            RefSource::Reused => format!("reused from {}", cache_path.display()),
+            RefSource::NotNeeded => "not needed".into(),
+        }
+    );
+    let mut metrics = MetricsLog::create(&metrics_path)
+        .with_context(|| format!("creating {}", metrics_path.display()))?;
+    let progress = Progress::new("dpo", total, config.log_every);
+    let result = train(
+        &mut be,
+        &mut policy.model,
+        &encoded.items,
+        &refs,
+        pad,
+        &config,
+        Some(&mut metrics),
+        &progress,
+    );
+    progress.finish();
+    let summary = result?;
+    policy.save(&mut be, &model_out)?;
+    kiln_stdx::fs::write_atomic(
+        &summary_path,
+        summary_json(&summary, source, encoded.skipped.len()).as_bytes(),
+    )
+    .with_context(|| format!("writing {}", summary_path.display()))?;
+    Ok(summary)
 }
