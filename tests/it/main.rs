@@ -9,6 +9,7 @@ mod gpt2_reference;
 mod perplexity_filter;
 mod pipeline;
 mod plugins;
+mod report;
 mod resume;
 mod rl_cli;
 mod train;
