@@ -5,6 +5,7 @@
 //!   `|kiln - torch| <= 1e-5 * max_abs(torch)` per tensor;
 //! - step 0 (policy == reference): loss ln 2, rewards 0; a few steps raise
 //!   accuracies and margins on the training pairs;
+//!
 //! The CLI is tested in dpo_cli.rs.
 
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@ mod chat;
 mod cli;
 mod data_cli;
 mod dpo;
+mod dpo_cli;
 mod gpt2_reference;
 mod perplexity_filter;
 mod pipeline;

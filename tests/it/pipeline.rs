@@ -1,6 +1,7 @@
 //! The main job: `kiln pipeline --quick` runs every stage on the embedded
-//! corpus and writes summary.json; a rerun skips every finished stage and
-//! reports the same figures.
+//! corpus (curation through pretraining, SFT, reward model, DPO, PPO, the
+//! judge and the report) and writes summary.json; a rerun skips every
+//! finished stage and reports the same figures.
 
 use serde_json::Value;
 
@@ -48,11 +49,68 @@ fn quick_pipeline_runs_every_stage_then_skips_them() {
     );
     assert_eq!(sum["samples"].as_array().unwrap().len(), 4);
 
+    // Post-training ran every stage from the files the previous one wrote.
+    assert!(sum["sft"]["steps"].as_u64().unwrap() > 0, "{}", sum["sft"]);
+    let sft_val = &sum["sft"];
+    assert!(
+        sft_val["eval_loss"].as_f64().unwrap() < sft_val["eval_loss_before"].as_f64().unwrap(),
+        "SFT did not lower the held-out loss: {sft_val}"
+    );
+    assert!(sum["preferences"]["total_pairs"].as_u64().unwrap() >= 48);
+    assert!(sum["reward"]["steps"].as_u64().unwrap() > 0);
+    assert!(sum["dpo"]["steps"].as_u64().unwrap() > 0, "{}", sum["dpo"]);
+    assert_eq!(sum["ppo"]["iterations"].as_u64(), Some(2), "{}", sum["ppo"]);
+    for stage in ["sft", "reward", "dpo", "ppo"] {
+        let model = out.join(stage).join("model");
+        assert!(
+            model.join("model.safetensors").exists(),
+            "{stage}: no model"
+        );
+        assert!(
+            model.join("tokenizer.json").exists(),
+            "{stage}: no tokenizer"
+        );
+        assert!(
+            out.join(stage).join("metrics.jsonl").exists(),
+            "{stage}: no metrics"
+        );
+    }
+    // Every model was judged on the same held-out tasks; the SFT model ties itself.
+    let models = &sum["judge"]["models"];
+    for stage in ["pretrain", "sft", "dpo", "ppo"] {
+        let judge = models[stage]["judge"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&judge), "{stage}: {judge}");
+        assert!(models[stage]["kl_to_sft"].as_f64().unwrap().is_finite());
+    }
+    assert_eq!(models["sft"]["win_rate_vs_sft"].as_f64(), Some(0.5));
+    assert_eq!(models["sft"]["kl_to_sft"].as_f64(), Some(0.0));
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval").join("results.json")).unwrap())
+            .unwrap();
+    assert!(!results["samples"].as_array().unwrap().is_empty());
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        report.contains("<svg") && report.contains("ppo"),
+        "report lacks plots"
+    );
+
     // A rerun finds every stage up to date and reproduces the figures.
     let second = kiln(&["pipeline", "--quick", "--out", s(&out), "--threads", "2"]);
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "rerun failed:\n{stderr}");
-    for stage in ["curate", "tokenizer", "tokenize", "pretrain"] {
+    for stage in [
+        "curate",
+        "tokenizer",
+        "tokenize",
+        "pretrain",
+        "tasks",
+        "sft",
+        "preferences",
+        "reward",
+        "dpo",
+        "ppo",
+        "judge",
+    ] {
         assert!(
             stderr.contains(&format!("== {stage}: up to date, skipped")),
             "stage {stage} was not skipped:\n{stderr}"
@@ -62,4 +120,5 @@ fn quick_pipeline_runs_every_stage_then_skips_them() {
     assert_eq!(again["pretrain"], sum["pretrain"]);
     assert_eq!(again["eval"], sum["eval"]);
     assert_eq!(again["samples"], sum["samples"]);
+    assert_eq!(again["judge"], sum["judge"]);
 }

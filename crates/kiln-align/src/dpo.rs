@@ -239,9 +239,10 @@ pub fn accumulate_gradients(
     for (i, g) in out.grads.iter().enumerate() {
         for (row, d) in [(2 * i, g.chosen), (2 * i + 1, g.rejected)] {
             let w = (-d * scale) as f32;
-            for pos in row * batch.t..(row + 1) * batch.t {
-                if batch.is_counted(pos) {
-                    weights[pos] = w;
+            let span = row * batch.t..(row + 1) * batch.t;
+            for (pos, slot) in weights[span.clone()].iter_mut().zip(span) {
+                if batch.is_counted(slot) {
+                    *pos = w;
                 }
             }
         }

@@ -1,30 +1,41 @@
 //! `kiln pipeline`: the main job. Runs every stage on the embedded corpus
 //! (or `--input`): curate -> train tokenizer -> tokenize -> pretrain ->
-//! evaluate -> sample, and writes `OUT/summary.json` with each stage's
-//! headline figures.
+//! evaluate -> embedded chat tasks -> SFT -> preference pairs -> reward
+//! model -> DPO and PPO -> judge every model -> report.html, and writes
+//! `OUT/summary.json` with each stage's headline figures.
 //!
 //! Stages are resumable: each one that finishes writes a marker under
-//! `OUT/stages/` holding a fingerprint of its inputs and settings; a rerun
-//! skips a stage whose marker matches, and pretraining resumes from its last
-//! checkpoint. `--force` reruns everything.
+//! `OUT/stages/` holding a fingerprint of its inputs and settings (which
+//! includes everything upstream); a rerun skips a stage whose marker
+//! matches, and pretraining resumes from its last checkpoint. `--force`
+//! reruns everything. The post-training stages live in `align.rs`, the
+//! judging in `evaluate.rs`, the markers in `stage.rs`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use kiln_data::{CurateConfig, CurateOptions};
 use kiln_model::SampleOptions;
-use kiln_tokenizer::{SpecialPolicy, Tokenizer};
+use kiln_tokenizer::SpecialPolicy;
 use kiln_train::checkpoint::latest_checkpoint;
 use kiln_train::progress::Progress;
 use kiln_train::{Init, TrainConfig, Trainer};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
+mod align;
+mod evaluate;
+mod stage;
+
+use stage::{
+    count_tokens, fingerprint_files, load_tokenizer, stage, unigram_entropy, write_if_absent,
+};
+
 /// The raw corpus that ships inside the binary (see data/corpus/NOTICE).
-const EMBEDDED_CORPUS: &[u8] = include_bytes!("../../../../data/corpus/raw.jsonl.zst");
+const EMBEDDED_CORPUS: &[u8] = include_bytes!("../../../../../data/corpus/raw.jsonl.zst");
 /// Evaluation passages the curated corpus is decontaminated against.
-const EMBEDDED_EVAL: &[u8] = include_bytes!("../../../../data/eval/passages.jsonl");
+const EMBEDDED_EVAL: &[u8] = include_bytes!("../../../../../data/eval/passages.jsonl");
 
 /// Prompts whose continuations the summary shows.
 const PROMPTS: [&str; 4] = [
@@ -161,7 +172,9 @@ pub fn run(args: Args) -> Result<()> {
                 vocab_size: plan.vocab_size,
                 output: tokenizer_path.clone(),
                 pattern: "o200k".into(),
-                special: vec![],
+                // Chat roles and end of turn from the start, so post-training
+                // needs no new embedding rows.
+                special: kiln_tokenizer::chat::default_special_tokens(),
                 min_frequency: 2,
                 replace_invalid_utf8: false,
             },
@@ -276,130 +289,68 @@ pub fn run(args: Args) -> Result<()> {
         samples.push(json!({ "prompt": prompt, "completion": text }));
     }
     summary.insert("samples".into(), Value::Array(samples));
+    model.release(&mut be)?;
+
+    // 7. Post-training: SFT, preference pairs, reward model, DPO, PPO.
+    let align_plan = align::AlignPlan::new(args.quick);
+    let paths = align::AlignPaths {
+        out: out.clone(),
+        tokenizer: tokenizer_path.clone(),
+        pretrained: ckpt.clone(),
+    };
+    let aligned_fp = align::run(
+        &paths,
+        &align_plan,
+        &fp,
+        args.threads,
+        args.force,
+        &mut summary,
+    )?;
+
+    // 8. Judge every stage's model on the held-out tasks.
+    let eval_tasks = evaluate::read_tasks(&out.join("tasks").join("eval.jsonl"))?;
+    let candidates = [
+        evaluate::Candidate {
+            stage: "pretrain",
+            dir: ckpt.clone(),
+        },
+        evaluate::Candidate {
+            stage: "sft",
+            dir: paths.model("sft"),
+        },
+        evaluate::Candidate {
+            stage: "dpo",
+            dir: paths.model("dpo"),
+        },
+        evaluate::Candidate {
+            stage: "ppo",
+            dir: paths.model("ppo"),
+        },
+    ];
+    let judged = stage(&out, "judge", &aligned_fp, args.force, || {
+        evaluate::judge_models(
+            &out,
+            &candidates,
+            &eval_tasks,
+            &tokenizer_path,
+            align_plan.max_new_tokens,
+            args.threads,
+        )
+    })?;
+    summary.insert("judge".into(), judged);
     summary.insert("wall_s".into(), json!(started.elapsed().as_secs_f64()));
 
     let path = out.join("summary.json");
     let text = serde_json::to_string_pretty(&Value::Object(summary))?;
     kiln_stdx::fs::write_atomic(&path, text.as_bytes())
         .with_context(|| format!("{}: cannot write", path.display()))?;
+    // 9. The report.
+    let report = kiln_report::write_report(&out).context("writing the report")?;
+    eprintln!("report: {}", report.display());
     eprintln!(
         "done in {:.0}s; figures in {}",
         started.elapsed().as_secs_f64(),
         path.display()
     );
     Ok(())
-}
-
-fn write_if_absent(path: &Path, bytes: &[u8]) -> Result<()> {
-    if !path.exists() {
-        std::fs::create_dir_all(path.parent().expect("a file in the run directory"))?;
-        kiln_stdx::fs::write_atomic(path, bytes)
-            .with_context(|| format!("{}: cannot write", path.display()))?;
-    }
-    Ok(())
-}
-
-/// A finished stage: its fingerprint and headline figures.
-#[derive(Serialize, Deserialize)]
-struct Marker {
-    fingerprint: String,
-    figures: Value,
-}
-
-/// Runs `body` unless the stage's marker matches `fingerprint`; returns
-/// the stage's figures either way.
-fn stage(
-    out: &Path,
-    name: &str,
-    fingerprint: &str,
-    force: bool,
-    body: impl FnOnce() -> Result<Value>,
-) -> Result<Value> {
-    let marker_path = out.join("stages").join(format!("{name}.json"));
-    if !force {
-        if let Ok(bytes) = std::fs::read(&marker_path) {
-            if let Ok(m) = serde_json::from_slice::<Marker>(&bytes) {
-                if m.fingerprint == fingerprint {
-                    eprintln!("== {name}: up to date, skipped");
-                    return Ok(m.figures);
-                }
-            }
-        }
-    }
-    eprintln!("== {name}");
-    let t0 = Instant::now();
-    let mut figures = body().with_context(|| format!("pipeline stage `{name}` failed"))?;
-    if let Value::Object(map) = &mut figures {
-        map.insert("stage_wall_s".into(), json!(t0.elapsed().as_secs_f64()));
-    }
-    let marker = Marker {
-        fingerprint: fingerprint.to_string(),
-        figures: figures.clone(),
-    };
-    let bytes = serde_json::to_vec_pretty(&marker)?;
-    kiln_stdx::fs::write_atomic(&marker_path, &bytes)
-        .with_context(|| format!("{}: cannot write", marker_path.display()))?;
-    Ok(figures)
-}
-
-/// Names, sizes and modification times of the input files: cheap, and
-/// changes whenever an input does.
-fn fingerprint_files(inputs: &[PathBuf]) -> Result<String> {
-    let mut parts = Vec::new();
-    for p in kiln_data::read::list_inputs(inputs)
-        .with_context(|| format!("listing the inputs {inputs:?}"))?
-    {
-        let meta = std::fs::metadata(&p).with_context(|| format!("{}", p.display()))?;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        parts.push(format!("{}:{}:{mtime}", p.display(), meta.len()));
-    }
-    if parts.is_empty() {
-        bail!("no input files in {inputs:?}");
-    }
-    Ok(parts.join(";"))
-}
-
-fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    kiln_tokenizer::formats::hf::load(path)
-        .with_context(|| format!("loading tokenizer {}", path.display()))
-}
-
-/// Tokens in the shards of `dir` whose names start with `prefix`.
-fn count_tokens(dir: &Path, prefix: &str) -> Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with(prefix) && name.ends_with(".bin") {
-            let bytes = std::fs::read(&path)?;
-            total += kiln_data::shard::parse_header(&path, &bytes)?.tokens as u64;
-        }
-    }
-    Ok(total)
-}
-
-/// Entropy (nats) of the training shard's unigram distribution: the loss of
-/// the best model that ignores context, the bar pretraining must clear.
-fn unigram_entropy(shard: &Path) -> Result<f64> {
-    let tokens = kiln_data::shard::read_shard(shard)?;
-    // Counts indexed by token id: summed in a fixed order, so the figure is
-    // the same bits on every run (a hash map's order is not).
-    let mut counts = vec![0u64; tokens.iter().max().map_or(0, |&m| m as usize + 1)];
-    for &t in &tokens {
-        counts[t as usize] += 1;
-    }
-    let n = tokens.len() as f64;
-    Ok(counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = c as f64 / n;
-            -p * p.ln()
-        })
-        .sum())
 }

@@ -1,0 +1,382 @@
+//! The post-training half of the pipeline: embedded tasks -> SFT ->
+//! preference pairs (SFT samples ranked by the judge) -> reward model ->
+//! DPO and PPO. Each stage writes its settings to `RUN/configs/<stage>.toml`
+//! and runs through the same function as its `kiln` subcommand, so what the
+//! pipeline does can be rerun by hand stage by stage.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kiln_align::data::{
+    write_chats, write_preferences, write_prompts, ChatExample, PreferencePair, PromptExample,
+};
+use kiln_align::dpo::DpoConfig;
+use kiln_align::policy::Policy;
+use kiln_align::ppo::PpoConfig;
+use kiln_align::reward::RewardConfig;
+use kiln_align::sft::SftConfig;
+use kiln_eval::preferences::{sample_pairs, synthetic_pairs, PairSampling};
+use kiln_eval::tasks::{eval_tasks, sft_examples, train_tasks, Task};
+use kiln_model::SampleOptions;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::stage::stage;
+
+/// Settings of the post-training stages; part of their fingerprints.
+#[derive(Serialize, Clone)]
+pub(super) struct AlignPlan {
+    /// SFT chats generated from the training prompts, and the share of them
+    /// with a good answer (the rest are flawed on purpose).
+    pub sft_chats: usize,
+    pub good_fraction: f32,
+    pub sft: SftConfig,
+    /// Training prompts sampled `pair_k` times by the SFT model to make
+    /// preference pairs, keeping best-vs-worst when the judge's scores
+    /// differ by at least `pair_min_gap`.
+    pub pair_prompts: usize,
+    pub pair_k: usize,
+    pub pair_min_gap: f32,
+    /// When sampling yields fewer pairs than this (a model too small or
+    /// too briefly trained to vary), reference-vs-flawed pairs top it up.
+    pub min_pairs: usize,
+    pub reward: RewardConfig,
+    pub dpo: DpoConfig,
+    pub ppo_prompts: usize,
+    pub ppo: PpoConfig,
+    /// Held-out tasks every model is judged on.
+    pub eval_tasks: usize,
+    /// Reply budget for sampling and evaluation.
+    pub max_new_tokens: usize,
+}
+
+impl AlignPlan {
+    pub fn new(quick: bool) -> Self {
+        let max_new_tokens = 24;
+        let mut ppo = PpoConfig::default();
+        ppo.sampling.max_new_tokens = max_new_tokens;
+        if quick {
+            ppo.iterations = 2;
+            ppo.batch_size = 8;
+            ppo.minibatch_size = 4;
+            AlignPlan {
+                sft_chats: 96,
+                good_fraction: 0.5,
+                sft: SftConfig {
+                    epochs: 1,
+                    batch_size: 16,
+                    lr: 1e-3,
+                    min_lr: 1e-4,
+                    warmup: 2,
+                    eval_fraction: 0.1,
+                    log_every: 5,
+                    ..SftConfig::default()
+                },
+                pair_prompts: 16,
+                pair_k: 4,
+                pair_min_gap: 0.25,
+                min_pairs: 48,
+                reward: RewardConfig {
+                    epochs: 1,
+                    batch_size: 8,
+                    eval_fraction: 0.2,
+                    ..RewardConfig::default()
+                },
+                dpo: DpoConfig {
+                    epochs: 1,
+                    batch_size: 8,
+                    ..DpoConfig::default()
+                },
+                ppo_prompts: 32,
+                ppo,
+                eval_tasks: 16,
+                max_new_tokens,
+            }
+        } else {
+            ppo.iterations = 30;
+            ppo.batch_size = 32;
+            ppo.minibatch_size = 16;
+            ppo.lr = 3e-5;
+            AlignPlan {
+                sft_chats: 3000,
+                good_fraction: 0.5,
+                sft: SftConfig {
+                    epochs: 2,
+                    batch_size: 16,
+                    lr: 1e-3,
+                    min_lr: 1e-4,
+                    warmup: 20,
+                    eval_fraction: 0.05,
+                    log_every: 20,
+                    ..SftConfig::default()
+                },
+                pair_prompts: 600,
+                pair_k: 4,
+                pair_min_gap: 0.25,
+                min_pairs: 200,
+                reward: RewardConfig {
+                    epochs: 2,
+                    batch_size: 16,
+                    lr: 3e-4,
+                    min_lr: 3e-5,
+                    eval_fraction: 0.15,
+                    log_every: 20,
+                    ..RewardConfig::default()
+                },
+                dpo: DpoConfig {
+                    epochs: 2,
+                    batch_size: 16,
+                    lr: 5e-5,
+                    ..DpoConfig::default()
+                },
+                ppo_prompts: 1000,
+                ppo,
+                eval_tasks: 300,
+                max_new_tokens,
+            }
+        }
+    }
+}
+
+/// Where the post-training stages read and write.
+pub(super) struct AlignPaths {
+    pub out: PathBuf,
+    pub tokenizer: PathBuf,
+    pub pretrained: PathBuf,
+}
+
+impl AlignPaths {
+    fn file(&self, rel: &str) -> PathBuf {
+        self.out.join(rel)
+    }
+    pub fn model(&self, stage: &str) -> PathBuf {
+        self.out.join(stage).join("model")
+    }
+}
+
+/// Runs tasks -> sft -> preferences -> reward -> dpo -> ppo, adding each
+/// stage's figures to `summary`. `base_fp` fingerprints everything
+/// upstream (corpus, tokenizer, pretraining).
+pub(super) fn run(
+    paths: &AlignPaths,
+    plan: &AlignPlan,
+    base_fp: &str,
+    threads: Option<usize>,
+    force: bool,
+    summary: &mut serde_json::Map<String, Value>,
+) -> Result<String> {
+    let configs = paths.file("configs");
+    std::fs::create_dir_all(&configs)
+        .with_context(|| format!("{}: cannot create", configs.display()))?;
+    let plan_fp = serde_json::to_string(plan).expect("plan serialises");
+    let mut fp = format!("{base_fp}|{plan_fp}");
+
+    // Tasks: the SFT chats (mixed quality), the PPO prompts, the eval tasks.
+    let sft_data = paths.file("tasks/sft.jsonl");
+    let ppo_prompts = paths.file("tasks/ppo_prompts.jsonl");
+    let eval_file = paths.file("tasks/eval.jsonl");
+    let figures = stage(&paths.out, "tasks", &fp, force, || {
+        std::fs::create_dir_all(paths.file("tasks"))?;
+        let examples = sft_examples(plan.sft_chats, 1, plan.good_fraction);
+        let good = examples.iter().filter(|e| e.flaw.is_none()).count();
+        let chats: Vec<ChatExample> = examples
+            .iter()
+            .map(|e| ChatExample {
+                messages: e.messages.clone(),
+            })
+            .collect();
+        write_chats(&sft_data, &chats)?;
+        let prompts: Vec<PromptExample> = train_tasks(plan.ppo_prompts, 3)
+            .iter()
+            .map(|t| PromptExample {
+                prompt: t.messages(),
+            })
+            .collect();
+        write_prompts(&ppo_prompts, &prompts)?;
+        write_tasks(&eval_file, &eval_tasks(plan.eval_tasks, 4))?;
+        Ok(json!({
+            "sft_chats": chats.len(),
+            "sft_good_answers": good,
+            "ppo_prompts": prompts.len(),
+            "eval_tasks": plan.eval_tasks,
+        }))
+    })?;
+    summary.insert("tasks".into(), figures);
+
+    // SFT from the pretrained checkpoint.
+    let sft_dir = paths.file("sft");
+    let sft_config = write_config(&configs, "sft", &plan.sft)?;
+    let figures = stage(&paths.out, "sft", &fp, force, || {
+        let s = super::super::sft::run_sft(&super::super::sft::Args {
+            model: paths.pretrained.clone(),
+            data: sft_data.clone(),
+            out: sft_dir.clone(),
+            config: Some(sft_config.clone()),
+            tokenizer: Some(paths.tokenizer.clone()),
+            skip_bad: false,
+            threads,
+            epochs: None,
+            max_steps: None,
+            batch_size: None,
+            lr: None,
+            seed: None,
+            eval_fraction: None,
+        })?;
+        Ok(serde_json::to_value(&s)?)
+    })?;
+    summary.insert("sft".into(), figures);
+
+    // Preference pairs: SFT samples ranked by the judge.
+    let pairs_file = paths.file("preferences/pairs.jsonl");
+    let figures = stage(&paths.out, "preferences", &fp, force, || {
+        let mut be = kiln_tensor::cpu_backend(threads);
+        let mut policy = Policy::load(&mut be, &paths.model("sft"), None)?;
+        let tasks = train_tasks(plan.pair_prompts, 2);
+        let sampling = PairSampling {
+            k: plan.pair_k,
+            min_gap: plan.pair_min_gap,
+            sample: SampleOptions {
+                max_new_tokens: plan.max_new_tokens,
+                temperature: 1.0,
+                top_k: None,
+                top_p: None,
+                seed: 7,
+                stop_token: None,
+            },
+        };
+        eprintln!(
+            "preferences: sampling {} replies to each of {} prompts with the SFT model",
+            plan.pair_k,
+            tasks.len()
+        );
+        let (pairs, stats) = sample_pairs(
+            &mut be,
+            &mut policy.model,
+            &policy.tokenizer,
+            &policy.template,
+            &tasks,
+            &sampling,
+        )?;
+        let mut pairs = pairs;
+        let synthetic = plan.min_pairs.saturating_sub(pairs.len());
+        if synthetic > 0 {
+            eprintln!(
+                "preferences: only {} sampled pairs; adding {synthetic} reference-vs-flawed pairs",
+                pairs.len()
+            );
+            pairs.extend(synthetic_pairs(synthetic, 5));
+        }
+        let prefs: Vec<PreferencePair> = pairs
+            .iter()
+            .map(|p| PreferencePair {
+                prompt: p.prompt(),
+                chosen: p.chosen.clone(),
+                rejected: p.rejected.clone(),
+            })
+            .collect();
+        std::fs::create_dir_all(paths.file("preferences"))?;
+        write_preferences(&pairs_file, &prefs)?;
+        eprintln!(
+            "preferences: {} pairs (mean score chosen {:.3}, rejected {:.3}; {} prompts without a clear preference)",
+            stats.pairs, stats.mean_chosen_score, stats.mean_rejected_score, stats.no_clear_preference
+        );
+        let mut figures = serde_json::to_value(&stats)?;
+        figures["synthetic_pairs"] = json!(synthetic);
+        figures["total_pairs"] = json!(pairs.len());
+        Ok(figures)
+    })?;
+    summary.insert("preferences".into(), figures);
+
+    // Reward model, from the SFT model.
+    let reward_config = write_config(&configs, "reward", &plan.reward)?;
+    let figures = stage(&paths.out, "reward", &fp, force, || {
+        let s = super::super::reward::run_reward(&super::super::reward::Args {
+            model: paths.model("sft"),
+            data: pairs_file.clone(),
+            out: paths.file("reward"),
+            config: Some(reward_config.clone()),
+            tokenizer: None,
+            skip_bad: false,
+            threads,
+            epochs: None,
+            max_steps: None,
+            batch_size: None,
+            lr: None,
+            seed: None,
+            center_coef: None,
+            eval_fraction: None,
+        })?;
+        Ok(serde_json::to_value(&s)?)
+    })?;
+    summary.insert("reward".into(), figures);
+
+    // DPO on the same pairs, from (and against) the SFT model.
+    let dpo_config = write_config(&configs, "dpo", &plan.dpo)?;
+    let figures = stage(&paths.out, "dpo", &fp, force, || {
+        let s = super::super::dpo::run_dpo(&super::super::dpo::Args {
+            model: paths.model("sft"),
+            data: pairs_file.clone(),
+            out: paths.file("dpo"),
+            loss: None,
+            beta: None,
+            config: Some(dpo_config.clone()),
+            tokenizer: None,
+            skip_bad: false,
+            threads,
+            epochs: None,
+            steps: None,
+            batch_size: None,
+            lr: None,
+            seed: None,
+        })?;
+        Ok(serde_json::to_value(&s)?)
+    })?;
+    summary.insert("dpo".into(), figures);
+
+    // PPO against the reward model.
+    let ppo_config = write_config(&configs, "ppo", &plan.ppo)?;
+    let figures = stage(&paths.out, "ppo", &fp, force, || {
+        let s = super::super::ppo::run_ppo(&super::super::ppo::Args {
+            policy: paths.model("sft"),
+            reward: paths.model("reward"),
+            prompts: ppo_prompts.clone(),
+            out: paths.file("ppo"),
+            config: Some(ppo_config.clone()),
+            skip_bad: false,
+            threads,
+            iterations: None,
+            batch_size: None,
+            lr: None,
+            kl_coef: None,
+            max_new_tokens: None,
+            seed: None,
+        })?;
+        Ok(serde_json::to_value(&s)?)
+    })?;
+    summary.insert("ppo".into(), figures);
+    fp.push_str("|aligned");
+    Ok(fp)
+}
+
+/// Writes `DIR/<name>.toml` (what the stage runs with) and returns its path.
+fn write_config<T: Serialize>(dir: &Path, name: &str, config: &T) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    let text = toml::to_string(config).with_context(|| format!("{name} settings to TOML"))?;
+    kiln_stdx::fs::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(path)
+}
+
+/// One task per line (the format `kiln grpo --judge --prompts` reads).
+fn write_tasks(path: &Path, tasks: &[Task]) -> Result<()> {
+    let mut text = String::new();
+    for t in tasks {
+        text.push_str(&serde_json::to_string(t)?);
+        text.push('\n');
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    kiln_stdx::fs::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
