@@ -37,6 +37,9 @@ pub(super) struct AlignPlan {
     pub pair_prompts: usize,
     pub pair_k: usize,
     pub pair_min_gap: f32,
+    /// Reference-vs-flawed pairs added to the sampled ones (the kind of
+    /// pair a human labeller writes: a demonstration against a bad answer).
+    pub written_pairs: usize,
     /// When sampling yields fewer pairs than this (a model too small or
     /// too briefly trained to vary), reference-vs-flawed pairs top it up.
     pub min_pairs: usize,
@@ -75,6 +78,7 @@ impl AlignPlan {
                 pair_prompts: 16,
                 pair_k: 4,
                 pair_min_gap: 0.25,
+                written_pairs: 0,
                 min_pairs: 48,
                 reward: RewardConfig {
                     epochs: 1,
@@ -93,10 +97,10 @@ impl AlignPlan {
                 max_new_tokens,
             }
         } else {
-            ppo.iterations = 30;
+            ppo.iterations = 60;
             ppo.batch_size = 32;
             ppo.minibatch_size = 16;
-            ppo.lr = 3e-5;
+            ppo.lr = 1e-4;
             AlignPlan {
                 sft_chats: 3000,
                 good_fraction: 0.5,
@@ -110,12 +114,13 @@ impl AlignPlan {
                     log_every: 20,
                     ..SftConfig::default()
                 },
-                pair_prompts: 600,
+                pair_prompts: 1200,
                 pair_k: 4,
-                pair_min_gap: 0.25,
+                pair_min_gap: 0.5,
+                written_pairs: 400,
                 min_pairs: 200,
                 reward: RewardConfig {
-                    epochs: 2,
+                    epochs: 4,
                     batch_size: 16,
                     lr: 3e-4,
                     min_lr: 3e-5,
@@ -124,9 +129,9 @@ impl AlignPlan {
                     ..RewardConfig::default()
                 },
                 dpo: DpoConfig {
-                    epochs: 2,
+                    epochs: 3,
                     batch_size: 16,
-                    lr: 5e-5,
+                    lr: 1e-4,
                     ..DpoConfig::default()
                 },
                 ppo_prompts: 1000,
@@ -258,6 +263,8 @@ pub(super) fn run(
             &sampling,
         )?;
         let mut pairs = pairs;
+        let sampled = pairs.len();
+        pairs.extend(synthetic_pairs(plan.written_pairs, 6));
         let synthetic = plan.min_pairs.saturating_sub(pairs.len());
         if synthetic > 0 {
             eprintln!(
@@ -277,11 +284,19 @@ pub(super) fn run(
         std::fs::create_dir_all(paths.file("preferences"))?;
         write_preferences(&pairs_file, &prefs)?;
         eprintln!(
-            "preferences: {} pairs (mean score chosen {:.3}, rejected {:.3}; {} prompts without a clear preference)",
-            stats.pairs, stats.mean_chosen_score, stats.mean_rejected_score, stats.no_clear_preference
+            "preferences: {} sampled pairs (mean score chosen {:.3}, rejected {:.3}; {} prompts \
+             without a clear preference) + {} written + {synthetic} top-up = {}",
+            stats.pairs,
+            stats.mean_chosen_score,
+            stats.mean_rejected_score,
+            stats.no_clear_preference,
+            plan.written_pairs,
+            prefs.len()
         );
         let mut figures = serde_json::to_value(&stats)?;
-        figures["synthetic_pairs"] = json!(synthetic);
+        figures["sampled_pairs"] = json!(sampled);
+        figures["written_pairs"] = json!(plan.written_pairs);
+        figures["top_up_pairs"] = json!(synthetic);
         figures["total_pairs"] = json!(pairs.len());
         Ok(figures)
     })?;
