@@ -24,7 +24,6 @@ fn tokenizer(specials: &[String]) -> Tokenizer {
 /// A random 1-layer model and its chat tokenizer saved in `dir`.
 fn checkpoint(dir: &Path) -> Tokenizer {
     let tok = tokenizer(&default_special_tokens());
-    kiln_tokenizer::formats::hf::save(&tok, &dir.join("tokenizer.json")).unwrap();
     let mut be = kiln_tensor::cpu_backend(Some(1));
     let model = Gpt::new(
         &mut be,
@@ -32,7 +31,9 @@ fn checkpoint(dir: &Path) -> Tokenizer {
         7,
     )
     .unwrap();
+    // The model first: save_pretrained replaces the whole directory.
     model.save_pretrained(&mut be, dir).unwrap();
+    kiln_tokenizer::formats::hf::save(&tok, &dir.join("tokenizer.json")).unwrap();
     tok
 }
 

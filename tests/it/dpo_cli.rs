@@ -120,7 +120,16 @@ fn cli_bad_lines_error_or_are_counted_and_reference_logps_are_cached() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["reference_logps"], "reused from cache");
     assert_eq!(summary["loss_type"], "ipo");
+    // The same good pairs without the bad lines encode identically: reused.
     write_prefs(&data, false);
+    let o = run(args(&[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["reference_logps"], "reused from cache");
+    // A changed pair is new data: recomputed.
+    let text = std::fs::read_to_string(&data).unwrap();
+    std::fs::write(&data, text.replace("sat on the mat.", "sat on the rug.")).unwrap();
     let o = run(args(&[]));
     assert!(o.status.success(), "{}", stderr(&o));
     let summary: serde_json::Value =
