@@ -300,6 +300,53 @@ pub trait Backend: Send + Sync {
         c: usize,
         pos0: usize,
     ) -> RResult<(), RString>;
+
+    /// [`Backend::encoder_forward`] with an explicit position per token:
+    /// `out[b,t,:] = wte[tokens[b,t],:] + wpe[positions[b,t],:]`; positions
+    /// u32 `[B,T]`, each below the rows of `wpe`. Packed training batches
+    /// restart positions at 0 for every document in a row.
+    fn encoder_forward_positions(
+        &mut self,
+        out: BufId,
+        tokens: BufId,
+        positions: BufId,
+        wte: BufId,
+        wpe: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> RResult<(), RString>;
+
+    /// Backward of [`Backend::encoder_forward_positions`]:
+    /// `dwte[tokens[b,t],:] += dout[b,t,:]; dwpe[positions[b,t],:] += dout[b,t,:]`.
+    fn encoder_backward_positions(
+        &mut self,
+        dwte: BufId,
+        dwpe: BufId,
+        dout: BufId,
+        tokens: BufId,
+        positions: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> RResult<(), RString>;
+
+    /// [`Backend::attention_forward`] for packed rows: query `t` attends to
+    /// keys `s <= t` with `segments[b,s] == segments[b,t]` only (segments u32
+    /// `[B,T]`). Masked probabilities are stored as exactly 0 in `att`, so
+    /// [`Backend::attention_backward`] (which works from `att`) is its exact
+    /// backward. All-equal segments give `attention_forward`, bit for bit.
+    fn attention_forward_segments(
+        &mut self,
+        out: BufId,
+        att: BufId,
+        qkv: BufId,
+        segments: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> RResult<(), RString>;
 }
 
 /// `(dtype, len)` of a buffer, FFI-safe.

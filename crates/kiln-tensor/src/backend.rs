@@ -544,6 +544,133 @@ impl CpuBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
+    fn encoder_forward_positions_impl(
+        &mut self,
+        out: BufId,
+        tokens: BufId,
+        positions: BufId,
+        wte: BufId,
+        wpe: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<(), String> {
+        let op = "encoder_forward_positions";
+        let bt = product(op, "B*T", &[b, t])?;
+        let btc = product(op, "B*T*C", &[bt, c])?;
+        self.with_outputs(
+            op,
+            &[("out", out)],
+            &[
+                ("tokens", tokens),
+                ("positions", positions),
+                ("wte", wte),
+                ("wpe", wpe),
+            ],
+            |ins, outs| {
+                let tokens = ins.u32("tokens", tokens, bt)?;
+                let positions = ins.u32("positions", positions, bt)?;
+                let wte = ins.f32_whole("wte", wte)?;
+                let wpe = ins.f32_whole("wpe", wpe)?;
+                check_tokens(op, "wte", tokens, wte.len(), c)?;
+                check_positions(op, "wpe", positions, wpe.len(), c)?;
+                let wte = &wte[..rows_of(wte.len(), c) * c];
+                let wpe = &wpe[..rows_of(wpe.len(), c) * c];
+                let out = outs[0].f32(op, btc)?;
+                if btc > 0 {
+                    ops::encoder::forward_positions(out, tokens, positions, wte, wpe, c);
+                }
+                Ok(())
+            },
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn encoder_backward_positions_impl(
+        &mut self,
+        dwte: BufId,
+        dwpe: BufId,
+        dout: BufId,
+        tokens: BufId,
+        positions: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<(), String> {
+        let op = "encoder_backward_positions";
+        let bt = product(op, "B*T", &[b, t])?;
+        let btc = product(op, "B*T*C", &[bt, c])?;
+        self.with_outputs(
+            op,
+            &[("dwte", dwte), ("dwpe", dwpe)],
+            &[("dout", dout), ("tokens", tokens), ("positions", positions)],
+            |ins, outs| {
+                let dout = ins.f32("dout", dout, btc)?;
+                let tokens = ins.u32("tokens", tokens, bt)?;
+                let positions = ins.u32("positions", positions, bt)?;
+                let [o_wte, o_wpe] = outs else { unreachable!() };
+                let dwte = o_wte.f32_whole(op)?;
+                let dwpe = o_wpe.f32_whole(op)?;
+                check_tokens(op, "dwte", tokens, dwte.len(), c)?;
+                check_positions(op, "dwpe", positions, dwpe.len(), c)?;
+                let dwte_len = rows_of(dwte.len(), c) * c;
+                let dwpe_len = rows_of(dwpe.len(), c) * c;
+                if btc > 0 {
+                    ops::encoder::backward_positions(
+                        &mut dwte[..dwte_len],
+                        &mut dwpe[..dwpe_len],
+                        dout,
+                        tokens,
+                        positions,
+                        c,
+                    );
+                }
+                Ok(())
+            },
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward_segments_impl(
+        &mut self,
+        out: BufId,
+        att: BufId,
+        qkv: BufId,
+        segments: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> Result<(), String> {
+        let op = "attention_forward_segments";
+        let (n_out, n_qkv, n_att) = Self::attention_sizes(op, b, t, c, nh)?;
+        let bt = product(op, "B*T", &[b, t])?;
+        let engine = self.engine;
+        self.with_outputs(
+            op,
+            &[("out", out), ("att", att)],
+            &[("qkv", qkv), ("segments", segments)],
+            |ins, outs| {
+                let qkv = ins.f32("qkv", qkv, n_qkv)?;
+                let segments = ins.u32("segments", segments, bt)?;
+                let [o, a] = outs else { unreachable!() };
+                let (o, a) = (o.f32(op, n_out)?, a.f32(op, n_att)?);
+                if n_out > 0 {
+                    ops::attention::forward_segments(
+                        engine,
+                        o,
+                        a,
+                        qkv,
+                        segments,
+                        ops::attention::Shape { b, t, c, nh },
+                    );
+                }
+                Ok(())
+            },
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn attention_backward_impl(
         &mut self,
         dqkv: BufId,
@@ -730,6 +857,26 @@ fn check_tokens(
             "{op}: token {} at position {i} is outside the embedding table `{table}` \
              ({rows} rows of C = {c}); check the vocabulary size",
             tokens[i]
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Every position must index a row of the position table (`wpe` holds the
+/// model's context length of rows).
+fn check_positions(
+    op: &str,
+    table: &str,
+    positions: &[u32],
+    table_len: usize,
+    c: usize,
+) -> Result<(), String> {
+    let rows = rows_of(table_len, c);
+    match positions.iter().position(|&p| p as usize >= rows) {
+        Some(i) if c > 0 => Err(format!(
+            "{op}: position {} at index {i} is outside the position table `{table}` \
+             ({rows} rows of C = {c}); positions must be below the context length",
+            positions[i]
         )),
         _ => Ok(()),
     }
@@ -1049,6 +1196,51 @@ impl Backend for CpuBackend {
                 c,
                 pos0,
             ))
+        })
+    }
+    fn encoder_forward_positions(
+        &mut self,
+        out: BufId,
+        tokens: BufId,
+        positions: BufId,
+        wte: BufId,
+        wpe: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> RResult<(), RString> {
+        guard("encoder_forward_positions", || {
+            ffi(self.encoder_forward_positions_impl(out, tokens, positions, wte, wpe, b, t, c))
+        })
+    }
+    fn encoder_backward_positions(
+        &mut self,
+        dwte: BufId,
+        dwpe: BufId,
+        dout: BufId,
+        tokens: BufId,
+        positions: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> RResult<(), RString> {
+        guard("encoder_backward_positions", || {
+            ffi(self.encoder_backward_positions_impl(dwte, dwpe, dout, tokens, positions, b, t, c))
+        })
+    }
+    fn attention_forward_segments(
+        &mut self,
+        out: BufId,
+        att: BufId,
+        qkv: BufId,
+        segments: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> RResult<(), RString> {
+        guard("attention_forward_segments", || {
+            ffi(self.attention_forward_segments_impl(out, att, qkv, segments, b, t, c, nh))
         })
     }
 }

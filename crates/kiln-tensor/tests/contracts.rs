@@ -77,6 +77,32 @@ fn cases(d: Dims) -> Vec<Case> {
             call: |be, i, d| be.encoder_forward_at(i[0], i[1], i[2], i[3], d.b, d.t, d.c, 2),
         },
         Case {
+            op: "encoder_forward_positions",
+            args: vec![
+                ("out", F32, btc),
+                ("tokens", U32, bt),
+                ("positions", U32, bt),
+                ("wte", F32, vp * c),
+                ("wpe", F32, t * c),
+            ],
+            call: |be, i, d| {
+                be.encoder_forward_positions(i[0], i[1], i[2], i[3], i[4], d.b, d.t, d.c)
+            },
+        },
+        Case {
+            op: "encoder_backward_positions",
+            args: vec![
+                ("dwte", F32, vp * c),
+                ("dwpe", F32, t * c),
+                ("dout", F32, btc),
+                ("tokens", U32, bt),
+                ("positions", U32, bt),
+            ],
+            call: |be, i, d| {
+                be.encoder_backward_positions(i[0], i[1], i[2], i[3], i[4], d.b, d.t, d.c)
+            },
+        },
+        Case {
             op: "encoder_backward",
             args: vec![
                 ("dwte", F32, vp * c),
@@ -182,6 +208,18 @@ fn cases(d: Dims) -> Vec<Case> {
             call: |be, i, d| be.attention_backward(i[0], i[1], i[2], i[3], d.b, d.t, d.c, d.nh),
         },
         Case {
+            op: "attention_forward_segments",
+            args: vec![
+                ("out", F32, btc),
+                ("att", F32, b * nh * t * t),
+                ("qkv", F32, 3 * btc),
+                ("segments", U32, bt),
+            ],
+            call: |be, i, d| {
+                be.attention_forward_segments(i[0], i[1], i[2], i[3], d.b, d.t, d.c, d.nh)
+            },
+        },
+        Case {
             op: "attention_kv_forward",
             args: vec![
                 ("out", F32, btc),
@@ -279,14 +317,15 @@ fn alloc_args(
             let id = be.alloc_buf(dtype, len).unwrap();
             match dtype {
                 DType::U32 => {
-                    let hi = if name == "targets" {
-                        d.v as u32 + 2
-                    } else {
-                        d.vp as u32
+                    let hi = match name {
+                        "targets" => d.v as u32 + 2,
+                        // wpe holds T rows in every case that takes positions.
+                        "positions" => d.t as u32,
+                        _ => d.vp as u32,
                     };
                     let mut data: Vec<u32> = (0..len).map(|_| rng.below(hi)).collect();
                     if let Some(first) = data.first_mut() {
-                        // Use the last embedding row, so an undersized table is caught.
+                        // Use the last embedding (or position) row, so an undersized table is caught.
                         *first = hi - 1;
                     }
                     be.upload_u32(id, &data).unwrap();

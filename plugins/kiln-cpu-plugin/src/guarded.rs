@@ -44,6 +44,9 @@ pub const OPS: &[&str] = &[
     "crossentropy_backward",
     "adamw",
     "encoder_forward_at",
+    "encoder_forward_positions",
+    "encoder_backward_positions",
+    "attention_forward_segments",
 ];
 
 /// Wraps a backend so that none of its panics cross the boundary.
@@ -338,6 +341,60 @@ impl<B: Backend> Backend for Guarded<B> {
             "encoder_forward_at",
             self.inner
                 .encoder_forward_at(out, tokens, wte, wpe, b, t, c, pos0)
+        )
+    }
+    fn encoder_forward_positions(
+        &mut self,
+        out: BufId,
+        tokens: BufId,
+        positions: BufId,
+        wte: BufId,
+        wpe: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> RResult<(), RString> {
+        guarded!(
+            self,
+            "encoder_forward_positions",
+            self.inner
+                .encoder_forward_positions(out, tokens, positions, wte, wpe, b, t, c)
+        )
+    }
+    fn encoder_backward_positions(
+        &mut self,
+        dwte: BufId,
+        dwpe: BufId,
+        dout: BufId,
+        tokens: BufId,
+        positions: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> RResult<(), RString> {
+        guarded!(
+            self,
+            "encoder_backward_positions",
+            self.inner
+                .encoder_backward_positions(dwte, dwpe, dout, tokens, positions, b, t, c)
+        )
+    }
+    fn attention_forward_segments(
+        &mut self,
+        out: BufId,
+        att: BufId,
+        qkv: BufId,
+        segments: BufId,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> RResult<(), RString> {
+        guarded!(
+            self,
+            "attention_forward_segments",
+            self.inner
+                .attention_forward_segments(out, att, qkv, segments, b, t, c, nh)
         )
     }
 }

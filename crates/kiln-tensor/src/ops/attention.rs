@@ -129,6 +129,136 @@ pub fn forward(engine: GemmEngine, out: &mut [f32], att: &mut [f32], qkv: &[f32]
         });
 }
 
+/// Where query `i` of a packed row may look: keys `lo..=i` when its segment
+/// is one contiguous run ending at `i` (the packed case), else (a segment id
+/// reused earlier in the row) `Scattered`, masked key by key.
+#[derive(Clone, Copy)]
+enum Visible {
+    Run { lo: usize },
+    Scattered,
+}
+
+/// [`Visible`] for every query of one row's `segments [T]`, in O(T): a
+/// query's keys are one run exactly when its id first occurs where that run
+/// starts.
+fn visible_keys(segments: &[u32]) -> Vec<Visible> {
+    let mut first = std::collections::HashMap::new();
+    let mut lo = 0;
+    let mut out = Vec::with_capacity(segments.len());
+    for (i, &s) in segments.iter().enumerate() {
+        if i > 0 && segments[i - 1] != s {
+            lo = i;
+        }
+        out.push(if *first.entry(s).or_insert(i) == lo {
+            Visible::Run { lo }
+        } else {
+            Visible::Scattered
+        });
+    }
+    out
+}
+
+/// Softmax of `row[..=i]` over the keys with `segments[j] == segments[i]`;
+/// every other entry of `row` becomes exactly 0.
+fn softmax_same_segment(row: &mut [f32], segments: &[u32], i: usize) {
+    let s = segments[i];
+    let keep = |j: usize| segments[j] == s;
+    let m = (0..=i)
+        .filter(|&j| keep(j))
+        .map(|j| row[j])
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0f32;
+    for (j, v) in row[..=i].iter_mut().enumerate() {
+        *v = if keep(j) { exp(*v - m) } else { 0.0 };
+        total += *v;
+    }
+    let inv = 1.0 / total;
+    row[..=i].iter_mut().for_each(|v| *v *= inv);
+    row[i + 1..].fill(0.0);
+}
+
+/// [`forward`] for packed rows: query `i` of batch row `b` sees keys
+/// `j <= i` with `segments[b,j] == segments[b,i]` only, and the masked
+/// probabilities are stored as 0, so [`backward`] needs no change (a zero
+/// probability contributes nothing to dv, and its softmax gradient
+/// `a_j (d_j - s)` is 0). The scores are the same GEMMs as [`forward`]'s;
+/// a query whose segment is one run `lo..=i` gets [`softmax_in_place`] on
+/// exactly that run, so all-equal segments reproduce [`forward`] bit for bit.
+pub fn forward_segments(
+    engine: GemmEngine,
+    out: &mut [f32],
+    att: &mut [f32],
+    qkv: &[f32],
+    segments: &[u32],
+    sh: Shape,
+) {
+    let Shape { b, t, c, nh } = sh;
+    let hs = sh.hs();
+    let scale = sh.scale();
+    let visible: Vec<Vec<Visible>> = segments[..b * t].chunks(t).map(visible_keys).collect();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    att[..b * nh * t * t]
+        .par_chunks_mut(t * t)
+        .enumerate()
+        .for_each(|(bh, att_h)| {
+            let (bi, h) = (bh / nh, bh % nh);
+            let seg = &segments[bi * t..][..t];
+            let (q, k, v) = qkv_views(qkv, sh, bi, h);
+            let att_m = MatMut::row_major(att_h, t);
+            let out_h = MatMut {
+                // SAFETY: in bounds: the backend checked out holds B*T*C.
+                ptr: unsafe { out_ptr.get().add(bi * t * c + h * hs) },
+                rs: c as isize,
+                cs: 1,
+            };
+            for r0 in (0..t).step_by(BLOCK) {
+                let r1 = (r0 + BLOCK).min(t);
+                let rb = r1 - r0;
+                // SAFETY: as in `forward`: views inside their buffers; this
+                // task alone writes att_h and head h's columns of row bi.
+                unsafe {
+                    sgemm_serial(
+                        engine,
+                        rb,
+                        r1,
+                        hs,
+                        scale,
+                        q.offset(r0, 0),
+                        transposed(k),
+                        0.0,
+                        att_m.offset(r0, 0),
+                    );
+                }
+                for i in r0..r1 {
+                    let row = &mut att_h[i * t..(i + 1) * t];
+                    match visible[bi][i] {
+                        Visible::Run { lo } => {
+                            row[..lo].fill(0.0);
+                            softmax_in_place(&mut row[lo..=i]);
+                            row[i + 1..].fill(0.0);
+                        }
+                        Visible::Scattered => softmax_same_segment(row, seg, i),
+                    }
+                }
+                let att_blk = Mat::row_major(&att_h[r0 * t..], t, false);
+                // SAFETY: as above.
+                unsafe {
+                    sgemm_serial(
+                        engine,
+                        rb,
+                        hs,
+                        r1,
+                        1.0,
+                        att_blk,
+                        v,
+                        0.0,
+                        out_h.offset(r0, 0),
+                    );
+                }
+            }
+        });
+}
+
 /// Accumulates `dqkv` from `dout` and the saved `att`.
 pub fn backward(
     engine: GemmEngine,

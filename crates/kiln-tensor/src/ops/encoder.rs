@@ -67,3 +67,71 @@ pub fn backward(
             }
         });
 }
+
+/// `out[b,t,:] = wte[tokens[b,t],:] + wpe[positions[b,t],:]` (packed rows,
+/// where positions restart per document). Tokens and positions are validated
+/// against the tables by the backend.
+pub fn forward_positions(
+    out: &mut [f32],
+    tokens: &[u32],
+    positions: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    c: usize,
+) {
+    out.par_chunks_mut(c)
+        .zip(tokens.par_iter().zip(positions.par_iter()))
+        .for_each(|(o, (&tok, &pos))| {
+            let e = &wte[tok as usize * c..][..c];
+            let p = &wpe[pos as usize * c..][..c];
+            for ((o, e), p) in o.iter_mut().zip(e).zip(p) {
+                *o = e + p;
+            }
+        });
+}
+
+/// `dwte[tokens[i],:] += dout[i,:]; dwpe[positions[i],:] += dout[i,:]`.
+///
+/// Both tables go through [`scatter_rows`], so with positions `0..T` per row
+/// the sums run in the same order as [`backward`]'s (bit-identical results).
+pub fn backward_positions(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    tokens: &[u32],
+    positions: &[u32],
+    c: usize,
+) {
+    scatter_rows(dwte, dout, tokens, c);
+    scatter_rows(dwpe, dout, positions, c);
+}
+
+/// `dst[idx[i],:] += src[i,:]` for every `i`, deterministic without atomics:
+/// the `i` are bucketed by target row (a counting sort, stable in `i` order),
+/// then each row of `dst` is owned by one task that adds its `i` in order.
+fn scatter_rows(dst: &mut [f32], src: &[f32], idx: &[u32], c: usize) {
+    let rows = dst.len() / c;
+    let mut start = vec![0usize; rows + 1];
+    for &r in idx {
+        start[r as usize + 1] += 1;
+    }
+    for r in 0..rows {
+        start[r + 1] += start[r];
+    }
+    let mut fill = start.clone();
+    let mut order = vec![0usize; idx.len()];
+    for (i, &r) in idx.iter().enumerate() {
+        order[fill[r as usize]] = i;
+        fill[r as usize] += 1;
+    }
+    dst[..rows * c]
+        .par_chunks_mut(c)
+        .enumerate()
+        .for_each(|(r, row)| {
+            for &i in &order[start[r]..start[r + 1]] {
+                for (d, g) in row.iter_mut().zip(&src[i * c..][..c]) {
+                    *d += g;
+                }
+            }
+        });
+}
