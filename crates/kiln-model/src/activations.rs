@@ -73,6 +73,9 @@ pub(crate) struct Activations {
     pub att_len: usize,
     pub tokens: BufId,
     pub targets: BufId,
+    /// Per-token positions and segment ids of a packed batch.
+    pub positions: BufId,
+    pub segments: BufId,
     pub encoded: BufId,
     pub layers: Vec<LayerActs>,
     pub lnf: BufId,
@@ -105,6 +108,8 @@ impl Activations {
         let f = DType::F32;
         let tokens = buf(DType::U32, rows)?;
         let targets = buf(DType::U32, rows)?;
+        let positions = buf(DType::U32, rows)?;
+        let segments = buf(DType::U32, rows)?;
         let encoded = buf(f, rows * c)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for _ in 0..cfg.n_layer {
@@ -146,6 +151,8 @@ impl Activations {
             att_len,
             tokens,
             targets,
+            positions,
+            segments,
             encoded,
             layers,
             lnf,

@@ -292,8 +292,23 @@ impl Gpt {
             )
             .ok_or_err()?;
         }
-        be.encoder_backward(d(WTE), d(WPE), g.dresidual, acts.tokens, b, t, c)
-            .ok_or_err()?;
+        // attention_backward above needs no packed variant: it works from the
+        // saved probabilities, which are 0 across segments.
+        if last.packed {
+            be.encoder_backward_positions(
+                d(WTE),
+                d(WPE),
+                g.dresidual,
+                acts.tokens,
+                acts.positions,
+                b,
+                t,
+                c,
+            )
+        } else {
+            be.encoder_backward(d(WTE), d(WPE), g.dresidual, acts.tokens, b, t, c)
+        }
+        .ok_or_err()?;
         Ok(())
     }
 }

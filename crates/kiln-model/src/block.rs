@@ -34,6 +34,9 @@ pub(crate) enum Attention {
     /// Causal self-attention over the `t` positions of the call, saving the
     /// probabilities `att [B,NH,T,T]` for backward.
     Causal { att: BufId },
+    /// Causal attention within segments only (packed rows: `segments`
+    /// u32 `[B,T]`); `att` as for `Causal`, masked entries 0.
+    Segmented { att: BufId, segments: BufId },
     /// The call's `t` positions are `t_past..t_past+t`; their keys and values
     /// join the caches (`[B,NH,t_max,C/NH]`) and queries attend to the cache.
     Cached {
@@ -84,6 +87,9 @@ pub(crate) fn block_forward(
     )?;
     match attention {
         Attention::Causal { att } => be.attention_forward(io.atty, att, io.qkv, b, t, c, nh),
+        Attention::Segmented { att, segments } => {
+            be.attention_forward_segments(io.atty, att, io.qkv, segments, b, t, c, nh)
+        }
         Attention::Cached {
             k_cache,
             v_cache,

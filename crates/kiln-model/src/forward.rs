@@ -8,7 +8,7 @@ use crate::block::{block_forward, Attention};
 use crate::model::LastForward;
 use crate::ops::lm_head;
 use crate::params::{ln_f_index, WPE, WTE};
-use crate::{Gpt, ModelError};
+use crate::{Gpt, ModelError, Packing};
 
 impl Gpt {
     /// Runs the model on `tokens` (`[b*t]`, row-major). With `targets`
@@ -25,10 +25,10 @@ impl Gpt {
         t: usize,
     ) -> Result<Option<f32>, ModelError> {
         let Some(targets) = targets else {
-            self.forward_logits(be, tokens, None, b, t)?;
+            self.forward_logits(be, tokens, None, None, b, t)?;
             return Ok(None);
         };
-        let losses = self.forward_logits(be, tokens, Some(targets), b, t)?;
+        let losses = self.forward_logits(be, tokens, Some(targets), None, b, t)?;
         Ok(Some(mean_counted_loss(
             &losses,
             targets,
@@ -48,7 +48,26 @@ impl Gpt {
         b: usize,
         t: usize,
     ) -> Result<Vec<f32>, ModelError> {
-        self.forward_logits(be, tokens, Some(targets), b, t)
+        self.forward_logits(be, tokens, Some(targets), None, b, t)
+    }
+
+    /// [`Gpt::forward_token_losses`] on a packed batch: each row holds
+    /// several documents, and `packing` gives every token its position in
+    /// its own document and its document's segment id. Attention stays
+    /// within a segment, so each document's losses are those it would get
+    /// alone (up to rounding). To keep a document's last target from
+    /// predicting the next document's first token, ignore it (`u32::MAX`).
+    /// Follow with [`Gpt::backward_weighted`] (or [`Gpt::backward`]).
+    pub fn forward_token_losses_packed(
+        &mut self,
+        be: &mut BackendBox,
+        tokens: &[u32],
+        targets: &[u32],
+        packing: &Packing,
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.forward_logits(be, tokens, Some(targets), Some(packing), b, t)
     }
 
     /// Runs the blocks and the final LayerNorm but not the lm_head, and
@@ -62,11 +81,12 @@ impl Gpt {
         b: usize,
         t: usize,
     ) -> Result<Vec<f32>, ModelError> {
-        self.forward_trunk(be, tokens, None, b, t)?;
+        self.forward_trunk(be, tokens, None, None, b, t)?;
         self.last = Some(LastForward {
             b,
             t,
             counted: None,
+            packed: false,
         });
         let acts = self.acts.as_ref().expect("forward_trunk allocated them");
         let mut hidden = be.download_f32(acts.lnf)?;
@@ -82,10 +102,11 @@ impl Gpt {
         be: &mut BackendBox,
         tokens: &[u32],
         targets: Option<&[u32]>,
+        packing: Option<&Packing>,
         b: usize,
         t: usize,
     ) -> Result<Vec<f32>, ModelError> {
-        self.forward_trunk(be, tokens, targets, b, t)?;
+        self.forward_trunk(be, tokens, targets, packing, b, t)?;
         let cfg = &self.config;
         let (c, v, vp) = (cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size);
         let rows = b * t;
@@ -106,6 +127,7 @@ impl Gpt {
                 b,
                 t,
                 counted: None,
+                packed: packing.is_some(),
             });
             return Ok(Vec::new());
         };
@@ -128,6 +150,7 @@ impl Gpt {
             b,
             t,
             counted: Some(counted),
+            packed: packing.is_some(),
         });
         Ok(losses)
     }
@@ -140,12 +163,16 @@ impl Gpt {
         be: &mut BackendBox,
         tokens: &[u32],
         targets: Option<&[u32]>,
+        packing: Option<&Packing>,
         b: usize,
         t: usize,
     ) -> Result<(), ModelError> {
         self.last = None;
         self.logits_valid = false;
         self.check_batch(tokens, targets, b, t)?;
+        if let Some(packing) = packing {
+            packing.check(tokens.len(), self.config.max_seq_len)?;
+        }
         let cfg = self.config.clone();
         let (c, nh) = (cfg.n_embd, cfg.n_head);
         let rows = b * t;
@@ -156,16 +183,41 @@ impl Gpt {
         stage_u32(&mut self.host_u32, tokens, acts.rows, 0);
         be.upload_u32(acts.tokens, &self.host_u32)?;
 
+        if let Some(packing) = packing {
+            stage_u32(&mut self.host_u32, &packing.positions, acts.rows, 0);
+            be.upload_u32(acts.positions, &self.host_u32)?;
+            stage_u32(&mut self.host_u32, &packing.segments, acts.rows, 0);
+            be.upload_u32(acts.segments, &self.host_u32)?;
+        }
+
         let p = |i: usize| self.params[i].value;
-        be.encoder_forward(acts.encoded, acts.tokens, p(WTE), p(WPE), b, t, c)
-            .ok_or_err()?;
+        match packing {
+            None => be.encoder_forward(acts.encoded, acts.tokens, p(WTE), p(WPE), b, t, c),
+            Some(_) => be.encoder_forward_positions(
+                acts.encoded,
+                acts.tokens,
+                acts.positions,
+                p(WTE),
+                p(WPE),
+                b,
+                t,
+                c,
+            ),
+        }
+        .ok_or_err()?;
         for (l, la) in acts.layers.iter().enumerate() {
             let inp = if l == 0 {
                 acts.encoded
             } else {
                 acts.layers[l - 1].residual3
             };
-            let attention = Attention::Causal { att: la.att };
+            let attention = match packing {
+                None => Attention::Causal { att: la.att },
+                Some(_) => Attention::Segmented {
+                    att: la.att,
+                    segments: acts.segments,
+                },
+            };
             block_forward(be, &cfg, &self.params, l, &la.io(inp), attention, b, t)?;
         }
         let eps = cfg.layer_norm_eps;

@@ -14,6 +14,9 @@ pub(crate) struct LastForward {
     pub t: usize,
     /// Targets that count towards the mean loss (None: forward had no targets).
     pub counted: Option<usize>,
+    /// The forward ran a packed batch (positions and segments uploaded into
+    /// the activations), so backward uses the per-token positions.
+    pub packed: bool,
 }
 
 /// A GPT-2 model whose parameters live in backend buffers. The backend is

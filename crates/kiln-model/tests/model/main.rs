@@ -6,6 +6,7 @@ mod align;
 mod checkpoint;
 mod generate;
 mod gradcheck;
+mod packing;
 mod training;
 
 use kiln_abi::BackendBox;
