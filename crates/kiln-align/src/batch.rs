@@ -13,6 +13,13 @@
 //!   and [`IGNORE`] elsewhere. Position `i` predicts `ids[i+1]`.
 //! - [`TokenBatch::whole`]: every token is an input, no targets; for heads
 //!   that read a position (a reward model reads the last real token).
+//!
+//! [`PackedBatch::next_token`] is the language-model layout with several
+//! sequences per row (SFT's optional packing): each sequence keeps its own
+//! positions (restarting at 0) and attends only to itself, so its losses are
+//! those it gets alone in a [`TokenBatch::next_token`] row.
+
+use kiln_model::Packing;
 
 /// A target the loss skips (any id `>= vocab_size` is ignored by the model).
 pub const IGNORE: u32 = u32::MAX;
@@ -175,6 +182,103 @@ impl TokenBatch {
     }
 }
 
+/// Language-model rows of up to `t_max` positions, each holding as many
+/// whole sequences as fit, with the per-token positions and segment ids the
+/// model needs to keep them apart ([`kiln_model::Packing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedBatch {
+    /// Tokens and targets laid out as in [`TokenBatch::next_token`], several
+    /// sequences per row; `lengths` are each row's real positions.
+    pub batch: TokenBatch,
+    pub packing: Packing,
+}
+
+impl PackedBatch {
+    /// Packs `seqs` first-fit (in order) into rows of at most `t_max` input
+    /// positions. A sequence of `n` ids takes `n - 1` positions, exactly as in
+    /// [`TokenBatch::next_token`]: its last id is only a target, so no target
+    /// reaches into the next sequence of the row. Segment ids number the
+    /// sequences of a row from 0; the padding after them is a segment of its
+    /// own ([`IGNORE`] as id). The rows are as long as the fullest one.
+    pub fn next_token(
+        seqs: &[LmSequence<'_>],
+        t_max: usize,
+        pad: u32,
+    ) -> Result<PackedBatch, String> {
+        // Validates every sequence (>= 2 ids, one learn flag per id).
+        TokenBatch::next_token(seqs, pad)?;
+        if let Some((r, s)) = seqs
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.ids.len() - 1 > t_max)
+        {
+            return Err(format!(
+                "sequence {r} needs {} positions; rows hold {t_max}",
+                s.ids.len() - 1
+            ));
+        }
+        // First fit: each sequence goes to the first row with room.
+        let mut rows: Vec<Vec<usize>> = Vec::new();
+        let mut fill: Vec<usize> = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            let n = s.ids.len() - 1;
+            match fill.iter().position(|&f| f + n <= t_max) {
+                Some(r) => {
+                    rows[r].push(i);
+                    fill[r] += n;
+                }
+                None => {
+                    rows.push(vec![i]);
+                    fill.push(n);
+                }
+            }
+        }
+        let (b, t) = (rows.len(), fill.iter().copied().max().unwrap_or(0));
+        let mut tokens = vec![pad; b * t];
+        let mut targets = vec![IGNORE; b * t];
+        let mut segments = vec![IGNORE; b * t];
+        for (r, members) in rows.iter().enumerate() {
+            let mut at = r * t;
+            for (k, &i) in members.iter().enumerate() {
+                let s = &seqs[i];
+                let n = s.ids.len() - 1;
+                tokens[at..at + n].copy_from_slice(&s.ids[..n]);
+                for ((y, &id), &learn) in targets[at..at + n]
+                    .iter_mut()
+                    .zip(&s.ids[1..])
+                    .zip(&s.learn[1..])
+                {
+                    if learn {
+                        *y = id;
+                    }
+                }
+                segments[at..at + n].fill(k as u32);
+                at += n;
+            }
+        }
+        Ok(PackedBatch {
+            batch: TokenBatch {
+                b,
+                t,
+                tokens,
+                targets,
+                lengths: fill,
+            },
+            packing: Packing::from_segments(segments, t),
+        })
+    }
+
+    /// Share of the batch's positions that hold real tokens.
+    pub fn efficiency(&self) -> f64 {
+        let cells = self.batch.b * self.batch.t;
+        if cells == 0 {
+            0.0
+        } else {
+            self.batch.real_tokens() as f64 / cells as f64
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +356,62 @@ mod tests {
         assert_eq!(learn, vec![false, false, true, true, true]);
     }
 
+    #[test]
+    fn packed_rows_keep_each_sequence_whole_and_apart() {
+        let (a, la) = ([10, 11, 12, 13], [false, false, true, true]);
+        let (b, lb) = ([20, 21], [false, true]);
+        let (c, lc) = ([30, 31, 32, 33, 34], [false, true, true, false, true]);
+        let seqs = [
+            LmSequence {
+                ids: &a,
+                learn: &la,
+            },
+            LmSequence {
+                ids: &c,
+                learn: &lc,
+            },
+            LmSequence {
+                ids: &b,
+                learn: &lb,
+            },
+        ];
+        // a takes 3 positions, c 4 (no room after a in 5: new row), b 1 (fits after a).
+        let p = PackedBatch::next_token(&seqs, 5, 0).unwrap();
+        let x = &p.batch;
+        assert_eq!((x.b, x.t), (2, 4));
+        assert_eq!(x.tokens, vec![10, 11, 12, 20, 30, 31, 32, 33]);
+        assert_eq!(x.targets, vec![IGNORE, 12, 13, 21, 31, 32, IGNORE, 34]);
+        assert_eq!(x.lengths, vec![4, 4]);
+        assert_eq!(p.packing.segments, vec![0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(p.packing.positions, vec![0, 1, 2, 0, 0, 1, 2, 3]);
+        assert_eq!(p.efficiency(), 1.0);
+        // The same sequences one per row: same targets counted, 3 rows.
+        let plain = TokenBatch::next_token(&seqs, 0).unwrap();
+        assert_eq!((plain.b, plain.counted()), (3, x.counted()));
+
+        // Padding after the last sequence of a row is a segment of its own.
+        let p = PackedBatch::next_token(&seqs[..1], 6, 7).unwrap();
+        assert_eq!(p.batch.t, 3);
+        let p = PackedBatch::next_token(&[seqs[0], seqs[1]], 8, 7).unwrap();
+        assert_eq!(p.batch.b, 1);
+        assert_eq!(p.packing.segments, vec![0, 0, 0, 1, 1, 1, 1]);
+        let p = PackedBatch::next_token(&[seqs[1], seqs[2]], 4, 7).unwrap();
+        assert_eq!(p.batch.tokens, vec![30, 31, 32, 33, 20, 7, 7, 7]);
+        assert_eq!(
+            p.packing.segments,
+            vec![0, 0, 0, 0, 0, IGNORE, IGNORE, IGNORE]
+        );
+        assert_eq!(p.packing.positions, vec![0, 1, 2, 3, 0, 0, 1, 2]);
+        assert!((p.efficiency() - 5.0 / 8.0).abs() < 1e-12);
+
+        let e = PackedBatch::next_token(&seqs, 3, 0).unwrap_err();
+        assert!(
+            e.contains("sequence 1 needs 4 positions; rows hold 3"),
+            "{e}"
+        );
+        assert!(PackedBatch::next_token(&[], 3, 0).is_err());
+    }
+
     proptest! {
         /// Every learned token (after the first) appears exactly once as a
         /// target, one position before its own, whatever the padding.
@@ -282,6 +442,59 @@ mod tests {
                 }
             }
             prop_assert_eq!(batch.counted(), expected);
+        }
+
+        /// Packing keeps every sequence contiguous in one row, with its own
+        /// positions 0.., one segment, and the targets of its unpacked row;
+        /// it never needs more rows than sequences.
+        #[test]
+        fn packed_sequences_are_their_unpacked_rows(
+            seqs in prop::collection::vec(
+                prop::collection::vec((0u32..50, any::<bool>()), 2..12), 1..8),
+            extra in 0usize..10,
+        ) {
+            let split: Vec<(Vec<u32>, Vec<bool>)> =
+                seqs.iter().map(|s| s.iter().copied().unzip()).collect();
+            let views: Vec<LmSequence<'_>> = split
+                .iter()
+                .map(|(ids, learn)| LmSequence { ids, learn })
+                .collect();
+            let plain = TokenBatch::next_token(&views, 0).unwrap();
+            let t_max = plain.t + extra;
+            let p = PackedBatch::next_token(&views, t_max, 0).unwrap();
+            let x = &p.batch;
+            prop_assert!(x.b <= plain.b && x.t <= t_max);
+            prop_assert_eq!(x.counted(), plain.counted());
+            prop_assert_eq!(x.real_tokens(), plain.real_tokens());
+            // Find each sequence: rows are scanned segment by segment.
+            let mut found = vec![false; views.len()];
+            for r in 0..x.b {
+                let mut i = 0;
+                while i < x.lengths[r] {
+                    let at = r * x.t + i;
+                    let seg = p.packing.segments[at];
+                    let n = (i..x.lengths[r])
+                        .take_while(|&j| p.packing.segments[r * x.t + j] == seg)
+                        .count();
+                    let k = (0..views.len())
+                        .find(|&k| {
+                            !found[k]
+                                && plain.lengths[k] == n
+                                && plain.tokens[k * plain.t..][..n] == x.tokens[at..at + n]
+                                && plain.targets[k * plain.t..][..n] == x.targets[at..at + n]
+                        });
+                    prop_assert!(k.is_some(), "row {} at {} matches no sequence", r, i);
+                    found[k.unwrap()] = true;
+                    let want: Vec<u32> = (0..n as u32).collect();
+                    prop_assert_eq!(&p.packing.positions[at..at + n], &want[..]);
+                    i += n;
+                }
+                for j in x.lengths[r]..x.t {
+                    prop_assert_eq!(x.targets[r * x.t + j], IGNORE);
+                    prop_assert_eq!(p.packing.segments[r * x.t + j], IGNORE);
+                }
+            }
+            prop_assert!(found.iter().all(|&f| f));
         }
     }
 }

@@ -5,17 +5,21 @@
 //! tokens of its micro-batches (TRL's `sum / num_items_in_batch`), not a
 //! mean of per-sequence means.
 //!
-//! Each chat is one row of a right-padded batch ([`TokenBatch`]). Packing
-//! several chats into one row is NOT done: keeping documents apart in a
-//! packed row needs per-document positions and a block-diagonal attention
-//! mask, which the Backend's causal attention does not offer.
+//! By default each chat is one row of a right-padded batch ([`TokenBatch`]).
+//! With [`SftConfig::packing`] the chats of a micro-batch are packed
+//! first-fit into rows of the model's context ([`PackedBatch`]): every chat
+//! keeps its own positions (restarting at 0) and attends only to itself
+//! (segmented attention), and no target crosses into the next chat, so the
+//! loss and gradients are those of the unpacked batch, with fewer rows and
+//! less padding. The summary reports the packing efficiency (real positions
+//! over rows x row length) either way.
 
 use kiln_abi::BackendBox;
-use kiln_model::Rng;
+use kiln_model::{Packing, Rng};
 use kiln_tokenizer::EncodedChat;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{LmSequence, TokenBatch};
+use crate::batch::{LmSequence, PackedBatch, TokenBatch};
 use crate::metrics::{MetricsLog, Progress, Record, EVAL, TRAIN};
 use crate::optim::{AlignOptimizer, OptimConfig};
 use crate::policy::Policy;
@@ -52,6 +56,10 @@ pub struct SftConfig {
     /// A progress line every N steps when stderr is not a terminal.
     pub log_every: u64,
     pub max_bad_steps: u32,
+    /// Pack the chats of each micro-batch into rows of the model's context
+    /// (positions restart per chat, no attention across chats) instead of one
+    /// padded row per chat. Same loss and gradients, fewer rows.
+    pub packing: bool,
 }
 
 impl Default for SftConfig {
@@ -74,6 +82,7 @@ impl Default for SftConfig {
             seed: 1234,
             log_every: 10,
             max_bad_steps: 5,
+            packing: false,
         }
     }
 }
@@ -144,6 +153,13 @@ pub struct SftSummary {
     pub tokens_per_s: f64,
     pub skipped_steps: u64,
     pub seconds: f64,
+    /// Whether chats were packed several to a row.
+    pub packing: bool,
+    /// Rows of all training micro-batches (one per chat without packing).
+    pub rows: u64,
+    /// Real input positions over all positions (rows x row length) of the
+    /// training micro-batches: 1 means no padding.
+    pub packing_efficiency: f64,
 }
 
 /// Splits `chats` into (train, eval): a `fraction` of them, chosen by
@@ -193,6 +209,84 @@ pub fn chat_batch(chats: &[&EncodedChat], pad: u32) -> Result<TokenBatch, AlignE
     TokenBatch::next_token(&seqs, pad).map_err(AlignError::Input)
 }
 
+/// The chats of `chats` packed first-fit into rows of at most `t_max`
+/// positions (see [`PackedBatch::next_token`]).
+pub fn packed_chat_batch(
+    chats: &[&EncodedChat],
+    t_max: usize,
+    pad: u32,
+) -> Result<PackedBatch, AlignError> {
+    let seqs: Vec<LmSequence<'_>> = chats
+        .iter()
+        .map(|c| LmSequence {
+            ids: &c.ids,
+            learn: &c.assistant_mask,
+        })
+        .collect();
+    PackedBatch::next_token(&seqs, t_max, pad).map_err(AlignError::Input)
+}
+
+/// One SFT micro-batch: one chat per row, or packed rows with the
+/// positions and segments that keep their chats apart.
+#[derive(Debug, Clone)]
+pub struct SftBatch {
+    pub batch: TokenBatch,
+    pub packing: Option<Packing>,
+}
+
+impl From<TokenBatch> for SftBatch {
+    fn from(batch: TokenBatch) -> Self {
+        SftBatch {
+            batch,
+            packing: None,
+        }
+    }
+}
+
+impl From<PackedBatch> for SftBatch {
+    fn from(p: PackedBatch) -> Self {
+        SftBatch {
+            batch: p.batch,
+            packing: Some(p.packing),
+        }
+    }
+}
+
+impl SftBatch {
+    /// The micro-batch of `chats`, packed into rows of `t_max` positions
+    /// when `packing`.
+    pub fn of_chats(
+        chats: &[&EncodedChat],
+        packing: bool,
+        t_max: usize,
+        pad: u32,
+    ) -> Result<SftBatch, AlignError> {
+        Ok(if packing {
+            packed_chat_batch(chats, t_max, pad)?.into()
+        } else {
+            chat_batch(chats, pad)?.into()
+        })
+    }
+
+    /// Per-position losses of the batch (the model keeps the activations
+    /// for a backward).
+    fn token_losses(
+        &self,
+        be: &mut BackendBox,
+        policy: &mut Policy,
+    ) -> Result<Vec<f32>, AlignError> {
+        let b = &self.batch;
+        Ok(match &self.packing {
+            None => policy
+                .model
+                .forward_token_losses(be, &b.tokens, &b.targets, b.b, b.t)?,
+            Some(p) => policy
+                .model
+                .forward_token_losses_packed(be, &b.tokens, &b.targets, p, b.b, b.t)?,
+        })
+    }
+}
+
 /// Mean loss per assistant token over `chats` (nats), in batches of
 /// `batch_size`; None when there is no chat.
 pub fn eval_loss(
@@ -227,22 +321,17 @@ pub fn eval_loss(
 pub fn accumulate_grads(
     be: &mut BackendBox,
     policy: &mut Policy,
-    batches: &[TokenBatch],
+    batches: &[SftBatch],
 ) -> Result<(f32, usize), AlignError> {
-    let counted: usize = batches.iter().map(TokenBatch::counted).sum();
+    let counted: usize = batches.iter().map(|b| b.batch.counted()).sum();
     if counted == 0 {
         return Ok((0.0, 0));
     }
     let w = 1.0 / counted as f32;
     let mut loss_sum = 0f64;
-    for batch in batches {
-        let losses = policy.model.forward_token_losses(
-            be,
-            &batch.tokens,
-            &batch.targets,
-            batch.b,
-            batch.t,
-        )?;
+    for sft_batch in batches {
+        let losses = sft_batch.token_losses(be, policy)?;
+        let batch = &sft_batch.batch;
         let mut weights = vec![0f32; losses.len()];
         for (i, (&l, wi)) in losses.iter().zip(&mut weights).enumerate() {
             if batch.is_counted(i) {
@@ -320,7 +409,12 @@ pub fn train_sft(
         tokens_per_s: 0.0,
         skipped_steps: 0,
         seconds: 0.0,
+        packing: config.packing,
+        rows: 0,
+        packing_efficiency: 0.0,
     };
+    let t_max = policy.max_seq_len();
+    let mut cells = 0u64;
     let started = std::time::Instant::now();
     let mut train_secs = 0f64;
     let mut positions = 0u64;
@@ -332,11 +426,15 @@ pub fn train_sft(
             }
             let t0 = std::time::Instant::now();
             let chats: Vec<&EncodedChat> = step_chats.iter().map(|&i| &train[i]).collect();
-            let batches: Vec<TokenBatch> = chats
+            let batches: Vec<SftBatch> = chats
                 .chunks(config.batch_size)
-                .map(|g| chat_batch(g, policy.pad_id()))
+                .map(|g| SftBatch::of_chats(g, config.packing, t_max, policy.pad_id()))
                 .collect::<Result<_, _>>()?;
-            let real: usize = batches.iter().map(TokenBatch::real_tokens).sum();
+            let real: usize = batches.iter().map(|b| b.batch.real_tokens()).sum();
+            let rows: usize = batches.iter().map(|b| b.batch.b).sum();
+            let step_cells: usize = batches.iter().map(|b| b.batch.b * b.batch.t).sum();
+            summary.rows += rows as u64;
+            cells += step_cells as u64;
             opt.zero_grad(be)?;
             let (loss, counted) = accumulate_grads(be, policy, &batches)?;
             let out = opt.step(be, loss)?;
@@ -363,6 +461,8 @@ pub fn train_sft(
                 .with("grad_norm", out.grad_norm as f64)
                 .with("tokens", counted as f64)
                 .with("tokens_per_s", real as f64 / secs.max(1e-9))
+                .with("rows", rows as f64)
+                .with("efficiency", real as f64 / step_cells.max(1) as f64)
                 .with(
                     "epoch",
                     epoch as f64 + (k + 1) as f64 / steps_per_epoch as f64,
@@ -389,6 +489,7 @@ pub fn train_sft(
     }
     summary.steps = opt.steps();
     summary.tokens_per_s = positions as f64 / train_secs.max(1e-9);
+    summary.packing_efficiency = positions as f64 / cells.max(1) as f64;
     summary.seconds = started.elapsed().as_secs_f64();
     opt.release(be)?;
     Ok(summary)
@@ -428,8 +529,9 @@ mod tests {
     }
 
     fn grads_of(be: &mut BackendBox, p: &mut Policy, batches: &[TokenBatch]) -> (f32, Vec<f32>) {
+        let batches: Vec<SftBatch> = batches.iter().cloned().map(SftBatch::from).collect();
         p.model.zero_grad(be).unwrap();
-        let (loss, _) = accumulate_grads(be, p, batches).unwrap();
+        let (loss, _) = accumulate_grads(be, p, &batches).unwrap();
         (loss, p.model.read_grads(be).unwrap().concat())
     }
 
@@ -607,6 +709,116 @@ mod tests {
     }
 
     #[test]
+    fn packing_gives_the_same_loss_gradients_and_step_with_fewer_rows() {
+        let mut be = kiln_tensor::cpu_backend(Some(2));
+        let t_max = 128;
+        let mut p = tiny_policy(&mut be, 11, t_max);
+        // Three copies of the chats: enough to fill packed rows.
+        let cs: Vec<EncodedChat> = (0..3).flat_map(|_| chats(&p)).collect();
+        let refs: Vec<&EncodedChat> = cs.iter().collect();
+        let pad = p.pad_id();
+        let plain = SftBatch::of_chats(&refs, false, t_max, pad).unwrap();
+        let packed = SftBatch::of_chats(&refs, true, t_max, pad).unwrap();
+        assert_eq!(plain.batch.b, cs.len());
+        assert!(packed.batch.b < plain.batch.b, "{} rows", packed.batch.b);
+        assert!(packed.batch.t <= t_max);
+        assert_eq!(packed.batch.counted(), plain.batch.counted());
+        assert_eq!(packed.batch.real_tokens(), plain.batch.real_tokens());
+
+        let grads = |be: &mut BackendBox, p: &mut Policy, b: &SftBatch| {
+            p.model.zero_grad(be).unwrap();
+            let (loss, counted) = accumulate_grads(be, p, std::slice::from_ref(b)).unwrap();
+            (loss, counted, p.model.read_grads(be).unwrap().concat())
+        };
+        let (loss_a, counted_a, grads_a) = grads(&mut be, &mut p, &plain);
+        let (loss_b, counted_b, grads_b) = grads(&mut be, &mut p, &packed);
+        assert_eq!(counted_a, counted_b);
+        let rel = ((loss_a - loss_b) / loss_a).abs();
+        assert!(rel <= 1e-5, "loss {loss_a} vs packed {loss_b}");
+        close(&grads_a, &grads_b, 1e-5).unwrap();
+
+        // One optimizer step through train_sft each way, from the same weights.
+        let init = p.model.read_params(&mut be).unwrap();
+        let progress = Progress::hidden("sft", 1);
+        let step = |be: &mut BackendBox, p: &mut Policy, packing: bool| {
+            p.model.write_params(be, &init).unwrap();
+            let config = SftConfig {
+                epochs: 1,
+                max_steps: 1,
+                batch_size: cs.len(),
+                eval_fraction: 0.0,
+                packing,
+                ..SftConfig::default()
+            };
+            let s = train_sft(be, p, &cs, &[], &config, None, &progress).unwrap();
+            (s, p.model.read_params(be).unwrap())
+        };
+        let (s_a, w_a) = step(&mut be, &mut p, false);
+        let (s_b, w_b) = step(&mut be, &mut p, true);
+        assert_eq!((s_a.steps, s_b.steps), (1, 1));
+        assert!(((s_a.first_loss - s_b.first_loss) / s_a.first_loss).abs() <= 1e-5);
+        assert_eq!(s_a.trained_tokens, s_b.trained_tokens);
+        // Compared over all weights at once: a gradient that is 0 in exact
+        // arithmetic (the attention key bias: softmax ignores a constant
+        // shift) is ~1e-12 rounding noise either way, and Adam scales its
+        // update to lr * g / (|g| + eps), so per-tensor that tensor differs.
+        close(&w_a.concat(), &w_b.concat(), 1e-5).unwrap();
+        assert_ne!(w_a, init, "the step moved the weights");
+        // (train_sft shuffles, so its packed rows may differ from `packed`'s.)
+        assert_eq!(s_a.rows, cs.len() as u64);
+        assert!(s_b.rows < s_a.rows);
+        assert!(!s_a.packing && s_b.packing);
+        assert!(
+            s_b.packing_efficiency > s_a.packing_efficiency && s_b.packing_efficiency <= 1.0,
+            "{} vs {}",
+            s_b.packing_efficiency,
+            s_a.packing_efficiency
+        );
+        let lens: Vec<usize> = cs.iter().map(|c| c.ids.len()).collect();
+        let max_rel = |a: &[f32], b: &[f32]| {
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+                / scale
+        };
+        eprintln!(
+            "chat lengths {lens:?}: rows {} -> {}, efficiency {:.3} -> {:.3}; loss {loss_a} vs \
+             {loss_b}; max relative diff: grads {:e}, weights after the step {:e}",
+            s_a.rows,
+            s_b.rows,
+            s_a.packing_efficiency,
+            s_b.packing_efficiency,
+            max_rel(&grads_a, &grads_b),
+            max_rel(&w_a.concat(), &w_b.concat())
+        );
+    }
+
+    #[test]
+    fn a_chat_longer_than_the_context_is_still_an_error_with_packing() {
+        let mut be = kiln_tensor::cpu_backend(Some(1));
+        let mut p = tiny_policy(&mut be, 12, 16);
+        let cs = chats(&p);
+        assert!(cs[0].ids.len() > 17);
+        let config = SftConfig {
+            packing: true,
+            eval_fraction: 0.0,
+            ..SftConfig::default()
+        };
+        let progress = Progress::hidden("sft", 1);
+        let e = train_sft(&mut be, &mut p, &cs, &[], &config, None, &progress)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("context"), "{e}");
+        let refs: Vec<&EncodedChat> = cs.iter().collect();
+        let e = packed_chat_batch(&refs, 16, p.pad_id())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rows hold 16"), "{e}");
+    }
+
+    #[test]
     fn eval_split_is_deterministic_and_disjoint() {
         let items: Vec<u32> = (0..20).collect();
         let (tr, ev) = split_eval(&items, 0.25, 9);
@@ -629,6 +841,12 @@ mod tests {
         assert!(e.contains("learning_rate"), "{e}");
         let c: SftConfig = serde_json::from_str(r#"{"epochs": 2}"#).unwrap();
         assert_eq!(c.epochs, 2);
+        assert!(
+            !c.packing,
+            "configs written before packing existed still load"
+        );
+        let c: SftConfig = serde_json::from_str(r#"{"packing": true}"#).unwrap();
+        assert!(c.packing);
         assert_eq!(c.batch_size, SftConfig::default().batch_size);
         assert!(SftConfig {
             batch_size: 0,

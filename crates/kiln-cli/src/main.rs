@@ -31,7 +31,7 @@ enum Command {
     #[command(subcommand)]
     Data(cmd::data::Command),
     /// Supervised fine-tuning on chats (loss on assistant tokens only).
-    Sft(cmd::sft::Args),
+    Sft(cmd::sft::Cli),
     /// Train a reward model on preference pairs (Bradley-Terry).
     Reward(cmd::reward::Args),
     /// Direct preference optimisation (DPO, IPO, hinge, robust, SimPO).

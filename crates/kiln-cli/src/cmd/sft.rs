@@ -51,6 +51,21 @@ pub struct Args {
     pub eval_fraction: Option<f32>,
 }
 
+/// `kiln sft`'s command line: [`Args`] (what the pipeline passes too) plus
+/// switches that only turn a setting on over the TOML file. The pipeline
+/// sets those through its `SftConfig` instead, so its `Args` stay as they are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Cli {
+    #[command(flatten)]
+    pub args: Args,
+    /// Pack several chats into each row of the model's context (positions
+    /// restart per chat, no attention across chats): the same loss and
+    /// gradients with fewer padded positions. Same as `packing = true` in
+    /// the TOML file.
+    #[arg(long)]
+    pub packing: bool,
+}
+
 /// Reads a TOML settings file of type `T` (unknown keys refused), naming
 /// the file in every error.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
@@ -65,7 +80,7 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Res
     })
 }
 
-fn config_of(args: &Args) -> Result<SftConfig> {
+fn config_of(args: &Args, packing: bool) -> Result<SftConfig> {
     let mut c: SftConfig = match &args.config {
         Some(p) => read_toml(p, "SFT")?,
         None => SftConfig::default(),
@@ -89,21 +104,26 @@ fn config_of(args: &Args) -> Result<SftConfig> {
     if let Some(v) = args.eval_fraction {
         c.eval_fraction = v;
     }
+    c.packing |= packing;
     c.validate().context("sft settings")?;
     Ok(c)
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let summary = run_sft(&args)?;
+pub fn run(cli: Cli) -> Result<()> {
+    let summary = sft_with(&cli.args, cli.packing)?;
     println!(
-        "done: {} steps, loss {:.4} -> {:.4}, val loss {} -> {}, {:.0} tokens/s; model {}",
+        "done: {} steps, loss {:.4} -> {:.4}, val loss {} -> {}, {:.0} tokens/s, {} rows \
+         ({:.0}% real tokens{}); model {}",
         summary.steps,
         summary.first_loss,
         summary.last_loss,
         fmt_opt(summary.eval_loss_before),
         fmt_opt(summary.eval_loss),
         summary.tokens_per_s,
-        args.out.join("model").display()
+        summary.rows,
+        100.0 * summary.packing_efficiency,
+        if summary.packing { ", packed" } else { "" },
+        cli.args.out.join("model").display()
     );
     Ok(())
 }
@@ -112,9 +132,15 @@ fn fmt_opt(x: Option<f32>) -> String {
     x.map_or("-".into(), |v| format!("{v:.4}"))
 }
 
-/// The whole command as a function (the pipeline calls it).
+/// The whole command as a function (the pipeline calls it); settings from
+/// the TOML file and `args`.
 pub fn run_sft(args: &Args) -> Result<SftSummary> {
-    let config = config_of(args)?;
+    sft_with(args, false)
+}
+
+/// [`run_sft`], with packing forced on when `packing`.
+fn sft_with(args: &Args, packing: bool) -> Result<SftSummary> {
+    let config = config_of(args, packing)?;
     let on_bad = if args.skip_bad {
         OnBad::Skip
     } else {
@@ -149,12 +175,17 @@ pub fn run_sft(args: &Args) -> Result<SftSummary> {
         total = total.min(config.max_steps);
     }
     eprintln!(
-        "sft: {} train / {} eval chats ({} skipped), {} steps of {} chats, lr {} -> {}, model {} ({} params)",
+        "sft: {} train / {} eval chats ({} skipped), {} steps of {} chats{}, lr {} -> {}, model {} ({} params)",
         train.len(),
         eval.len(),
         encoded.skipped.len(),
         total,
         config.chats_per_step(),
+        if config.packing {
+            format!(" packed into rows of {}", policy.max_seq_len())
+        } else {
+            String::new()
+        },
         config.lr,
         config.min_lr,
         args.model.display(),
