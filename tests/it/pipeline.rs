@@ -121,4 +121,55 @@ fn quick_pipeline_runs_every_stage_then_skips_them() {
     assert_eq!(again["eval"], sum["eval"]);
     assert_eq!(again["samples"], sum["samples"]);
     assert_eq!(again["judge"], sum["judge"]);
+
+    // A settings file that changes DPO's learning rate reruns DPO and the
+    // judge, nothing else; the settings used are written to the run.
+    let settings = dir.path().join("settings.toml");
+    std::fs::write(&settings, "[align.dpo]\nlr = 2e-4\n").unwrap();
+    let third = kiln(&[
+        "pipeline",
+        "--quick",
+        "--out",
+        s(&out),
+        "--threads",
+        "2",
+        "--config",
+        s(&settings),
+    ]);
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(
+        third.status.success(),
+        "run with --config failed:\n{stderr}"
+    );
+    for stage in ["pretrain", "sft", "preferences", "reward", "ppo"] {
+        assert!(
+            stderr.contains(&format!("== {stage}: up to date, skipped")),
+            "stage {stage} reran:\n{stderr}"
+        );
+    }
+    for stage in ["dpo", "judge"] {
+        assert!(
+            stderr.contains(&format!("== {stage}\n")),
+            "{stage} not rerun:\n{stderr}"
+        );
+    }
+    let used = std::fs::read_to_string(out.join("configs").join("pipeline.toml")).unwrap();
+    assert!(used.contains("lr = 0.0002"), "{used}");
+
+    // A typo in the settings is refused, naming the file and the key.
+    std::fs::write(&settings, "[align.dpo]\nlrr = 2e-4\n").unwrap();
+    let bad = kiln(&[
+        "pipeline",
+        "--quick",
+        "--out",
+        s(&out),
+        "--config",
+        s(&settings),
+    ]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("settings.toml") && stderr.contains("lrr"),
+        "{stderr}"
+    );
 }

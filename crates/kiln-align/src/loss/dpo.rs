@@ -106,13 +106,20 @@ pub struct PairGrad {
     pub rejected: f64,
 }
 
+/// Margins this small are rounding noise, not a preference: the reference
+/// log-probs come from a separate forward pass, so at step 0 the policy's
+/// margin is ~1e-18 rather than exactly 0, and a strict `>` would count half
+/// of those as wins.
+pub const ACCURACY_TOLERANCE: f64 = 1e-6;
+
 /// Batch means of the implicit rewards `β·(logp - ref_logp)` (SimPO: `β·logp/len`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RewardStats {
     pub chosen: f64,
     pub rejected: f64,
     pub margins: f64,
-    /// Share of pairs with reward(chosen) > reward(rejected), strictly (ties count 0).
+    /// Share of pairs with reward(chosen) - reward(rejected) above
+    /// [`ACCURACY_TOLERANCE`] (ties and float noise count 0).
     pub accuracies: f64,
 }
 
@@ -243,7 +250,11 @@ pub fn preference_loss(
         rewards.chosen += rc;
         rewards.rejected += rr;
         rewards.margins += rc - rr;
-        rewards.accuracies += if rc > rr { 1.0 } else { 0.0 };
+        rewards.accuracies += if rc - rr > ACCURACY_TOLERANCE {
+            1.0
+        } else {
+            0.0
+        };
     }
     rewards.chosen /= n;
     rewards.rejected /= n;
@@ -280,6 +291,18 @@ mod tests {
             chosen_len: lc,
             rejected_len: lr,
         }
+    }
+
+    #[test]
+    fn float_noise_margins_are_not_counted_as_wins() {
+        // Policy off the reference by rounding noise only; then by a real margin.
+        let noisy = [pair(-12.5, -20.0, -12.5 - 1e-15, -20.0, 5, 7)];
+        let out = preference_loss(PreferenceLoss::Sigmoid, 0.1, &noisy).unwrap();
+        assert!(out.rewards.margins > 0.0);
+        assert_eq!(out.rewards.accuracies, 0.0);
+        let real = [pair(-12.5, -20.0, -12.6, -20.0, 5, 7)];
+        let out = preference_loss(PreferenceLoss::Sigmoid, 0.1, &real).unwrap();
+        assert_eq!(out.rewards.accuracies, 1.0);
     }
 
     #[test]

@@ -18,13 +18,15 @@ use kiln_align::sft::SftConfig;
 use kiln_eval::preferences::{sample_pairs, synthetic_pairs, PairSampling};
 use kiln_eval::tasks::{eval_tasks, sft_examples, train_tasks, Task};
 use kiln_model::SampleOptions;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::stage::stage;
 
-/// Settings of the post-training stages; part of their fingerprints.
-#[derive(Serialize, Clone)]
+/// Settings of the post-training stages; each stage's fingerprint holds
+/// the settings it uses plus its upstream stages' fingerprints.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub(super) struct AlignPlan {
     /// SFT chats generated from the training prompts, and the share of them
     /// with a good answer (the rest are flawed on purpose).
@@ -177,14 +179,40 @@ pub(super) fn run(
     let configs = paths.file("configs");
     std::fs::create_dir_all(&configs)
         .with_context(|| format!("{}: cannot create", configs.display()))?;
-    let plan_fp = serde_json::to_string(plan).expect("plan serialises");
-    let mut fp = format!("{base_fp}|{plan_fp}");
+    // Each stage's fingerprint: its own settings after its inputs' ones, so
+    // changing, say, the DPO learning rate reruns DPO and the judge only.
+    let tasks_fp = chain(
+        base_fp,
+        "tasks",
+        &json!([
+            plan.sft_chats,
+            plan.good_fraction,
+            plan.ppo_prompts,
+            plan.eval_tasks
+        ]),
+    );
+    let sft_fp = chain(&tasks_fp, "sft", &plan.sft);
+    let pairs_fp = chain(
+        &sft_fp,
+        "preferences",
+        &json!([
+            plan.pair_prompts,
+            plan.pair_k,
+            plan.pair_min_gap,
+            plan.written_pairs,
+            plan.min_pairs,
+            plan.max_new_tokens
+        ]),
+    );
+    let reward_fp = chain(&pairs_fp, "reward", &plan.reward);
+    let dpo_fp = chain(&pairs_fp, "dpo", &plan.dpo);
+    let ppo_fp = chain(&reward_fp, "ppo", &plan.ppo);
 
     // Tasks: the SFT chats (mixed quality), the PPO prompts, the eval tasks.
     let sft_data = paths.file("tasks/sft.jsonl");
     let ppo_prompts = paths.file("tasks/ppo_prompts.jsonl");
     let eval_file = paths.file("tasks/eval.jsonl");
-    let figures = stage(&paths.out, "tasks", &fp, force, || {
+    let figures = stage(&paths.out, "tasks", &tasks_fp, force, || {
         std::fs::create_dir_all(paths.file("tasks"))?;
         let examples = sft_examples(plan.sft_chats, 1, plan.good_fraction);
         let good = examples.iter().filter(|e| e.flaw.is_none()).count();
@@ -215,7 +243,7 @@ pub(super) fn run(
     // SFT from the pretrained checkpoint.
     let sft_dir = paths.file("sft");
     let sft_config = write_config(&configs, "sft", &plan.sft)?;
-    let figures = stage(&paths.out, "sft", &fp, force, || {
+    let figures = stage(&paths.out, "sft", &sft_fp, force, || {
         let s = super::super::sft::run_sft(&super::super::sft::Args {
             model: paths.pretrained.clone(),
             data: sft_data.clone(),
@@ -237,7 +265,7 @@ pub(super) fn run(
 
     // Preference pairs: SFT samples ranked by the judge.
     let pairs_file = paths.file("preferences/pairs.jsonl");
-    let figures = stage(&paths.out, "preferences", &fp, force, || {
+    let figures = stage(&paths.out, "preferences", &pairs_fp, force, || {
         let mut be = kiln_tensor::cpu_backend(threads);
         let mut policy = Policy::load(&mut be, &paths.model("sft"), None)?;
         let tasks = train_tasks(plan.pair_prompts, 2);
@@ -308,7 +336,7 @@ pub(super) fn run(
 
     // Reward model, from the SFT model.
     let reward_config = write_config(&configs, "reward", &plan.reward)?;
-    let figures = stage(&paths.out, "reward", &fp, force, || {
+    let figures = stage(&paths.out, "reward", &reward_fp, force, || {
         let s = super::super::reward::run_reward(&super::super::reward::Args {
             model: paths.model("sft"),
             data: pairs_file.clone(),
@@ -331,7 +359,7 @@ pub(super) fn run(
 
     // DPO on the same pairs, from (and against) the SFT model.
     let dpo_config = write_config(&configs, "dpo", &plan.dpo)?;
-    let figures = stage(&paths.out, "dpo", &fp, force, || {
+    let figures = stage(&paths.out, "dpo", &dpo_fp, force, || {
         let s = super::super::dpo::run_dpo(&super::super::dpo::Args {
             model: paths.model("sft"),
             data: pairs_file.clone(),
@@ -354,7 +382,7 @@ pub(super) fn run(
 
     // PPO against the reward model.
     let ppo_config = write_config(&configs, "ppo", &plan.ppo)?;
-    let figures = stage(&paths.out, "ppo", &fp, force, || {
+    let figures = stage(&paths.out, "ppo", &ppo_fp, force, || {
         let s = super::super::ppo::run_ppo(&super::super::ppo::Args {
             policy: paths.model("sft"),
             reward: paths.model("reward"),
@@ -373,8 +401,13 @@ pub(super) fn run(
         Ok(serde_json::to_value(&s)?)
     })?;
     summary.insert("ppo".into(), figures);
-    fp.push_str("|aligned");
-    Ok(fp)
+    Ok(format!("{dpo_fp}|{ppo_fp}|judge:{}", plan.max_new_tokens))
+}
+
+/// `upstream` followed by one stage's name and settings.
+fn chain(upstream: &str, stage: &str, settings: &impl Serialize) -> String {
+    let settings = serde_json::to_string(settings).expect("settings serialise");
+    format!("{upstream}|{stage}:{settings}")
 }
 
 /// Writes `DIR/<name>.toml` (what the stage runs with) and returns its path.

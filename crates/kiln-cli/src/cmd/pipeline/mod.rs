@@ -21,12 +21,14 @@ use kiln_tokenizer::SpecialPolicy;
 use kiln_train::checkpoint::latest_checkpoint;
 use kiln_train::progress::Progress;
 use kiln_train::{Init, TrainConfig, Trainer};
-use serde::Serialize;
 use serde_json::{json, Value};
 
 mod align;
+mod config;
 mod evaluate;
 mod stage;
+
+use config::PipelineConfig;
 
 use stage::{
     count_tokens, fingerprint_files, load_tokenizer, stage, unigram_entropy, write_if_absent,
@@ -60,58 +62,35 @@ pub struct Args {
     /// Rerun every stage even when its outputs are up to date.
     #[arg(long)]
     force: bool,
+    /// TOML settings layered over the defaults: `[pretrain]`, `[align]`,
+    /// `[align.sft]`, `[align.reward]`, `[align.dpo]`, `[align.ppo]`.
+    /// Only the keys named change; unknown keys are refused.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the settings this run would use (defaults plus --config) as
+    /// TOML, and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
 }
 
-/// Settings of one pipeline run; part of every stage's fingerprint.
-#[derive(Serialize, Clone)]
-struct Plan {
-    vocab_size: usize,
-    model: &'static str,
-    steps: u64,
-    batch_size: usize,
-    seq_len: usize,
-    lr: f32,
-    warmup: u64,
-    sample_tokens: usize,
-}
-
-impl Plan {
-    fn new(quick: bool) -> Self {
-        if quick {
-            Plan {
-                vocab_size: 1024,
-                model: "tiny",
-                steps: 60,
-                batch_size: 8,
-                seq_len: 64,
-                lr: 3e-3,
-                warmup: 10,
-                sample_tokens: 24,
-            }
-        } else {
-            Plan {
-                vocab_size: 4096,
-                model: "mini",
-                steps: 600,
-                batch_size: 16,
-                seq_len: 128,
-                lr: 2e-3,
-                warmup: 50,
-                sample_tokens: 48,
-            }
-        }
-    }
-}
-
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
-    let plan = Plan::new(args.quick);
+    let settings = PipelineConfig::load(args.quick, args.config.as_deref())?;
+    if args.print_config {
+        print!("{}", settings.to_toml());
+        return Ok(());
+    }
+    let plan = &settings.pretrain;
     let out = args.out.clone();
-    std::fs::create_dir_all(out.join("stages"))
+    std::fs::create_dir_all(out.join("configs"))
+        .and_then(|()| std::fs::create_dir_all(out.join("stages")))
         .with_context(|| format!("{}: cannot create the run directory", out.display()))?;
+    let settings_path = out.join("configs").join("pipeline.toml");
+    kiln_stdx::fs::write_atomic(&settings_path, settings.to_toml().as_bytes())
+        .with_context(|| format!("{}: cannot write", settings_path.display()))?;
     eprintln!("kiln pipeline -> {}", out.display());
     let mut summary = serde_json::Map::new();
 
@@ -209,7 +188,7 @@ pub fn run(args: Args) -> Result<()> {
 
     // 5. Pretrain (resumes from its own checkpoints).
     let run_dir = out.join("pretrain");
-    let mut config = TrainConfig::with_model(plan.model, tokenizer.vocab_size(), plan.seq_len);
+    let mut config = TrainConfig::with_model(&plan.model, tokenizer.vocab_size(), plan.seq_len);
     config.steps = plan.steps;
     config.batch_size = plan.batch_size;
     config.lr = plan.lr;
@@ -218,7 +197,7 @@ pub fn run(args: Args) -> Result<()> {
     config.checkpoint_every = (plan.steps / 4).max(1);
     let fp = format!(
         "{input_fp}:{}",
-        serde_json::to_string(&plan).expect("plan serialises")
+        serde_json::to_string(plan).expect("plan serialises")
     );
     let pre_figures = stage(&out, "pretrain", &fp, args.force, || {
         let be = kiln_tensor::cpu_backend(args.threads);
@@ -292,7 +271,7 @@ pub fn run(args: Args) -> Result<()> {
     model.release(&mut be)?;
 
     // 7. Post-training: SFT, preference pairs, reward model, DPO, PPO.
-    let align_plan = align::AlignPlan::new(args.quick);
+    let align_plan = &settings.align;
     let paths = align::AlignPaths {
         out: out.clone(),
         tokenizer: tokenizer_path.clone(),
@@ -300,7 +279,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let aligned_fp = align::run(
         &paths,
-        &align_plan,
+        align_plan,
         &fp,
         args.threads,
         args.force,
