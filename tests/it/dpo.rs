@@ -157,6 +157,7 @@ fn dpo_loss_logps_and_gradients_match_pytorch() {
         &torch_refs,
         PreferenceLoss::Sigmoid,
         0.5,
+        0.0,
         0,
         1.0,
     )

@@ -23,7 +23,9 @@ use serde_json::json;
 
 use crate::batch::{prompt_completion, LmSequence, TokenBatch};
 use crate::data::EncodedPair;
-use crate::loss::dpo::{preference_loss, PairLogps, PreferenceLoss, PreferenceOutput};
+use crate::loss::dpo::{
+    add_chosen_nll, preference_loss, PairLogps, PreferenceLoss, PreferenceOutput,
+};
 use crate::metrics::{MetricsLog, Progress, Record, EVAL, TRAIN};
 use crate::optim::{AlignOptimizer, OptimConfig};
 use crate::policy::param_refs;
@@ -44,6 +46,9 @@ pub struct DpoConfig {
     pub label_smoothing: f64,
     /// γ, SimPO's target reward margin.
     pub simpo_gamma: f64,
+    /// Weight of the chosen replies' per-token NLL added to the loss (RPO,
+    /// TRL's `rpo_alpha`); 0 is plain DPO.
+    pub nll_weight: f64,
     /// Pairs per optimizer step.
     pub batch_size: usize,
     /// Pairs per forward/backward (gradient accumulation inside a step).
@@ -69,6 +74,7 @@ impl Default for DpoConfig {
             beta: 0.1,
             label_smoothing: 0.1,
             simpo_gamma: 0.5,
+            nll_weight: 0.0,
             batch_size: 8,
             micro_batch: 8,
             epochs: 1,
@@ -101,6 +107,12 @@ impl DpoConfig {
 
     pub fn validate(&self) -> Result<(), AlignError> {
         self.objective()?;
+        if !(self.nll_weight.is_finite() && self.nll_weight >= 0.0) {
+            return Err(AlignError::Config(format!(
+                "nll_weight must be a number >= 0, got {}",
+                self.nll_weight
+            )));
+        }
         if self.batch_size == 0 || self.micro_batch == 0 {
             return Err(AlignError::Config(
                 "batch_size and micro_batch must be at least 1".into(),
@@ -220,6 +232,7 @@ pub fn accumulate_gradients(
     refs: &[PairRef],
     kind: PreferenceLoss,
     beta: f64,
+    nll_weight: f64,
     pad: u32,
     scale: f64,
 ) -> Result<(PreferenceOutput, Vec<f64>), AlignError> {
@@ -232,8 +245,9 @@ pub fn accumulate_gradients(
     }
     let batch = pair_batch(pairs, pad)?;
     let policy = sequence_logps(model, be, &batch)?;
-    let out = preference_loss(kind, beta, &pair_inputs(pairs, &policy, refs))
-        .map_err(|e| AlignError::Config(e.0))?;
+    let inputs = pair_inputs(pairs, &policy, refs);
+    let mut out = preference_loss(kind, beta, &inputs).map_err(|e| AlignError::Config(e.0))?;
+    add_chosen_nll(&mut out, nll_weight, &inputs);
     // loss_i = -log p_i: d/dθ Σ_rows g_row · logp_row = Σ_i (-g_row(i)) dloss_i/dθ.
     let mut weights = vec![0f32; batch.b * batch.t];
     for (i, g) in out.grads.iter().enumerate() {
@@ -392,14 +406,16 @@ pub fn evaluate_pairs(
     refs: &[PairRef],
     kind: PreferenceLoss,
     beta: f64,
+    nll_weight: f64,
     pad: u32,
     micro_batch: usize,
 ) -> Result<PairEval, AlignError> {
     let policy = pair_logps(model, be, pairs, pad, micro_batch)?;
     let flat: Vec<f64> = policy.iter().flatten().copied().collect();
     let all: Vec<&EncodedPair> = pairs.iter().collect();
-    let out = preference_loss(kind, beta, &pair_inputs(&all, &flat, refs))
-        .map_err(|e| AlignError::Config(e.0))?;
+    let inputs = pair_inputs(&all, &flat, refs);
+    let mut out = preference_loss(kind, beta, &inputs).map_err(|e| AlignError::Config(e.0))?;
+    add_chosen_nll(&mut out, nll_weight, &inputs);
     let n = pairs.len() as f64;
     Ok(PairEval {
         loss: out.loss,
@@ -464,7 +480,17 @@ pub fn train(
         }
         Ok(())
     };
-    let before = evaluate_pairs(model, be, pairs, refs, kind, cfg.beta, pad, cfg.micro_batch)?;
+    let before = evaluate_pairs(
+        model,
+        be,
+        pairs,
+        refs,
+        kind,
+        cfg.beta,
+        cfg.nll_weight,
+        pad,
+        cfg.micro_batch,
+    )?;
     log(&before.record(0, EVAL))?;
 
     let mut opt = AlignOptimizer::new(be, param_refs(model), &cfg.optim(), total)?;
@@ -496,8 +522,17 @@ pub fn train(
             let ps: Vec<&EncodedPair> = chunk.iter().map(|&i| &pairs[i]).collect();
             let rs: Vec<PairRef> = chunk.iter().map(|&i| refs[i]).collect();
             let m = chunk.len() as f64;
-            let (out, policy) =
-                accumulate_gradients(model, be, &ps, &rs, kind, cfg.beta, pad, m / n)?;
+            let (out, policy) = accumulate_gradients(
+                model,
+                be,
+                &ps,
+                &rs,
+                kind,
+                cfg.beta,
+                cfg.nll_weight,
+                pad,
+                m / n,
+            )?;
             sums[0] += out.loss * m;
             sums[1] += out.rewards.chosen * m;
             sums[2] += out.rewards.rejected * m;
@@ -535,7 +570,17 @@ pub fn train(
         log(&r)?;
     }
     opt.release(be)?;
-    let after = evaluate_pairs(model, be, pairs, refs, kind, cfg.beta, pad, cfg.micro_batch)?;
+    let after = evaluate_pairs(
+        model,
+        be,
+        pairs,
+        refs,
+        kind,
+        cfg.beta,
+        cfg.nll_weight,
+        pad,
+        cfg.micro_batch,
+    )?;
     log(&after.record(total, EVAL))?;
     progress.finish();
     Ok(DpoSummary {
