@@ -288,3 +288,81 @@ fn config_and_margin_errors_exit_2_naming_the_file() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--tokenizer"), "{}", stderr(&o));
 }
+
+#[test]
+fn sft_packing_flag_or_key_packs_chats_with_the_same_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_model_dir(dir.path());
+    let chats = dir.path().join("chats.jsonl");
+    let qa = [
+        ("Name a red fruit.", "An apple."),
+        ("Say hello.", "Hello there!"),
+        ("What is the capital of France?", "Paris."),
+        ("Is the sun bright?", "The sun is bright."),
+    ];
+    let lines: Vec<String> = (0..2)
+        .flat_map(|_| qa.iter().map(|(q, a)| chat_line(q, a)))
+        .collect();
+    write_lines(&chats, &lines);
+    let cfg = dir.path().join("sft.toml");
+    std::fs::write(&cfg, "packing = true\n").unwrap();
+    let run = |name: &str, extra: &[&str]| -> serde_json::Value {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "sft",
+            "--model",
+            s(&base),
+            "--data",
+            s(&chats),
+            "--out",
+            s(&out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--eval-fraction",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let o = kiln(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let records = read_metrics(&out.join("metrics.jsonl")).unwrap();
+        assert!(records.iter().all(|r| r.get("rows").is_some()));
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+    };
+    let plain = run("plain", &[]);
+    let flag = run("flag", &["--packing"]);
+    let key = run("key", &["--config", s(&cfg)]);
+    assert_eq!(plain["packing"], false);
+    assert_eq!(
+        (&flag["packing"], &key["packing"]),
+        (&true.into(), &true.into())
+    );
+    // 2 steps of 8 chats: one row per chat unpacked, fewer rows packed.
+    assert_eq!(plain["rows"], 16);
+    let rows = flag["rows"].as_u64().unwrap();
+    assert!(rows < 16, "{flag}");
+    assert_eq!(key["rows"], flag["rows"]);
+    let eff = |v: &serde_json::Value| v["packing_efficiency"].as_f64().unwrap();
+    assert!(
+        eff(&flag) > eff(&plain) && eff(&flag) <= 1.0,
+        "{flag} vs {plain}"
+    );
+    for k in ["first_loss", "last_loss"] {
+        let (a, b) = (plain[k].as_f64().unwrap(), flag[k].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "{k}: {a} vs packed {b}");
+    }
+    assert_eq!(plain["trained_tokens"], flag["trained_tokens"]);
+    eprintln!(
+        "rows {} -> {rows}, efficiency {:.3} -> {:.3}, first loss {} vs {}, last loss {} vs {}",
+        plain["rows"],
+        eff(&plain),
+        eff(&flag),
+        plain["first_loss"],
+        flag["first_loss"],
+        plain["last_loss"],
+        flag["last_loss"]
+    );
+}

@@ -58,7 +58,8 @@ pub struct SftConfig {
     pub max_bad_steps: u32,
     /// Pack the chats of each micro-batch into rows of the model's context
     /// (positions restart per chat, no attention across chats) instead of one
-    /// padded row per chat. Same loss and gradients, fewer rows.
+    /// padded row per chat. Same loss and gradients, fewer rows. The
+    /// validation loss is computed unpacked either way.
     pub packing: bool,
 }
 
