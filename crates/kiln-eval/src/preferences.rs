@@ -39,8 +39,15 @@ impl JudgedPair {
 /// `n` pairs over the training prompts: a reference answer (score 1)
 /// against a flawed one. Deterministic from `seed`.
 pub fn synthetic_pairs(n: usize, seed: u64) -> Vec<JudgedPair> {
+    written_pairs(train_tasks(n, seed), seed)
+}
+
+/// A reference answer against a flawed one for each of `tasks` (what
+/// [`synthetic_pairs`] does for training tasks; on evaluation tasks it
+/// measures a reward model on prompts it never saw).
+pub fn written_pairs(tasks: Vec<Task>, seed: u64) -> Vec<JudgedPair> {
     let mut rng = Rng::new(seed ^ 0x9a12_5000);
-    train_tasks(n, seed)
+    tasks
         .into_iter()
         .map(|task| {
             let chosen = reference_answer(&task, &mut rng);

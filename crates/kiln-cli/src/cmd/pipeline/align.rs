@@ -353,7 +353,11 @@ pub(super) fn run(
             center_coef: None,
             eval_fraction: None,
         })?;
-        Ok(serde_json::to_value(&s)?)
+        let mut figures = serde_json::to_value(&s)?;
+        let audit = super::reward_audit::audit(&paths.model("reward"), plan.eval_tasks, threads)?;
+        eprintln!("reward: on held-out tasks (reference vs flawed): {audit}");
+        figures["held_out_tasks"] = audit;
+        Ok(figures)
     })?;
     summary.insert("reward".into(), figures);
 

@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 mod align;
 mod config;
 mod evaluate;
+mod reward_audit;
 mod stage;
 
 use config::PipelineConfig;
