@@ -45,6 +45,10 @@ pub(super) struct AlignPlan {
     /// When sampling yields fewer pairs than this (a model too small or
     /// too briefly trained to vary), reference-vs-flawed pairs top it up.
     pub min_pairs: usize,
+    /// Whether DPO also trains on the written pairs (the reward model
+    /// always does). Off: DPO sees only the SFT model's own samples, which
+    /// measured better than adding off-policy demonstrations.
+    pub dpo_written_pairs: bool,
     pub reward: RewardConfig,
     pub dpo: DpoConfig,
     pub ppo_prompts: usize,
@@ -82,6 +86,7 @@ impl AlignPlan {
                 pair_min_gap: 0.25,
                 written_pairs: 0,
                 min_pairs: 48,
+                dpo_written_pairs: false,
                 reward: RewardConfig {
                     epochs: 1,
                     batch_size: 8,
@@ -123,6 +128,7 @@ impl AlignPlan {
                 pair_min_gap: 0.5,
                 written_pairs: 400,
                 min_pairs: 200,
+                dpo_written_pairs: false,
                 reward: RewardConfig {
                     epochs: 4,
                     batch_size: 16,
@@ -201,11 +207,12 @@ pub(super) fn run(
             plan.pair_min_gap,
             plan.written_pairs,
             plan.min_pairs,
-            plan.max_new_tokens
+            plan.max_new_tokens,
+            "pairs+on_policy"
         ]),
     );
     let reward_fp = chain(&pairs_fp, "reward", &plan.reward);
-    let dpo_fp = chain(&pairs_fp, "dpo", &plan.dpo);
+    let dpo_fp = chain(&pairs_fp, "dpo", &(&plan.dpo, plan.dpo_written_pairs));
     let ppo_fp = chain(&reward_fp, "ppo", &plan.ppo);
 
     // Tasks: the SFT chats (mixed quality), the PPO prompts, the eval tasks.
@@ -265,6 +272,12 @@ pub(super) fn run(
 
     // Preference pairs: SFT samples ranked by the judge.
     let pairs_file = paths.file("preferences/pairs.jsonl");
+    let on_policy_file = paths.file("preferences/on_policy.jsonl");
+    let dpo_file = if plan.dpo_written_pairs {
+        &pairs_file
+    } else {
+        &on_policy_file
+    };
     let figures = stage(&paths.out, "preferences", &pairs_fp, force, || {
         let mut be = kiln_tensor::cpu_backend(threads);
         let mut policy = Policy::load(&mut be, &paths.model("sft"), None)?;
@@ -294,42 +307,39 @@ pub(super) fn run(
             &tasks,
             &sampling,
         )?;
-        let mut pairs = pairs;
+        // On-policy pairs (the SFT model's own samples, topped up when too
+        // few) are what DPO learns from; the reward model also gets the
+        // written reference-vs-flawed pairs.
         let sampled = pairs.len();
-        pairs.extend(synthetic_pairs(plan.written_pairs, 6));
-        let synthetic = plan.min_pairs.saturating_sub(pairs.len());
+        let synthetic = plan.min_pairs.saturating_sub(sampled);
         if synthetic > 0 {
             eprintln!(
-                "preferences: only {} sampled pairs; adding {synthetic} reference-vs-flawed pairs",
-                pairs.len()
+                "preferences: only {sampled} sampled pairs; adding {synthetic} reference-vs-flawed pairs"
             );
-            pairs.extend(synthetic_pairs(synthetic, 5));
         }
-        let prefs: Vec<PreferencePair> = pairs
-            .iter()
-            .map(|p| PreferencePair {
-                prompt: p.prompt(),
-                chosen: p.chosen.clone(),
-                rejected: p.rejected.clone(),
-            })
-            .collect();
+        let mut on_policy = pairs;
+        on_policy.extend(synthetic_pairs(synthetic, 5));
+        let mut all = on_policy.clone();
+        all.extend(synthetic_pairs(plan.written_pairs, 6));
         std::fs::create_dir_all(paths.file("preferences"))?;
-        write_preferences(&pairs_file, &prefs)?;
+        write_preferences(&pairs_file, &preference_lines(&all))?;
+        write_preferences(&on_policy_file, &preference_lines(&on_policy))?;
         eprintln!(
             "preferences: {} sampled pairs (mean score chosen {:.3}, rejected {:.3}; {} prompts \
-             without a clear preference) + {} written + {synthetic} top-up = {}",
+             without a clear preference) + {synthetic} top-up + {} written = {}",
             stats.pairs,
             stats.mean_chosen_score,
             stats.mean_rejected_score,
             stats.no_clear_preference,
             plan.written_pairs,
-            prefs.len()
+            all.len()
         );
         let mut figures = serde_json::to_value(&stats)?;
         figures["sampled_pairs"] = json!(sampled);
         figures["written_pairs"] = json!(plan.written_pairs);
         figures["top_up_pairs"] = json!(synthetic);
-        figures["total_pairs"] = json!(pairs.len());
+        figures["total_pairs"] = json!(all.len());
+        figures["on_policy_pairs"] = json!(on_policy.len());
         Ok(figures)
     })?;
     summary.insert("preferences".into(), figures);
@@ -366,7 +376,7 @@ pub(super) fn run(
     let figures = stage(&paths.out, "dpo", &dpo_fp, force, || {
         let s = super::super::dpo::run_dpo(&super::super::dpo::Args {
             model: paths.model("sft"),
-            data: pairs_file.clone(),
+            data: dpo_file.clone(),
             out: paths.file("dpo"),
             loss: None,
             beta: None,
@@ -421,6 +431,17 @@ fn write_config<T: Serialize>(dir: &Path, name: &str, config: &T) -> Result<Path
     kiln_stdx::fs::write_atomic(&path, text.as_bytes())
         .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(path)
+}
+
+fn preference_lines(pairs: &[kiln_eval::JudgedPair]) -> Vec<PreferencePair> {
+    pairs
+        .iter()
+        .map(|p| PreferencePair {
+            prompt: p.prompt(),
+            chosen: p.chosen.clone(),
+            rejected: p.rejected.clone(),
+        })
+        .collect()
 }
 
 /// One task per line (the format `kiln grpo --judge --prompts` reads).
