@@ -414,9 +414,9 @@ pub fn reference_answer(task: &Task, rng: &mut Rng) -> String {
 pub enum Flaw {
     /// Arithmetic: off by 1 to 3.
     WrongSum,
-    /// Words: 2 or 3 words too many or too few.
+    /// Words: 1 to 3 words too many or too few.
     WrongLength,
-    /// List: 2 or 3 items too many or too few.
+    /// List: 1 to 3 items too many or too few.
     WrongCount,
     /// List: items from another category.
     WrongCategory,
@@ -428,9 +428,11 @@ pub enum Flaw {
     Rambling,
 }
 
-/// `x` moved by 2 or 3 in either direction, staying >= 1.
-fn off_by_two_or_three(rng: &mut Rng, x: usize) -> usize {
-    let d = 2 + below(rng, 2);
+/// `x` moved by 1 to 3 in either direction, staying >= 1. Off by one is
+/// included on purpose: a reward model that never sees it cannot tell a
+/// list one item short from a right one, and PPO finds that blind spot.
+fn off_by_one_to_three(rng: &mut Rng, x: usize) -> usize {
+    let d = 1 + below(rng, 3);
     if x > d && below(rng, 2) == 0 {
         x - d
     } else {
@@ -478,7 +480,7 @@ pub fn flawed_answer(task: &Task, rng: &mut Rng) -> (String, Flaw) {
         }
         TaskSpec::Words { n, topic } => {
             if roll < 0.5 {
-                let m = off_by_two_or_three(rng, *n).min(8);
+                let m = off_by_one_to_three(rng, *n).min(8);
                 (words_answer(rng, topic, m), Flaw::WrongLength)
             } else {
                 let first = words_answer(rng, topic, *n);
@@ -489,7 +491,7 @@ pub fn flawed_answer(task: &Task, rng: &mut Rng) -> (String, Flaw) {
         TaskSpec::List { k, category } => {
             let items = category_items(category);
             if roll < 1.0 / 3.0 {
-                let m = off_by_two_or_three(rng, *k).min(items.len());
+                let m = off_by_one_to_three(rng, *k).min(items.len());
                 (distinct(rng, items, m).join(", "), Flaw::WrongCount)
             } else if roll < 2.0 / 3.0 {
                 let others: Vec<&str> = CATEGORIES
