@@ -105,7 +105,17 @@ pub struct PpoConfig {
     pub kl_horizon: f64,
     pub kl_estimator: KlEstimator,
     pub gamma: f32,
+    /// GAE lambda of the policy's advantages.
     pub lambda: f32,
+    /// GAE lambda of the value targets (None: `lambda`). 1.0 regresses the
+    /// value on the episode's return itself, unbiased by the value model's
+    /// own errors (VC-PPO, Yuan et al. 2025: decoupled GAE).
+    pub value_lambda: Option<f32>,
+    /// Rollout batches that train only the value model before PPO starts
+    /// (the policy is frozen): a value head initialised from the reward
+    /// model scores whole replies, not prefixes, and its errors would
+    /// otherwise bias the first advantages (VC-PPO's value pretraining).
+    pub value_warmup: u64,
     pub clip_eps: f32,
     pub clip_value: f32,
     pub vf_coef: f32,
@@ -137,6 +147,8 @@ impl Default for PpoConfig {
             kl_estimator: KlEstimator::K1,
             gamma: 1.0,
             lambda: 0.95,
+            value_lambda: None,
+            value_warmup: 0,
             clip_eps: 0.2,
             clip_value: 0.2,
             vf_coef: 0.1,
@@ -175,7 +187,12 @@ impl PpoConfig {
                 ));
             }
         }
-        for (name, v) in [("gamma", self.gamma), ("lambda", self.lambda)] {
+        let value_lambda = self.value_lambda.unwrap_or(self.lambda);
+        for (name, v) in [
+            ("gamma", self.gamma),
+            ("lambda", self.lambda),
+            ("value_lambda", value_lambda),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return bad(format!("{name} must be in [0, 1], got {v}"));
             }
@@ -321,7 +338,8 @@ pub struct PpoModels<'a> {
 
 /// Trains `models.policy` (and the value model) with PPO on `prompts`
 /// (encoded, each ending with `<|assistant|>`); `on_record` receives each
-/// iteration's metrics (step = iteration, 1-based). Returns the records.
+/// iteration's metrics (step = iteration, 1-based; the `value_warmup`
+/// iterations come first, marked `value_warmup = 1`). Returns the records.
 pub fn train_ppo(
     be: &mut BackendBox,
     models: PpoModels<'_>,
@@ -342,15 +360,21 @@ pub fn train_ppo(
     let pad = policy.pad_id();
     let steps_per_iter = (cfg.ppo_epochs * cfg.batch_size.div_ceil(cfg.minibatch_size)) as u64;
     let total = cfg.iterations * steps_per_iter;
+    let value_total = (cfg.value_warmup + cfg.iterations) * steps_per_iter;
     let mut policy_opt = AlignOptimizer::new(be, policy.param_refs(), &cfg.optim(cfg.lr), total)?;
-    let mut value_opt =
-        AlignOptimizer::new(be, value.param_refs(), &cfg.optim(cfg.value_lr), total)?;
+    let mut value_opt = AlignOptimizer::new(
+        be,
+        value.param_refs(),
+        &cfg.optim(cfg.value_lr),
+        value_total,
+    )?;
     let mut kl_ctl = KlController::new(cfg.kl_control());
     let mut sampler = PromptSampler::new(prompts.len(), cfg.seed);
     let mut shuffle_rng = Rng::new(cfg.seed ^ 0x00A1_1CE5);
     let mut records = Vec::new();
 
-    for it in 0..cfg.iterations {
+    for it in 0..cfg.value_warmup + cfg.iterations {
+        let warming = it < cfg.value_warmup;
         let idx = sampler.next_batch(cfg.batch_size);
         let opts = cfg.sampling.options(rollout_seed(cfg.seed, it));
         let ro = rollout(
@@ -382,7 +406,10 @@ pub fn train_ppo(
         } else {
             shaped.rewards.clone()
         };
-        let (adv, returns) = gae(&rewards, &ro.values, layout, cfg.gamma, cfg.lambda);
+        let (adv, mut returns) = gae(&rewards, &ro.values, layout, cfg.gamma, cfg.lambda);
+        if let Some(vl) = cfg.value_lambda.filter(|&vl| vl != cfg.lambda) {
+            returns = gae(&rewards, &ro.values, layout, cfg.gamma, vl).1;
+        }
         let adv = masked_whiten(&adv, layout, true);
 
         let (mut pg, mut vf, mut clip, mut vclip, mut akl, mut ratio) = (
@@ -404,16 +431,27 @@ pub fn train_ppo(
                 let batch = sub.model_batch(pad)?;
                 let prompt_lens: Vec<usize> = sub.prompts.iter().map(Vec::len).collect();
 
-                let (new_logp, _) =
-                    response_logprobs(be, policy, &batch, &prompt_lens, sub_layout, false)?;
-                let pl =
-                    clipped_policy_loss(&new_logp, &sub.logp, &sub_adv, sub_layout, cfg.clip_eps);
-                policy_opt.zero_grad(be)?;
-                policy.backward_logprobs(
-                    be,
-                    &scatter_responses(&pl.grad, &batch, &prompt_lens, sub_layout),
-                )?;
-                policy_opt.step(be, pl.loss)?;
+                if !warming {
+                    let (new_logp, _) =
+                        response_logprobs(be, policy, &batch, &prompt_lens, sub_layout, false)?;
+                    let pl = clipped_policy_loss(
+                        &new_logp,
+                        &sub.logp,
+                        &sub_adv,
+                        sub_layout,
+                        cfg.clip_eps,
+                    );
+                    policy_opt.zero_grad(be)?;
+                    policy.backward_logprobs(
+                        be,
+                        &scatter_responses(&pl.grad, &batch, &prompt_lens, sub_layout),
+                    )?;
+                    policy_opt.step(be, pl.loss)?;
+                    pg.add(pl.loss);
+                    clip.add(pl.clip_frac);
+                    akl.add(pl.approx_kl);
+                    ratio.add(pl.ratio_mean);
+                }
 
                 let v_all = value.values(be, &batch)?;
                 let new_v = gather_responses(&v_all, &batch, &prompt_lens, sub_layout);
@@ -427,32 +465,35 @@ pub fn train_ppo(
                 )?;
                 value_opt.step(be, vl.loss * cfg.vf_coef)?;
 
-                pg.add(pl.loss);
                 vf.add(vl.loss);
-                clip.add(pl.clip_frac);
                 vclip.add(vl.clip_frac);
-                akl.add(pl.approx_kl);
-                ratio.add(pl.ratio_mean);
             }
         }
 
         let mut rec = rollout_figures(&ro, &shaped.kl);
         rec.step = it + 1;
         let kl_mean = rec.get("kl").unwrap_or(0.0);
-        let rec = rec
+        let mut rec = rec
             .with("rlhf_reward", {
                 let s: f64 = scores.iter().map(|&v| v as f64).sum::<f64>() / ro.rows() as f64;
                 s - beta as f64 * kl_mean
             })
-            .with("policy_loss", pg.get())
             .with("value_loss", vf.get())
-            .with("clip_frac", clip.get())
             .with("vf_clip_frac", vclip.get())
-            .with("approx_kl", akl.get())
-            .with("ratio", ratio.get())
             .with("kl_coef", beta as f64)
-            .with("lr", policy_opt.next_lr() as f64);
-        kl_ctl.update(kl_mean, ro.rows() as u64);
+            .with("value_warmup", f64::from(u8::from(warming)));
+        if !warming {
+            // Policy figures only where the policy was trained.
+            rec = rec
+                .with("policy_loss", pg.get())
+                .with("clip_frac", clip.get())
+                .with("approx_kl", akl.get())
+                .with("ratio", ratio.get())
+                .with("lr", policy_opt.next_lr() as f64);
+        }
+        if !warming {
+            kl_ctl.update(kl_mean, ro.rows() as u64);
+        }
         on_record(&rec)?;
         records.push(rec);
     }

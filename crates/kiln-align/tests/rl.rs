@@ -54,13 +54,17 @@ fn sampling() -> SamplingConfig {
 }
 
 fn ppo_run(seed: u64, iterations: u64) -> Vec<Record> {
+    ppo_run_with(seed, iterations, |_| {})
+}
+
+fn ppo_run_with(seed: u64, iterations: u64, tweak: impl FnOnce(&mut PpoConfig)) -> Vec<Record> {
     let mut be = kiln_tensor::cpu_backend(Some(1));
     let mut pol = policy(&mut be, 7);
     let mut reference = policy(&mut be, 7);
     let lm = policy(&mut be, 7);
     let mut value = RewardModel::from_policy(&mut be, lm, 3).unwrap();
     let data = prompts(&pol);
-    let cfg = PpoConfig {
+    let mut cfg = PpoConfig {
         seed,
         iterations,
         batch_size: 16,
@@ -73,6 +77,7 @@ fn ppo_run(seed: u64, iterations: u64) -> Vec<Record> {
         value_lr: 3e-3,
         ..PpoConfig::default()
     };
+    tweak(&mut cfg);
     let reward = letters;
     let models = PpoModels {
         policy: &mut pol,
@@ -114,6 +119,27 @@ fn ppo_raises_the_reward_with_finite_kl_and_a_falling_value_loss() {
     for key in ["entropy", "clip_frac", "response_len", "policy_loss"] {
         assert!(series(&recs, key).iter().all(|x| x.is_finite()), "{key}");
     }
+}
+
+#[test]
+fn value_warmup_trains_the_value_model_with_the_policy_frozen() {
+    let recs = ppo_run_with(3, 2, |c| {
+        c.value_warmup = 6;
+        c.value_lambda = Some(1.0);
+    });
+    assert_eq!(recs.len(), 8);
+    let warm = series(&recs, "value_warmup");
+    assert_eq!(warm, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]);
+    // A frozen policy is still the reference: no KL, no policy figures.
+    for r in &recs[..6] {
+        assert_eq!(r.get("kl"), Some(0.0), "{r:?}");
+        assert!(r.get("policy_loss").is_none() && r.get("clip_frac").is_none());
+    }
+    // The value model learns meanwhile; then PPO moves the policy.
+    let vloss = series(&recs, "value_loss");
+    assert!(mean(&vloss[3..6]) < vloss[0], "{vloss:?}");
+    assert!(recs[7].get("kl").unwrap() != 0.0, "{:?}", recs[7]);
+    assert!(recs[7].get("policy_loss").unwrap().is_finite());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::evaluate::{generate_replies, judged, EvalResponse};
 use crate::judge::score;
-use crate::tasks::{flawed_answer, reference_answer, train_tasks, Task};
+use crate::tasks::{flawed_answer, reference_answer, train_tasks, Flaw, Task};
 use crate::EvalError;
 
 /// A pair with the judge's scores (`chosen_score > rejected_score`).
@@ -24,6 +24,10 @@ pub struct JudgedPair {
     pub rejected: String,
     pub chosen_score: f32,
     pub rejected_score: f32,
+    /// How the rejected reply is wrong, for written pairs (None for
+    /// sampled ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flaw: Option<Flaw>,
 }
 
 impl JudgedPair {
@@ -51,8 +55,9 @@ pub fn written_pairs(tasks: Vec<Task>, seed: u64) -> Vec<JudgedPair> {
         .into_iter()
         .map(|task| {
             let chosen = reference_answer(&task, &mut rng);
-            let (rejected, _) = flawed_answer(&task, &mut rng);
+            let (rejected, flaw) = flawed_answer(&task, &mut rng);
             JudgedPair {
+                flaw: Some(flaw),
                 chosen_score: score(&task, &chosen),
                 rejected_score: score(&task, &rejected),
                 task,
@@ -162,6 +167,7 @@ pub fn sample_pairs(
             rejected: worst.text.clone(),
             chosen_score: best.score,
             rejected_score: worst.score,
+            flaw: None,
         });
     }
     let n = |x: usize| x.max(1) as f32;
@@ -245,6 +251,7 @@ mod tests {
             assert_eq!(p.chosen_score, 1.0, "{p:?}");
             assert!(p.gap() >= 0.25, "{p:?}");
             assert_ne!(p.chosen, p.rejected);
+            assert!(p.flaw.is_some(), "{p:?}");
         }
     }
 }

@@ -428,6 +428,20 @@ pub enum Flaw {
     Rambling,
 }
 
+impl Flaw {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flaw::WrongSum => "wrong_sum",
+            Flaw::WrongLength => "wrong_length",
+            Flaw::WrongCount => "wrong_count",
+            Flaw::WrongCategory => "wrong_category",
+            Flaw::WrongSentiment => "wrong_sentiment",
+            Flaw::MixedSentiment => "mixed_sentiment",
+            Flaw::Rambling => "rambling",
+        }
+    }
+}
+
 /// `x` moved by 1 to 3 in either direction, staying >= 1. Off by one is
 /// included on purpose: a reward model that never sees it cannot tell a
 /// list one item short from a right one, and PPO finds that blind spot.

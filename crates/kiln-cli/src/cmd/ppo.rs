@@ -95,7 +95,9 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The figures `summary.json` holds (first / last iteration).
+/// The figures `summary.json` holds (first / last iteration; value warm-up
+/// iterations count in `iterations`, and `reward_first` is the frozen
+/// policy's reward when there are any).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RlSummary {
     pub iterations: u64,
@@ -198,7 +200,13 @@ pub fn run_ppo(args: &Args) -> Result<RlSummary> {
         cfg.lr,
         cfg.value_lr
     );
-    let progress = Progress::new("ppo", cfg.iterations, 1);
+    if cfg.value_warmup > 0 {
+        eprintln!(
+            "ppo: {} value warm-up iterations first (policy frozen)",
+            cfg.value_warmup
+        );
+    }
+    let progress = Progress::new("ppo", cfg.value_warmup + cfg.iterations, 1);
     let models = PpoModels {
         policy: &mut policy,
         reference: &mut reference,

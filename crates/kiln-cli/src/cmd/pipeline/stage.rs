@@ -61,26 +61,44 @@ pub(super) fn stage(
     Ok(figures)
 }
 
-/// Names, sizes and modification times of the input files: cheap, and
-/// changes whenever an input does.
+/// File names, sizes and content hashes (xxh3) of the input files: a
+/// run directory that is copied or moved, or a corpus that is touched
+/// without changing, keeps its stages; any change of content reruns them.
+/// Hashing reads each file once (GB/s), cheap beside curating it.
 pub(super) fn fingerprint_files(inputs: &[PathBuf]) -> Result<String> {
     let mut parts = Vec::new();
     for p in kiln_data::read::list_inputs(inputs)
         .with_context(|| format!("listing the inputs {inputs:?}"))?
     {
-        let meta = std::fs::metadata(&p).with_context(|| format!("{}", p.display()))?;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        parts.push(format!("{}:{}:{mtime}", p.display(), meta.len()));
+        let (len, hash) = content_hash(&p).with_context(|| format!("{}", p.display()))?;
+        let name = p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        parts.push(format!("{name}:{len}:{hash:032x}"));
     }
     if parts.is_empty() {
         bail!("no input files in {inputs:?}");
     }
     Ok(parts.join(";"))
+}
+
+/// Length and xxh3-128 of a file's bytes, read in blocks.
+fn content_hash(path: &Path) -> std::io::Result<(u64, u128)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, hasher.digest128()))
 }
 
 pub(super) fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
@@ -121,4 +139,24 @@ pub(super) fn unigram_entropy(shard: &Path) -> Result<f64> {
             -p * p.ln()
         })
         .sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_follow_content_not_location_or_mtime() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let (pa, pb) = (a.path().join("c.jsonl"), b.path().join("c.jsonl"));
+        std::fs::write(&pa, "{\"text\":\"one\"}\n").unwrap();
+        std::fs::write(&pb, "{\"text\":\"one\"}\n").unwrap();
+        let fa = fingerprint_files(&[pa.clone()]).unwrap();
+        assert_eq!(fa, fingerprint_files(&[pb.clone()]).unwrap(), "a copy");
+        std::fs::write(&pb, "{\"text\":\"two\"}\n").unwrap();
+        assert_ne!(fa, fingerprint_files(&[pb]).unwrap(), "same size, new bytes");
+        let err = fingerprint_files(&[a.path().join("missing.jsonl")]).unwrap_err();
+        assert!(format!("{err:#}").contains("missing.jsonl"), "{err:#}");
+    }
 }
