@@ -99,10 +99,12 @@ fn ppo_and_grpo_write_metrics_summary_and_model() {
     let o = kiln(&[
         "ppo", "--policy", s(&sft), "--reward", s(&rm), "--prompts", s(&tasks),
         "--out", s(&out), "--config", s(&config), "--iterations", "2", "--batch-size", "4",
-        "--max-new-tokens", "4", "--threads", "1",
+        "--max-new-tokens", "4", "--threads", "1", "--gold-judge",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    check_run(&out, 2, &["value_loss", "kl_coef"]);
+    check_run(&out, 2, &["value_loss", "kl_coef", "gold_score"]);
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains("\"gold_last\""), "{summary}");
 
     let out = dir.path().join("grpo");
     #[rustfmt::skip]

@@ -19,7 +19,30 @@
 //! positions (restarting at 0) and attends only to itself, so its losses are
 //! those it gets alone in a [`TokenBatch::next_token`] row.
 
-use kiln_model::Packing;
+use kiln_model::{Packing, Rng};
+
+/// Batches per window that [`group_by_length`] sorts.
+pub const LENGTH_GROUP_WINDOW: usize = 16;
+
+/// Reorders a shuffled `order` so that each run of `batch` ids has similar
+/// lengths (rows pad to the longest, so mixed lengths waste compute):
+/// windows of [`LENGTH_GROUP_WINDOW`] batches are sorted by length and cut
+/// into batches, and the full batches are shuffled (Hugging Face's
+/// `group_by_length`). A partial last batch stays last, so runs of `batch`
+/// ids stay aligned. The same ids, each once; deterministic from `rng`.
+pub fn group_by_length(order: &mut Vec<usize>, lens: &[usize], batch: usize, rng: &mut Rng) {
+    let batch = batch.max(1);
+    let mut batches: Vec<Vec<usize>> = Vec::with_capacity(order.len().div_ceil(batch));
+    for window in order.chunks(batch * LENGTH_GROUP_WINDOW) {
+        let mut w = window.to_vec();
+        w.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+        batches.extend(w.chunks(batch).map(<[usize]>::to_vec));
+    }
+    let partial = batches.pop_if(|b| b.len() < batch);
+    crate::sft::shuffle(&mut batches, rng);
+    batches.extend(partial);
+    *order = batches.concat();
+}
 
 /// A target the loss skips (any id `>= vocab_size` is ignored by the model).
 pub const IGNORE: u32 = u32::MAX;
@@ -282,7 +305,54 @@ impl PackedBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_model::Rng;
     use proptest::prelude::*;
+
+    /// Padded tokens of `order` cut into batches of `b`.
+    fn padded(order: &[usize], lens: &[usize], b: usize) -> usize {
+        order
+            .chunks(b)
+            .map(|c| c.len() * c.iter().map(|&i| lens[i]).max().unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn group_by_length_keeps_every_id_once_and_cuts_padding() {
+        let mut rng = Rng::new(3);
+        let lens: Vec<usize> = (0..1000)
+            .map(|_| 5 + (rng.next_u64() % 40) as usize)
+            .collect();
+        let mut order: Vec<usize> = (0..lens.len()).collect();
+        crate::sft::shuffle(&mut order, &mut rng);
+        let shuffled = order.clone();
+        let mut again = order.clone();
+        group_by_length(&mut order, &lens, 16, &mut Rng::new(9));
+        group_by_length(&mut again, &lens, 16, &mut Rng::new(9));
+        assert_eq!(order, again, "deterministic from the rng");
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..1000).collect::<Vec<_>>(), "a permutation");
+        let (before, after) = (padded(&shuffled, &lens, 16), padded(&order, &lens, 16));
+        let real: usize = lens.iter().sum();
+        assert!(
+            after < before && (after - real) * 4 < before - real,
+            "{real} {before} {after}"
+        );
+        // 1000 = 62 x 16 + 8: the partial batch stays last.
+        assert_eq!(order.chunks(16).last().unwrap().len(), 8);
+        assert_eq!(order.chunks(16).filter(|c| c.len() < 16).count(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn group_by_length_is_a_permutation(n in 0usize..200, b in 1usize..20, seed in 0u64..100) {
+            let lens: Vec<usize> = (0..n).map(|i| (i * 7919 + seed as usize) % 50).collect();
+            let mut order: Vec<usize> = (0..n).rev().collect();
+            group_by_length(&mut order, &lens, b, &mut Rng::new(seed));
+            order.sort_unstable();
+            prop_assert_eq!(order, (0..n).collect::<Vec<_>>());
+        }
+    }
 
     #[test]
     fn next_token_shifts_masks_and_pads() {

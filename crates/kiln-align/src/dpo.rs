@@ -21,7 +21,7 @@ use kiln_model::{Gpt, Rng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::batch::{prompt_completion, LmSequence, TokenBatch};
+use crate::batch::{group_by_length, prompt_completion, LmSequence, TokenBatch};
 use crate::data::EncodedPair;
 use crate::loss::dpo::{
     add_chosen_nll, preference_loss, PairLogps, PreferenceLoss, PreferenceOutput,
@@ -63,6 +63,8 @@ pub struct DpoConfig {
     pub weight_decay: f32,
     pub grad_clip: Option<f32>,
     pub seed: u64,
+    /// Batch pairs of similar length (less padding, same pairs per epoch).
+    pub group_by_length: bool,
     /// Plain progress line every N steps when stderr is not a terminal.
     pub log_every: u64,
 }
@@ -85,6 +87,7 @@ impl Default for DpoConfig {
             weight_decay: 0.0,
             grad_clip: Some(1.0),
             seed: 0,
+            group_by_length: true,
             log_every: 10,
         }
     }
@@ -508,6 +511,10 @@ pub fn train(
             if cursor == order.len() {
                 order = (0..pairs.len()).collect();
                 shuffle(&mut order, &mut rng);
+                if cfg.group_by_length {
+                    let lens: Vec<usize> = pairs.iter().map(EncodedPair::max_len).collect();
+                    group_by_length(&mut order, &lens, cfg.batch_size, &mut rng);
+                }
                 cursor = 0;
             }
             picked.push(order[cursor]);

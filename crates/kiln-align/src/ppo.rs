@@ -21,7 +21,8 @@ use crate::metrics::{Record, TRAIN};
 use crate::optim::{AlignOptimizer, OptimConfig};
 use crate::policy::Policy;
 use crate::rollout::{
-    gather_responses, response_logprobs, rollout, scatter_responses, Rollout, Scorer, ValueModel,
+    gather_responses, response_logprobs, rollout, scatter_responses, ProgramScore, Rollout, Scorer,
+    ValueModel,
 };
 use crate::AlignError;
 
@@ -334,6 +335,11 @@ pub struct PpoModels<'a> {
     pub reference: &'a mut Policy,
     pub value: &'a mut dyn ValueModel,
     pub scorer: Scorer<'a>,
+    /// A score PPO does not optimise but logs as `gold_score` per
+    /// iteration, `f(prompt_index, reply_text)`: with a programmatic judge
+    /// it shows when the reward model stops agreeing with it (reward
+    /// over-optimisation, Gao et al. 2022).
+    pub gold: Option<&'a ProgramScore<'a>>,
 }
 
 /// Trains `models.policy` (and the value model) with PPO on `prompts`
@@ -356,6 +362,7 @@ pub fn train_ppo(
         reference,
         value,
         mut scorer,
+        gold,
     } = models;
     let pad = policy.pad_id();
     let steps_per_iter = (cfg.ppo_epochs * cfg.batch_size.div_ceil(cfg.minibatch_size)) as u64;
@@ -482,6 +489,12 @@ pub fn train_ppo(
             .with("vf_clip_frac", vclip.get())
             .with("kl_coef", beta as f64)
             .with("value_warmup", f64::from(u8::from(warming)));
+        if let Some(gold) = gold {
+            let total: f64 = (ro.prompt_index.iter().zip(&ro.texts))
+                .map(|(&i, text)| gold(i, text) as f64)
+                .sum();
+            rec = rec.with("gold_score", total / ro.rows().max(1) as f64);
+        }
         if !warming {
             // Policy figures only where the policy was trained.
             rec = rec

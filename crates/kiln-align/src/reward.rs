@@ -392,6 +392,8 @@ pub struct RewardConfig {
     pub eval_every: u64,
     /// Shuffling, the eval split and the head's init.
     pub seed: u64,
+    /// Batch pairs of similar length (less padding, same pairs per epoch).
+    pub group_by_length: bool,
     pub log_every: u64,
     pub max_bad_steps: u32,
 }
@@ -415,6 +417,7 @@ impl Default for RewardConfig {
             eval_fraction: 0.1,
             eval_every: 0,
             seed: 1234,
+            group_by_length: true,
             log_every: 10,
             max_bad_steps: 5,
         }
@@ -588,6 +591,11 @@ pub fn train_reward(
     let (mut train_secs, mut pairs_done) = (0f64, 0usize);
     'epochs: for epoch in 0..config.epochs {
         crate::sft::shuffle(&mut order, &mut rng);
+        if config.group_by_length {
+            // Micro-batches of similar length; steps stay whole micro-batches.
+            let lens: Vec<usize> = train.iter().map(|e| e.pair.max_len()).collect();
+            crate::batch::group_by_length(&mut order, &lens, config.batch_size, &mut rng);
+        }
         for (k, step_ids) in order.chunks(per_step).enumerate() {
             if opt.steps() >= total {
                 break 'epochs;

@@ -33,12 +33,15 @@ pub trait ValueModel {
 }
 
 /// Where an episode's score comes from.
+/// A programmatic score of a reply: `f(prompt_index, reply_text)`.
+pub type ProgramScore<'f> = dyn Fn(usize, &str) -> f32 + 'f;
+
 pub enum Scorer<'a> {
     /// A learned reward model: score of `prompt ++ response` (the full ids).
     Model(&'a mut dyn SequenceScorer),
     /// A programmatic reward (RL from verifiable rewards):
     /// `f(prompt_index, response_text)`.
-    Program(&'a dyn Fn(usize, &str) -> f32),
+    Program(&'a ProgramScore<'a>),
 }
 
 /// A model that scores whole token sequences (reads the last token).

@@ -84,6 +84,7 @@ fn ppo_run_with(seed: u64, iterations: u64, tweak: impl FnOnce(&mut PpoConfig)) 
         reference: &mut reference,
         value: &mut value,
         scorer: Scorer::Program(&reward),
+        gold: Some(&reward),
     };
     train_ppo(&mut be, models, &data, &cfg, |_| Ok(())).unwrap()
 }
@@ -118,6 +119,11 @@ fn ppo_raises_the_reward_with_finite_kl_and_a_falling_value_loss() {
     );
     for key in ["entropy", "clip_frac", "response_len", "policy_loss"] {
         assert!(series(&recs, key).iter().all(|x| x.is_finite()), "{key}");
+    }
+    // The gold score is the optimised one here, so it is the reward itself.
+    let gold = series(&recs, "gold_score");
+    for (g, r) in gold.iter().zip(&reward) {
+        assert!((g - r).abs() < 1e-6, "{gold:?} {reward:?}");
     }
 }
 

@@ -110,6 +110,35 @@ pub fn read_tasks(path: &Path) -> Result<Vec<Task>> {
     Ok(tasks)
 }
 
+/// Reads a tasks JSONL and encodes each task's prompt, leaving room for
+/// `max_new` reply tokens: (prompt ids, tasks), in file order.
+pub fn load_tasks(
+    path: &Path,
+    policy: &Policy,
+    max_new: usize,
+) -> Result<(Vec<Vec<u32>>, Vec<Task>)> {
+    let tasks = read_tasks(path)?;
+    let mut ids = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.iter().enumerate() {
+        let p = policy
+            .template
+            .encode_prompt(&policy.tokenizer, &t.messages())
+            .with_context(|| format!("{}: task {}", path.display(), i + 1))?;
+        if p.len() + max_new > policy.max_seq_len() {
+            bail!(
+                "{}: task {} has a {}-token prompt; with max_new_tokens {max_new} it exceeds \
+                 the model's context of {}",
+                path.display(),
+                i + 1,
+                p.len(),
+                policy.max_seq_len()
+            );
+        }
+        ids.push(p);
+    }
+    Ok((ids, tasks))
+}
+
 pub fn run(args: Args) -> Result<()> {
     let s = run_grpo(&args)?;
     println!(
@@ -136,26 +165,7 @@ pub fn run_grpo(args: &Args) -> Result<RlSummary> {
     let max_new = cfg.sampling.max_new_tokens;
 
     let (prompts, tasks) = if args.judge {
-        let tasks = read_tasks(&args.prompts)?;
-        let mut ids = Vec::with_capacity(tasks.len());
-        for (i, t) in tasks.iter().enumerate() {
-            let p = policy
-                .template
-                .encode_prompt(&policy.tokenizer, &t.messages())
-                .with_context(|| format!("{}: task {}", args.prompts.display(), i + 1))?;
-            if p.len() + max_new > policy.max_seq_len() {
-                bail!(
-                    "{}: task {} has a {}-token prompt; with max_new_tokens {max_new} it exceeds \
-                     the model's context of {}",
-                    args.prompts.display(),
-                    i + 1,
-                    p.len(),
-                    policy.max_seq_len()
-                );
-            }
-            ids.push(p);
-        }
-        (ids, tasks)
+        load_tasks(&args.prompts, &policy, max_new)?
     } else {
         (
             load_prompts(&args.prompts, &policy, max_new, args.skip_bad)?,

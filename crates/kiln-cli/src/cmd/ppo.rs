@@ -37,6 +37,11 @@ pub struct Args {
     /// Skip and count bad prompt lines instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
+    /// The prompts file holds tasks (as for `kiln grpo --judge`): PPO still
+    /// optimises the reward model, and the task judge's score of every
+    /// rollout is logged as `gold_score`, to see when the two part.
+    #[arg(long)]
+    pub gold_judge: bool,
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -106,6 +111,11 @@ pub struct RlSummary {
     pub kl_last: f64,
     pub entropy_last: f64,
     pub response_len_last: f64,
+    /// The judge's mean score of the first / last rollouts (`--gold-judge`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gold_first: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gold_last: Option<f64>,
     pub elapsed_s: f64,
 }
 
@@ -120,6 +130,8 @@ impl RlSummary {
             kl_last: get(last, "kl"),
             entropy_last: get(last, "entropy"),
             response_len_last: get(last, "response_len"),
+            gold_first: first.and_then(|r| r.get("gold_score")),
+            gold_last: last.and_then(|r| r.get("gold_score")),
             elapsed_s,
         }
     }
@@ -178,12 +190,13 @@ pub fn run_ppo(args: &Args) -> Result<RlSummary> {
     };
     let mut scorer_rm = load_rm(&mut be)?;
     let mut value = load_rm(&mut be)?;
-    let prompts = load_prompts(
-        &args.prompts,
-        &policy,
-        cfg.sampling.max_new_tokens,
-        args.skip_bad,
-    )?;
+    let max_new = cfg.sampling.max_new_tokens;
+    let (prompts, tasks) = if args.gold_judge {
+        super::grpo::load_tasks(&args.prompts, &policy, max_new)?
+    } else {
+        let prompts = load_prompts(&args.prompts, &policy, max_new, args.skip_bad)?;
+        (prompts, Vec::new())
+    };
     let mut metrics = open_metrics(&args.out)?;
     eprintln!(
         "ppo: {} prompts, {} iterations of {} episodes ({} epochs, minibatch {}), \
@@ -207,11 +220,15 @@ pub fn run_ppo(args: &Args) -> Result<RlSummary> {
         );
     }
     let progress = Progress::new("ppo", cfg.value_warmup + cfg.iterations, 1);
+    let judge_fn = |i: usize, reply: &str| kiln_eval::judge::score(&tasks[i], reply);
     let models = PpoModels {
         policy: &mut policy,
         reference: &mut reference,
         value: &mut value,
         scorer: Scorer::Model(&mut scorer_rm),
+        gold: args
+            .gold_judge
+            .then_some(&judge_fn as &kiln_align::rollout::ProgramScore),
     };
     let result = train_ppo(&mut be, models, &prompts, &cfg, |r| {
         progress.record(r);

@@ -234,6 +234,7 @@ pub(super) fn run(
             })
             .collect();
         write_chats(&sft_data, &chats)?;
+        // The same tasks as the PPO stage's ppo_tasks.jsonl.
         let prompts: Vec<PromptExample> = train_tasks(plan.ppo_prompts, 3)
             .iter()
             .map(|t| PromptExample {
@@ -398,16 +399,20 @@ pub(super) fn run(
     })?;
     summary.insert("dpo".into(), figures);
 
-    // PPO against the reward model.
+    // PPO against the reward model, the judge's score of its rollouts logged
+    // beside (the tasks behind tasks/ppo_prompts.jsonl, in the same order).
     let ppo_config = write_config(&configs, "ppo", &plan.ppo)?;
     let figures = stage(&paths.out, "ppo", &ppo_fp, force, || {
+        let ppo_tasks = paths.file("tasks/ppo_tasks.jsonl");
+        write_tasks(&ppo_tasks, &train_tasks(plan.ppo_prompts, 3))?;
         let s = super::super::ppo::run_ppo(&super::super::ppo::Args {
             policy: paths.model("sft"),
             reward: paths.model("reward"),
-            prompts: ppo_prompts.clone(),
+            prompts: ppo_tasks,
             out: paths.file("ppo"),
             config: Some(ppo_config.clone()),
             skip_bad: false,
+            gold_judge: true,
             threads,
             iterations: None,
             batch_size: None,

@@ -152,10 +152,14 @@ mod tests {
         let (pa, pb) = (a.path().join("c.jsonl"), b.path().join("c.jsonl"));
         std::fs::write(&pa, "{\"text\":\"one\"}\n").unwrap();
         std::fs::write(&pb, "{\"text\":\"one\"}\n").unwrap();
-        let fa = fingerprint_files(&[pa.clone()]).unwrap();
-        assert_eq!(fa, fingerprint_files(&[pb.clone()]).unwrap(), "a copy");
+        let fa = fingerprint_files(std::slice::from_ref(&pa)).unwrap();
+        assert_eq!(fa, fingerprint_files(std::slice::from_ref(&pb)).unwrap(), "a copy");
         std::fs::write(&pb, "{\"text\":\"two\"}\n").unwrap();
-        assert_ne!(fa, fingerprint_files(&[pb]).unwrap(), "same size, new bytes");
+        assert_ne!(
+            fa,
+            fingerprint_files(&[pb]).unwrap(),
+            "same size, new bytes"
+        );
         let err = fingerprint_files(&[a.path().join("missing.jsonl")]).unwrap_err();
         assert!(format!("{err:#}").contains("missing.jsonl"), "{err:#}");
     }
