@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::evaluate::{generate_replies, judged, EvalResponse};
 use crate::judge::score;
-use crate::tasks::{flawed_answer, reference_answer, train_tasks, Flaw, Task};
+use crate::tasks::{flawed_answer, reference_answer, train_tasks, truncated_answer, Flaw, Task};
 use crate::EvalError;
 
 /// A pair with the judge's scores (`chosen_score > rejected_score`).
@@ -46,16 +46,36 @@ pub fn synthetic_pairs(n: usize, seed: u64) -> Vec<JudgedPair> {
     written_pairs(train_tasks(n, seed), seed)
 }
 
+/// Share of written pairs whose rejected reply is the reference cut short.
+/// The SFT flaws alone make the longer reply the rejected one in ~60% of
+/// pairs and the shorter in ~15%: a reward model trained on them learns
+/// "shorter is better", and PPO shortened replies (9 -> 5 tokens) while
+/// the judge barely moved. With this share the two are about even.
+pub const TRUNCATED_SHARE: f32 = 0.45;
+
+/// Changes whenever [`written_pairs`] writes different pairs for the same
+/// settings, so that `kiln pipeline` reruns the stages that used them.
+pub const WRITTEN_PAIRS_VERSION: u32 = 2;
+
 /// A reference answer against a flawed one for each of `tasks` (what
 /// [`synthetic_pairs`] does for training tasks; on evaluation tasks it
-/// measures a reward model on prompts it never saw).
+/// measures a reward model on prompts it never saw): a share
+/// [`TRUNCATED_SHARE`] cut short, the rest with the SFT data's flaws.
 pub fn written_pairs(tasks: Vec<Task>, seed: u64) -> Vec<JudgedPair> {
     let mut rng = Rng::new(seed ^ 0x9a12_5000);
     tasks
         .into_iter()
         .map(|task| {
             let chosen = reference_answer(&task, &mut rng);
-            let (rejected, flaw) = flawed_answer(&task, &mut rng);
+            let truncated = if rng.next_f32() < TRUNCATED_SHARE {
+                truncated_answer(&task, &mut rng)
+            } else {
+                None
+            };
+            let (rejected, flaw) = match truncated {
+                Some(t) => (t, Flaw::Truncated),
+                None => flawed_answer(&task, &mut rng),
+            };
             JudgedPair {
                 flaw: Some(flaw),
                 chosen_score: score(&task, &chosen),
@@ -253,5 +273,26 @@ mod tests {
             assert_ne!(p.chosen, p.rejected);
             assert!(p.flaw.is_some(), "{p:?}");
         }
+    }
+
+    /// A reward model learns whatever the length of a reply predicts: the
+    /// written pairs must not make "shorter" (or "longer") a shortcut.
+    #[test]
+    fn written_pairs_reject_the_longer_and_the_shorter_reply_about_equally() {
+        let pairs = synthetic_pairs(4000, 9);
+        let words = |t: &str| t.split_whitespace().count();
+        let share = |f: &dyn Fn(usize, usize) -> bool| {
+            let n = pairs
+                .iter()
+                .filter(|p| f(words(&p.chosen), words(&p.rejected)));
+            n.count() as f64 / pairs.len() as f64
+        };
+        let longer = share(&|c, r| r > c);
+        let shorter = share(&|c, r| r < c);
+        assert!(longer > 0.3 && shorter > 0.3, "{longer} {shorter}");
+        assert!((longer - shorter).abs() < 0.1, "{longer} {shorter}");
+        let truncated = pairs.iter().filter(|p| p.flaw == Some(Flaw::Truncated));
+        let share_cut = truncated.count() as f64 / pairs.len() as f64;
+        assert!((0.3..0.45).contains(&share_cut), "{share_cut}");
     }
 }

@@ -426,6 +426,10 @@ pub enum Flaw {
     MixedSentiment,
     /// The good answer, then more and more of the same: it does not stop.
     Rambling,
+    /// The good answer cut short: fewer words or items, a sum's first
+    /// digit, a sentence that stops before its mood words. Written pairs
+    /// only (see [`truncated_answer`]); SFT data never has it.
+    Truncated,
 }
 
 impl Flaw {
@@ -438,6 +442,7 @@ impl Flaw {
             Flaw::WrongSentiment => "wrong_sentiment",
             Flaw::MixedSentiment => "mixed_sentiment",
             Flaw::Rambling => "rambling",
+            Flaw::Truncated => "truncated",
         }
     }
 }
@@ -543,6 +548,31 @@ pub fn flawed_answer(task: &Task, rng: &mut Rng) -> (String, Flaw) {
                 (text, Flaw::Rambling)
             }
         }
+    }
+}
+
+/// The reference answer cut short, or None where the task has nothing to
+/// cut (a one-digit sum).
+pub fn truncated_answer(task: &Task, rng: &mut Rng) -> Option<String> {
+    let good = reference_answer(task, rng);
+    match &task.spec {
+        TaskSpec::Arithmetic { .. } => (good.len() > 1).then(|| good[..1].to_string()),
+        TaskSpec::Words { .. } => {
+            let w: Vec<&str> = good.split_whitespace().collect();
+            let keep = 1 + below(rng, w.len() - 1);
+            Some(w[..keep].join(" "))
+        }
+        TaskSpec::List { .. } => {
+            let items: Vec<&str> = good.split(", ").collect();
+            let keep = 1 + below(rng, items.len() - 1);
+            Some(items[..keep].join(", "))
+        }
+        // Stops before the mood words: the subject alone.
+        TaskSpec::Sentiment { topic, .. } => Some(if below(rng, 2) == 0 {
+            format!("the {topic} is")
+        } else {
+            format!("the {topic}")
+        }),
     }
 }
 

@@ -212,7 +212,8 @@ pub(super) fn run(
             plan.written_pairs,
             plan.min_pairs,
             plan.max_new_tokens,
-            "pairs+on_policy"
+            "pairs+on_policy",
+            kiln_eval::preferences::WRITTEN_PAIRS_VERSION
         ]),
     );
     let reward_fp = chain(&pairs_fp, "reward", &plan.reward);

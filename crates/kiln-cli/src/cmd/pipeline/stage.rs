@@ -153,7 +153,11 @@ mod tests {
         std::fs::write(&pa, "{\"text\":\"one\"}\n").unwrap();
         std::fs::write(&pb, "{\"text\":\"one\"}\n").unwrap();
         let fa = fingerprint_files(std::slice::from_ref(&pa)).unwrap();
-        assert_eq!(fa, fingerprint_files(std::slice::from_ref(&pb)).unwrap(), "a copy");
+        assert_eq!(
+            fa,
+            fingerprint_files(std::slice::from_ref(&pb)).unwrap(),
+            "a copy"
+        );
         std::fs::write(&pb, "{\"text\":\"two\"}\n").unwrap();
         assert_ne!(
             fa,
