@@ -63,7 +63,11 @@ pub struct DpoConfig {
     pub weight_decay: f32,
     pub grad_clip: Option<f32>,
     pub seed: u64,
-    /// Batch pairs of similar length (less padding, same pairs per epoch).
+    /// Batch pairs of similar length across steps (less padding, same
+    /// pairs per epoch). Off by default: on the embedded tasks it made DPO
+    /// 35% faster but its win rate 2.5 points lower (homogeneous steps).
+    /// Within a step, micro-batches are always cut from the step's pairs
+    /// sorted by length, which leaves the step's gradient unchanged.
     pub group_by_length: bool,
     /// Plain progress line every N steps when stderr is not a terminal.
     pub log_every: u64,
@@ -87,7 +91,7 @@ impl Default for DpoConfig {
             weight_decay: 0.0,
             grad_clip: Some(1.0),
             seed: 0,
-            group_by_length: true,
+            group_by_length: false,
             log_every: 10,
         }
     }
@@ -520,6 +524,8 @@ pub fn train(
             picked.push(order[cursor]);
             cursor += 1;
         }
+        // Micro-batches of similar length pad less; the step's sum is the same.
+        picked.sort_by_key(|&i| pairs[i].max_len());
         opt.zero_grad(be)?;
         let n = picked.len() as f64;
         // Pair-weighted sums: loss, rewards chosen / rejected / margins / accuracies.

@@ -393,6 +393,8 @@ pub struct RewardConfig {
     /// Shuffling, the eval split and the head's init.
     pub seed: u64,
     /// Batch pairs of similar length (less padding, same pairs per epoch).
+    /// Off by default: on the embedded tasks it saved 20% of the time but
+    /// cost 1.5 points of held-out accuracy (homogeneous batches).
     pub group_by_length: bool,
     pub log_every: u64,
     pub max_bad_steps: u32,
@@ -417,7 +419,7 @@ impl Default for RewardConfig {
             eval_fraction: 0.1,
             eval_every: 0,
             seed: 1234,
-            group_by_length: true,
+            group_by_length: false,
             log_every: 10,
             max_bad_steps: 5,
         }
