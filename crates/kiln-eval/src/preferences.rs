@@ -41,17 +41,17 @@ impl JudgedPair {
 }
 
 /// `n` pairs over the training prompts: a reference answer (score 1)
-/// against a flawed one. Deterministic from `seed`.
-pub fn synthetic_pairs(n: usize, seed: u64) -> Vec<JudgedPair> {
-    written_pairs(train_tasks(n, seed), seed)
+/// against a flawed one, a share `truncated_share` of them cut short (see
+/// [`written_pairs`]). Deterministic from `seed`.
+pub fn synthetic_pairs(n: usize, seed: u64, truncated_share: f32) -> Vec<JudgedPair> {
+    written_pairs(train_tasks(n, seed), seed, truncated_share)
 }
 
-/// Share of written pairs whose rejected reply is the reference cut short.
-/// The SFT flaws alone make the longer reply the rejected one in ~60% of
-/// pairs and the shorter in ~15%: a reward model trained on them learns
-/// "shorter is better", and PPO shortened replies (9 -> 5 tokens) while
-/// the judge barely moved. With this share the two are about even.
-pub const TRUNCATED_SHARE: f32 = 0.45;
+/// The `truncated_share` that makes the longer and the shorter reply the
+/// rejected one about equally often. The SFT flaws alone (share 0) reject
+/// the longer reply in ~60% of pairs and the shorter in ~15%, so a reward
+/// model can learn "shorter is better" (PPO then shortens replies).
+pub const BALANCED_TRUNCATED_SHARE: f32 = 0.45;
 
 /// Changes whenever [`written_pairs`] writes different pairs for the same
 /// settings, so that `kiln pipeline` reruns the stages that used them.
@@ -60,14 +60,16 @@ pub const WRITTEN_PAIRS_VERSION: u32 = 2;
 /// A reference answer against a flawed one for each of `tasks` (what
 /// [`synthetic_pairs`] does for training tasks; on evaluation tasks it
 /// measures a reward model on prompts it never saw): a share
-/// [`TRUNCATED_SHARE`] cut short, the rest with the SFT data's flaws.
-pub fn written_pairs(tasks: Vec<Task>, seed: u64) -> Vec<JudgedPair> {
+/// `truncated_share` cut short ([`truncated_answer`]; a one-digit sum
+/// cannot be), the rest with the SFT data's flaws. Share 0 draws no extra
+/// random numbers, so it writes the pairs of `WRITTEN_PAIRS_VERSION` 1.
+pub fn written_pairs(tasks: Vec<Task>, seed: u64, truncated_share: f32) -> Vec<JudgedPair> {
     let mut rng = Rng::new(seed ^ 0x9a12_5000);
     tasks
         .into_iter()
         .map(|task| {
             let chosen = reference_answer(&task, &mut rng);
-            let truncated = if rng.next_f32() < TRUNCATED_SHARE {
+            let truncated = if truncated_share > 0.0 && rng.next_f32() < truncated_share {
                 truncated_answer(&task, &mut rng)
             } else {
                 None
@@ -264,9 +266,10 @@ mod tests {
 
     #[test]
     fn synthetic_pairs_are_deterministic_and_clearly_ordered() {
-        let a = synthetic_pairs(200, 4);
-        assert_eq!(a, synthetic_pairs(200, 4));
-        assert_ne!(a, synthetic_pairs(200, 5));
+        let a = synthetic_pairs(200, 4, 0.0);
+        assert_eq!(a, synthetic_pairs(200, 4, 0.0));
+        assert_ne!(a, synthetic_pairs(200, 5, 0.0));
+        assert!(a.iter().all(|p| p.flaw != Some(Flaw::Truncated)));
         for p in &a {
             assert_eq!(p.chosen_score, 1.0, "{p:?}");
             assert!(p.gap() >= 0.25, "{p:?}");
@@ -279,7 +282,7 @@ mod tests {
     /// written pairs must not make "shorter" (or "longer") a shortcut.
     #[test]
     fn written_pairs_reject_the_longer_and_the_shorter_reply_about_equally() {
-        let pairs = synthetic_pairs(4000, 9);
+        let pairs = synthetic_pairs(4000, 9, BALANCED_TRUNCATED_SHARE);
         let words = |t: &str| t.split_whitespace().count();
         let share = |f: &dyn Fn(usize, usize) -> bool| {
             let n = pairs
