@@ -132,16 +132,15 @@ pub struct PairStats {
 
 /// The best and the worst reply of one prompt (the first of each on ties),
 /// when their scores differ by at least `min_gap` and their texts differ.
+/// Blank replies (the end token at once) take no part: a pair file cannot
+/// hold an empty completion (its readers refuse one).
 pub fn clear_preference(
     group: &[EvalResponse],
     min_gap: f32,
 ) -> Option<(&EvalResponse, &EvalResponse)> {
-    let best = group
-        .iter()
-        .reduce(|a, b| if b.score > a.score { b } else { a })?;
-    let worst = group
-        .iter()
-        .reduce(|a, b| if b.score < a.score { b } else { a })?;
+    let replies = || group.iter().filter(|r| !r.text.trim().is_empty());
+    let best = replies().reduce(|a, b| if b.score > a.score { b } else { a })?;
+    let worst = replies().reduce(|a, b| if b.score < a.score { b } else { a })?;
     (best.score - worst.score >= min_gap && best.text != worst.text).then_some((best, worst))
 }
 
@@ -234,6 +233,11 @@ mod tests {
         let same = vec![reply(&t, "7"), reply(&t, "7")];
         assert!(clear_preference(&same, 0.0).is_none(), "identical texts");
         assert!(clear_preference(&[], 0.0).is_none());
+        // A blank reply (score 0) is never the worst one of a pair.
+        let blank = vec![reply(&t, "7"), reply(&t, " "), reply(&t, "5")];
+        let (best, worst) = clear_preference(&blank, 0.5).unwrap();
+        assert_eq!((best.text.as_str(), worst.text.as_str()), ("7", "5"));
+        assert!(clear_preference(&blank[1..2], 0.0).is_none());
     }
 
     #[test]
