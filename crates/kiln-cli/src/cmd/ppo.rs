@@ -111,7 +111,8 @@ pub struct RlSummary {
     pub kl_last: f64,
     pub entropy_last: f64,
     pub response_len_last: f64,
-    /// The judge's mean score of the first / last rollouts (`--gold-judge`).
+    /// The judge's mean score of the rollouts of the first / last five
+    /// iterations (`--gold-judge`; one iteration's 32 rollouts are noisy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gold_first: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,11 +131,17 @@ impl RlSummary {
             kl_last: get(last, "kl"),
             entropy_last: get(last, "entropy"),
             response_len_last: get(last, "response_len"),
-            gold_first: first.and_then(|r| r.get("gold_score")),
-            gold_last: last.and_then(|r| r.get("gold_score")),
+            gold_first: mean_of(records.iter().take(5), "gold_score"),
+            gold_last: mean_of(records.iter().rev().take(5), "gold_score"),
             elapsed_s,
         }
     }
+}
+
+/// The mean of `key` over `records` that have it (None when none has).
+fn mean_of<'r>(records: impl Iterator<Item = &'r Record>, key: &str) -> Option<f64> {
+    let values: Vec<f64> = records.filter_map(|r| r.get(key)).collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
 /// Reads and encodes the prompts, leaving room for the replies.
@@ -242,4 +249,26 @@ pub fn run_ppo(args: &Args) -> Result<RlSummary> {
     let summary = RlSummary::of(&records, progress.elapsed_s());
     write_summary(&args.out, &summary)?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_align::metrics::TRAIN;
+
+    #[test]
+    fn gold_figures_average_the_first_and_last_five_iterations() {
+        let recs: Vec<Record> = (1..=8)
+            .map(|i| {
+                Record::new(i, TRAIN)
+                    .with("reward", 0.0)
+                    .with("gold_score", i as f64)
+            })
+            .collect();
+        let s = RlSummary::of(&recs, 1.0);
+        assert_eq!((s.gold_first, s.gold_last), (Some(3.0), Some(6.0)));
+        let plain: Vec<Record> = (1..=3).map(|i| Record::new(i, TRAIN)).collect();
+        let s = RlSummary::of(&plain, 1.0);
+        assert_eq!((s.gold_first, s.gold_last), (None, None));
+    }
 }
