@@ -137,6 +137,27 @@ fn sft_then_reward_write_loadable_models_and_metrics() {
         .iter()
         .any(|r| r.split == "eval" && r.get("accuracy").is_some()));
     RewardModel::load(&mut be, &rm_out.join("model"), None).unwrap();
+
+    // A reward model as `--model`: training continues from its head (an
+    // RLHF round), so on the same data and split it starts where the
+    // first run ended.
+    let rm2_out = dir.path().join("rm2");
+    #[rustfmt::skip]
+    let o = kiln(&[
+        "reward", "--model", s(&rm_out.join("model")), "--data", s(&prefs),
+        "--out", s(&rm2_out), "--epochs", "1", "--batch-size", "2", "--center-coef", "0.01",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("training continues"), "{}", stderr(&o));
+    let summary = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap()
+    };
+    let (first, second) = (summary(&rm_out), summary(&rm2_out));
+    let ended = first["eval"]["loss"].as_f64().unwrap();
+    let began = second["eval_before"]["loss"].as_f64().unwrap();
+    assert!((ended - began).abs() < 1e-5, "{ended} vs {began}");
+    let fresh = first["eval_before"]["loss"].as_f64().unwrap();
+    assert!((fresh - began).abs() > 1e-4, "{fresh} vs {began}");
 }
 
 #[test]

@@ -117,6 +117,43 @@ fn ppo_and_grpo_write_metrics_summary_and_model() {
 }
 
 #[test]
+fn ppo_measures_kl_against_the_given_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sft, rm) = tiny_dirs(dir.path());
+    // Another model on the same tokenizer: a later round's starting policy.
+    let other = dir.path().join("other");
+    let mut be = kiln_tensor::cpu_backend(Some(1));
+    let p = Policy::load(&mut be, &sft, None).unwrap();
+    let cfg = p.model.config.clone();
+    Policy::new(Gpt::new(&mut be, cfg, 9).unwrap(), p.tokenizer.clone())
+        .unwrap()
+        .save(&mut be, &other)
+        .unwrap();
+    let tasks = dir.path().join("tasks.jsonl");
+    write(&tasks, TASKS);
+    let first_kl = |name: &str, reference: Option<&Path>| -> f64 {
+        let out = dir.path().join(name);
+        #[rustfmt::skip]
+        let mut args = vec![
+            "ppo", "--policy", s(&other), "--reward", s(&rm), "--prompts", s(&tasks),
+            "--out", s(&out), "--iterations", "1", "--batch-size", "4",
+            "--max-new-tokens", "4", "--threads", "1", "--gold-judge",
+        ];
+        if let Some(r) = reference {
+            args.extend(["--reference", s(r)]);
+        }
+        let o = kiln(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        read_metrics(&out.join("metrics.jsonl")).unwrap()[0]
+            .get("kl")
+            .unwrap()
+    };
+    // Rollouts come from the starting policy: against itself the KL is 0.
+    assert!(first_kl("self", None).abs() < 1e-6);
+    assert!(first_kl("to_sft", Some(&sft)).abs() > 1e-3);
+}
+
+#[test]
 fn bad_tasks_and_settings_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let (sft, rm) = tiny_dirs(dir.path());

@@ -72,6 +72,12 @@ impl RewardModel {
         })
     }
 
+    /// Whether `dir` holds a reward model written by [`RewardModel::save`]
+    /// (rather than a plain policy).
+    pub fn is_saved_in(dir: &Path) -> bool {
+        dir.join(SCORE_HEAD_FILE).is_file()
+    }
+
     /// Loads a directory written by [`RewardModel::save`]. `tokenizer`
     /// overrides `dir/tokenizer.json`.
     pub fn load(

@@ -21,6 +21,11 @@ pub struct Args {
     /// The SFT model directory (policy and reference start from it).
     #[arg(long)]
     pub policy: PathBuf,
+    /// The frozen reference the KL penalty is measured against (default:
+    /// `--policy`). A later RLHF round starts the policy from the last
+    /// round's model and keeps the SFT model as its reference.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
     /// The reward model directory written by `kiln reward` (scorer and
     /// the value model's starting point).
     #[arg(long)]
@@ -106,6 +111,8 @@ pub fn run(args: Args) -> Result<()> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RlSummary {
     pub iterations: u64,
+    /// The mean reward of the first / last five iterations' rollouts (one
+    /// iteration's are noisy); metrics.jsonl has every iteration.
     pub reward_first: f64,
     pub reward_last: f64,
     pub kl_last: f64,
@@ -123,11 +130,11 @@ pub struct RlSummary {
 impl RlSummary {
     pub fn of(records: &[Record], elapsed_s: f64) -> RlSummary {
         let get = |r: Option<&Record>, k: &str| r.and_then(|r| r.get(k)).unwrap_or(f64::NAN);
-        let (first, last) = (records.first(), records.last());
+        let last = records.last();
         RlSummary {
             iterations: records.len() as u64,
-            reward_first: get(first, "reward"),
-            reward_last: get(last, "reward"),
+            reward_first: mean_of(records.iter().take(5), "reward").unwrap_or(f64::NAN),
+            reward_last: mean_of(records.iter().rev().take(5), "reward").unwrap_or(f64::NAN),
             kl_last: get(last, "kl"),
             entropy_last: get(last, "entropy"),
             response_len_last: get(last, "response_len"),
@@ -185,12 +192,24 @@ pub fn write_summary(out: &std::path::Path, summary: &RlSummary) -> Result<()> {
 pub fn run_ppo(args: &Args) -> Result<RlSummary> {
     let cfg = config_of(args)?;
     let mut be = kiln_tensor::cpu_backend(args.threads);
-    let load = |be: &mut _| {
-        Policy::load(be, &args.policy, None)
-            .with_context(|| format!("loading policy {}", args.policy.display()))
+    let load = |be: &mut _, dir: &std::path::Path| {
+        Policy::load(be, dir, None).with_context(|| format!("loading policy {}", dir.display()))
     };
-    let mut policy = load(&mut be)?;
-    let mut reference = load(&mut be)?;
+    let mut policy = load(&mut be, &args.policy)?;
+    let mut reference = load(&mut be, args.reference.as_ref().unwrap_or(&args.policy))?;
+    if let Some(dir) = &args.reference {
+        let (p, r) = (
+            policy.tokenizer.vocab_size(),
+            reference.tokenizer.vocab_size(),
+        );
+        if p != r {
+            anyhow::bail!(
+                "--reference {}: its tokenizer has {r} tokens, the policy's {p}; \
+                 the reference must share the policy's tokenizer (use the model the policy was fine-tuned from)",
+                dir.display()
+            );
+        }
+    }
     let load_rm = |be: &mut _| {
         RewardModel::load(be, &args.reward, None)
             .with_context(|| format!("loading reward model {}", args.reward.display()))
@@ -257,16 +276,17 @@ mod tests {
     use kiln_align::metrics::TRAIN;
 
     #[test]
-    fn gold_figures_average_the_first_and_last_five_iterations() {
+    fn reward_and_gold_figures_average_the_first_and_last_five_iterations() {
         let recs: Vec<Record> = (1..=8)
             .map(|i| {
                 Record::new(i, TRAIN)
-                    .with("reward", 0.0)
+                    .with("reward", 10.0 * i as f64)
                     .with("gold_score", i as f64)
             })
             .collect();
         let s = RlSummary::of(&recs, 1.0);
         assert_eq!((s.gold_first, s.gold_last), (Some(3.0), Some(6.0)));
+        assert_eq!((s.reward_first, s.reward_last), (30.0, 60.0));
         let plain: Vec<Record> = (1..=3).map(|i| Record::new(i, TRAIN)).collect();
         let s = RlSummary::of(&plain, 1.0);
         assert_eq!((s.gold_first, s.gold_last), (None, None));

@@ -18,7 +18,9 @@ use super::sft::read_toml;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Model directory to start from (usually the SFT model).
+    /// Model directory to start from: a policy (usually the SFT model;
+    /// a fresh score head is added) or a reward model written by `kiln
+    /// reward` (training continues with its head: a new RLHF round).
     #[arg(long)]
     pub model: PathBuf,
     /// Preference pairs: {"prompt", "chosen", "rejected"[, "margin"]} per line.
@@ -106,6 +108,21 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The model training starts from: `--model`'s reward model when it is
+/// one (its score head kept), else a fresh head on `--model`'s policy.
+fn load_start(be: &mut kiln_abi::BackendBox, args: &Args, seed: u64) -> Result<RewardModel> {
+    let context = || format!("loading model {}", args.model.display());
+    if RewardModel::is_saved_in(&args.model) {
+        eprintln!(
+            "reward: {} is a reward model: training continues from it",
+            args.model.display()
+        );
+        return RewardModel::load(be, &args.model, args.tokenizer.as_deref()).with_context(context);
+    }
+    let policy = Policy::load(be, &args.model, args.tokenizer.as_deref()).with_context(context)?;
+    Ok(RewardModel::from_policy(be, policy, seed)?)
+}
+
 /// The whole command as a function (the pipeline calls it).
 pub fn run_reward(args: &Args) -> Result<RewardSummary> {
     let config = config_of(args)?;
@@ -115,14 +132,13 @@ pub fn run_reward(args: &Args) -> Result<RewardSummary> {
         OnBad::Error
     };
     let mut be = kiln_tensor::cpu_backend(args.threads);
-    let policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let mut rm = load_start(&mut be, args, config.seed)?;
     let pairs = read_preferences(&args.data, on_bad)?;
     let encoded = encode_pairs(
-        &policy.tokenizer,
-        &policy.template,
+        &rm.lm.tokenizer,
+        &rm.lm.template,
         &pairs,
-        policy.max_seq_len(),
+        rm.lm.max_seq_len(),
         on_bad,
     )?;
     if let Some(report) = encoded.skip_report() {
@@ -142,7 +158,6 @@ pub fn run_reward(args: &Args) -> Result<RewardSummary> {
     if train.is_empty() {
         bail!("{}: no pairs left to train on", args.data.display());
     }
-    let mut rm = RewardModel::from_policy(&mut be, policy, config.seed)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let metrics_path = args.out.join("metrics.jsonl");

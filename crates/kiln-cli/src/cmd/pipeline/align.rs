@@ -57,6 +57,15 @@ pub(super) struct AlignPlan {
     pub dpo: DpoConfig,
     pub ppo_prompts: usize,
     pub ppo: PpoConfig,
+    /// RLHF rounds (1: PPO once). Each further round samples pairs from
+    /// the last round's PPO model on `round_pair_prompts` new prompts,
+    /// ranks them with the judge, continues the reward model on them plus
+    /// `round_replay_pairs` earlier pairs (`round_reward`'s settings), and
+    /// runs PPO again from the last PPO model, the KL still to SFT.
+    pub rlhf_rounds: usize,
+    pub round_pair_prompts: usize,
+    pub round_replay_pairs: usize,
+    pub round_reward: RewardConfig,
     /// Held-out tasks every model is judged on.
     pub eval_tasks: usize,
     /// Reply budget for sampling and evaluation.
@@ -105,6 +114,15 @@ impl AlignPlan {
                 },
                 ppo_prompts: 32,
                 ppo,
+                rlhf_rounds: 1,
+                round_pair_prompts: 16,
+                round_replay_pairs: 16,
+                round_reward: RewardConfig {
+                    epochs: 1,
+                    batch_size: 8,
+                    eval_fraction: 0.2,
+                    ..RewardConfig::default()
+                },
                 eval_tasks: 16,
                 max_new_tokens,
             }
@@ -159,10 +177,46 @@ impl AlignPlan {
                 },
                 ppo_prompts: 1000,
                 ppo,
+                rlhf_rounds: 1,
+                round_pair_prompts: 800,
+                round_replay_pairs: 1500,
+                round_reward: RewardConfig {
+                    epochs: 1,
+                    batch_size: 16,
+                    lr: 1e-4,
+                    min_lr: 1e-5,
+                    eval_fraction: 0.15,
+                    log_every: 20,
+                    ..RewardConfig::default()
+                },
                 eval_tasks: 300,
                 max_new_tokens,
             }
         }
+    }
+}
+
+impl AlignPlan {
+    /// Settings no stage could run with, refused before any stage starts.
+    pub fn validate(&self) -> Result<()> {
+        let share = self.written_truncated_share;
+        if !(0.0..=1.0).contains(&share) {
+            anyhow::bail!("align.written_truncated_share must be in [0, 1], got {share}");
+        }
+        if self.rlhf_rounds == 0 {
+            anyhow::bail!("align.rlhf_rounds must be at least 1 (1 runs PPO once)");
+        }
+        let tables: [(&str, Result<(), kiln_align::AlignError>); 5] = [
+            ("align.sft", self.sft.validate()),
+            ("align.reward", self.reward.validate()),
+            ("align.dpo", self.dpo.validate()),
+            ("align.ppo", self.ppo.validate()),
+            ("align.round_reward", self.round_reward.validate()),
+        ];
+        for (table, result) in tables {
+            result.with_context(|| format!("[{table}]"))?;
+        }
+        Ok(())
     }
 }
 
@@ -174,7 +228,7 @@ pub(super) struct AlignPaths {
 }
 
 impl AlignPaths {
-    fn file(&self, rel: &str) -> PathBuf {
+    pub fn file(&self, rel: &str) -> PathBuf {
         self.out.join(rel)
     }
     pub fn model(&self, stage: &str) -> PathBuf {
@@ -193,10 +247,7 @@ pub(super) fn run(
     force: bool,
     summary: &mut serde_json::Map<String, Value>,
 ) -> Result<String> {
-    let share = plan.written_truncated_share;
-    if !(0.0..=1.0).contains(&share) {
-        anyhow::bail!("align.written_truncated_share must be in [0, 1], got {share}");
-    }
+    plan.validate()?;
     let configs = paths.file("configs");
     std::fs::create_dir_all(&configs)
         .with_context(|| format!("{}: cannot create", configs.display()))?;
@@ -230,7 +281,6 @@ pub(super) fn run(
     );
     let reward_fp = chain(&pairs_fp, "reward", &plan.reward);
     let dpo_fp = chain(&pairs_fp, "dpo", &(&plan.dpo, plan.dpo_written_pairs));
-    let ppo_fp = chain(&reward_fp, "ppo", &plan.ppo);
 
     // Tasks: the SFT chats (mixed quality), the PPO prompts, the eval tasks.
     let sft_data = paths.file("tasks/sft.jsonl");
@@ -297,33 +347,14 @@ pub(super) fn run(
         &on_policy_file
     };
     let figures = stage(&paths.out, "preferences", &pairs_fp, force, || {
-        let mut be = kiln_tensor::cpu_backend(threads);
-        let mut policy = Policy::load(&mut be, &paths.model("sft"), None)?;
         let tasks = train_tasks(plan.pair_prompts, 2);
-        let sampling = PairSampling {
-            k: plan.pair_k,
-            min_gap: plan.pair_min_gap,
-            sample: SampleOptions {
-                max_new_tokens: plan.max_new_tokens,
-                temperature: 1.0,
-                top_k: None,
-                top_p: None,
-                seed: 7,
-                stop_token: None,
-            },
-        };
-        eprintln!(
-            "preferences: sampling {} replies to each of {} prompts with the SFT model",
-            plan.pair_k,
-            tasks.len()
-        );
-        let (pairs, stats) = sample_pairs(
-            &mut be,
-            &mut policy.model,
-            &policy.tokenizer,
-            &policy.template,
+        let (pairs, stats) = sample_judged_pairs(
+            &paths.model("sft"),
+            "the SFT model",
             &tasks,
-            &sampling,
+            plan,
+            7,
+            threads,
         )?;
         // On-policy pairs (the SFT model's own samples, topped up when too
         // few) are what DPO learns from; the reward model also gets the
@@ -366,32 +397,15 @@ pub(super) fn run(
     // Reward model, from the SFT model.
     let reward_config = write_config(&configs, "reward", &plan.reward)?;
     let figures = stage(&paths.out, "reward", &reward_fp, force, || {
-        let s = super::super::reward::run_reward(&super::super::reward::Args {
-            model: paths.model("sft"),
-            data: pairs_file.clone(),
-            out: paths.file("reward"),
-            config: Some(reward_config.clone()),
-            tokenizer: None,
-            skip_bad: false,
+        train_reward_stage(
+            paths,
+            &paths.model("sft"),
+            &pairs_file,
+            "reward",
+            &reward_config,
+            plan,
             threads,
-            epochs: None,
-            max_steps: None,
-            batch_size: None,
-            lr: None,
-            seed: None,
-            center_coef: None,
-            eval_fraction: None,
-        })?;
-        let mut figures = serde_json::to_value(&s)?;
-        let audit = super::reward_audit::audit(
-            &paths.model("reward"),
-            plan.eval_tasks,
-            plan.written_truncated_share,
-            threads,
-        )?;
-        eprintln!("reward: on held-out tasks (reference vs flawed): {audit}");
-        figures["held_out_tasks"] = audit;
-        Ok(figures)
+        )
     })?;
     summary.insert("reward".into(), figures);
 
@@ -418,42 +432,101 @@ pub(super) fn run(
     })?;
     summary.insert("dpo".into(), figures);
 
-    // PPO against the reward model, the judge's score of its rollouts logged
-    // beside (the tasks behind tasks/ppo_prompts.jsonl, in the same order).
-    let ppo_config = write_config(&configs, "ppo", &plan.ppo)?;
-    let figures = stage(&paths.out, "ppo", &ppo_fp, force, || {
-        let ppo_tasks = paths.file("tasks/ppo_tasks.jsonl");
-        write_tasks(&ppo_tasks, &train_tasks(plan.ppo_prompts, 3))?;
-        let s = super::super::ppo::run_ppo(&super::super::ppo::Args {
-            policy: paths.model("sft"),
-            reward: paths.model("reward"),
-            prompts: ppo_tasks,
-            out: paths.file("ppo"),
-            config: Some(ppo_config.clone()),
-            skip_bad: false,
-            gold_judge: true,
-            threads,
-            iterations: None,
-            batch_size: None,
-            lr: None,
-            kl_coef: None,
-            max_new_tokens: None,
-            seed: None,
-        })?;
-        Ok(serde_json::to_value(&s)?)
-    })?;
-    summary.insert("ppo".into(), figures);
+    // PPO against the reward model, then the further RLHF rounds.
+    let ppo_fp = super::rounds::run(paths, plan, &reward_fp, threads, force, summary)?;
     Ok(format!("{dpo_fp}|{ppo_fp}|judge:{}", plan.max_new_tokens))
 }
 
+/// Trains a reward model from `model` (a policy, or a reward model to
+/// continue) on `data` into `paths.file(stage_name)`, then audits it on
+/// reference-vs-flawed pairs of held-out tasks.
+pub(super) fn train_reward_stage(
+    paths: &AlignPaths,
+    model: &Path,
+    data: &Path,
+    stage_name: &str,
+    config: &Path,
+    plan: &AlignPlan,
+    threads: Option<usize>,
+) -> Result<Value> {
+    let s = super::super::reward::run_reward(&super::super::reward::Args {
+        model: model.to_path_buf(),
+        data: data.to_path_buf(),
+        out: paths.file(stage_name),
+        config: Some(config.to_path_buf()),
+        tokenizer: None,
+        skip_bad: false,
+        threads,
+        epochs: None,
+        max_steps: None,
+        batch_size: None,
+        lr: None,
+        seed: None,
+        center_coef: None,
+        eval_fraction: None,
+    })?;
+    let mut figures = serde_json::to_value(&s)?;
+    let audit = super::reward_audit::audit(
+        &paths.model(stage_name),
+        plan.eval_tasks,
+        plan.written_truncated_share,
+        threads,
+    )?;
+    eprintln!("{stage_name}: on held-out tasks (reference vs flawed): {audit}");
+    figures["held_out_tasks"] = audit;
+    Ok(figures)
+}
+
+/// Samples `plan.pair_k` replies to each task with the model in `dir` and
+/// keeps the judge's best against its worst where the gap is clear.
+pub(super) fn sample_judged_pairs(
+    dir: &Path,
+    what: &str,
+    tasks: &[Task],
+    plan: &AlignPlan,
+    seed: u64,
+    threads: Option<usize>,
+) -> Result<(
+    Vec<kiln_eval::JudgedPair>,
+    kiln_eval::preferences::PairStats,
+)> {
+    let mut be = kiln_tensor::cpu_backend(threads);
+    let mut policy = Policy::load(&mut be, dir, None)?;
+    let sampling = PairSampling {
+        k: plan.pair_k,
+        min_gap: plan.pair_min_gap,
+        sample: SampleOptions {
+            max_new_tokens: plan.max_new_tokens,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            seed,
+            stop_token: None,
+        },
+    };
+    eprintln!(
+        "preferences: sampling {} replies to each of {} prompts with {what}",
+        plan.pair_k,
+        tasks.len()
+    );
+    Ok(sample_pairs(
+        &mut be,
+        &mut policy.model,
+        &policy.tokenizer,
+        &policy.template,
+        tasks,
+        &sampling,
+    )?)
+}
+
 /// `upstream` followed by one stage's name and settings.
-fn chain(upstream: &str, stage: &str, settings: &impl Serialize) -> String {
+pub(super) fn chain(upstream: &str, stage: &str, settings: &impl Serialize) -> String {
     let settings = serde_json::to_string(settings).expect("settings serialise");
     format!("{upstream}|{stage}:{settings}")
 }
 
 /// Writes `DIR/<name>.toml` (what the stage runs with) and returns its path.
-fn write_config<T: Serialize>(dir: &Path, name: &str, config: &T) -> Result<PathBuf> {
+pub(super) fn write_config<T: Serialize>(dir: &Path, name: &str, config: &T) -> Result<PathBuf> {
     let path = dir.join(format!("{name}.toml"));
     let text = toml::to_string(config).with_context(|| format!("{name} settings to TOML"))?;
     kiln_stdx::fs::write_atomic(&path, text.as_bytes())
@@ -461,7 +534,7 @@ fn write_config<T: Serialize>(dir: &Path, name: &str, config: &T) -> Result<Path
     Ok(path)
 }
 
-fn preference_lines(pairs: &[kiln_eval::JudgedPair]) -> Vec<PreferencePair> {
+pub(super) fn preference_lines(pairs: &[kiln_eval::JudgedPair]) -> Vec<PreferencePair> {
     pairs
         .iter()
         .map(|p| PreferencePair {
@@ -473,7 +546,7 @@ fn preference_lines(pairs: &[kiln_eval::JudgedPair]) -> Vec<PreferencePair> {
 }
 
 /// One task per line (the format `kiln grpo --judge --prompts` reads).
-fn write_tasks(path: &Path, tasks: &[Task]) -> Result<()> {
+pub(super) fn write_tasks(path: &Path, tasks: &[Task]) -> Result<()> {
     let mut text = String::new();
     for t in tasks {
         text.push_str(&serde_json::to_string(t)?);

@@ -80,20 +80,59 @@ impl PipelineConfig {
         let overrides: toml::Table = toml::from_str(&text)
             .map_err(|e| anyhow!("config {}: {}", path.display(), e.to_string().trim_end()))?;
         let mut merged = toml::Table::try_from(&defaults).expect("the defaults serialise");
+        let user = overrides.clone();
         merge(&mut merged, overrides);
-        toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                anyhow!(
-                    "config {}: {} (`kiln pipeline --print-config` lists every key)",
-                    path.display(),
-                    e.message().trim_end()
-                )
-            })
+        let config: Self =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let message = e.message().trim_end();
+                    anyhow!(
+                        "config {}: {}{} (`kiln pipeline --print-config` lists every key)",
+                        path.display(),
+                        message,
+                        where_is(&user, message)
+                    )
+                })?;
+        config
+            .align
+            .validate()
+            .map_err(|e| anyhow!("config {}: {e:#}", path.display()))?;
+        Ok(config)
     }
 
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("the settings serialise")
+    }
+}
+
+/// " in [table]" for the table of `file` holding the key a serde message
+/// names (`` unknown field `x` ``, `` invalid type ... for key `x` ``), so
+/// the error says where to look; "" when the key is not found.
+fn where_is(file: &toml::Table, message: &str) -> String {
+    let Some(key) = message.split('`').nth(1) else {
+        return String::new();
+    };
+    fn find(table: &toml::Table, key: &str, path: &mut Vec<String>) -> bool {
+        if table.contains_key(key) {
+            return true;
+        }
+        for (name, value) in table {
+            if let toml::Value::Table(sub) = value {
+                path.push(name.clone());
+                if find(sub, key, path) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let mut path = Vec::new();
+    if find(file, key, &mut path) && !path.is_empty() {
+        format!(" in [{}]", path.join("."))
+    } else {
+        String::new()
     }
 }
 
@@ -143,6 +182,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("p.toml") && e.contains("lrr"), "{e}");
+        assert!(e.contains("in [align.dpo]"), "{e}");
+        let e = load_text("[align]\nrlhf_rounds = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p.toml") && e.contains("rlhf_rounds"), "{e}");
         let e = load_text("[pretrain]\nsteps = \"many\"\n")
             .unwrap_err()
             .to_string();

@@ -22,7 +22,7 @@ const SHOWN_SAMPLES: usize = 12;
 
 /// One model to judge: its stage name and directory.
 pub(super) struct Candidate {
-    pub stage: &'static str,
+    pub stage: String,
     pub dir: PathBuf,
 }
 
@@ -53,7 +53,7 @@ pub(super) fn judge_models(
         .context("evaluation needs the SFT model (the baseline of win rates and KL)")?;
     let mut sft = Policy::load(&mut be, &sft_dir, Some(tokenizer))?;
 
-    let mut evals: Vec<(&'static str, Evaluation)> = Vec::new();
+    let mut evals: Vec<(&str, Evaluation)> = Vec::new();
     let mut models = Map::new();
     for c in candidates {
         let mut policy = Policy::load(&mut be, &c.dir, Some(tokenizer))
@@ -91,7 +91,7 @@ pub(super) fn judge_models(
                 "kl_to_sft": kl,
             }),
         );
-        evals.push((c.stage, eval));
+        evals.push((c.stage.as_str(), eval));
     }
     sft.release(&mut be)?;
 

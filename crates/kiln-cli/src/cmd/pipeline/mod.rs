@@ -27,6 +27,7 @@ mod align;
 mod config;
 mod evaluate;
 mod reward_audit;
+mod rounds;
 mod stage;
 
 use config::PipelineConfig;
@@ -291,22 +292,28 @@ pub fn run(args: Args) -> Result<()> {
     let eval_tasks = evaluate::read_tasks(&out.join("tasks").join("eval.jsonl"))?;
     let candidates = [
         evaluate::Candidate {
-            stage: "pretrain",
+            stage: "pretrain".into(),
             dir: ckpt.clone(),
         },
         evaluate::Candidate {
-            stage: "sft",
+            stage: "sft".into(),
             dir: paths.model("sft"),
         },
         evaluate::Candidate {
-            stage: "dpo",
+            stage: "dpo".into(),
             dir: paths.model("dpo"),
         },
-        evaluate::Candidate {
-            stage: "ppo",
-            dir: paths.model("ppo"),
-        },
     ];
+    let mut candidates = Vec::from(candidates);
+    // Earlier RLHF rounds' PPO models, so the report shows what each round
+    // added; the last round's is `ppo`.
+    for (stage, dir) in rounds::earlier_ppo_models(&out, align_plan.rlhf_rounds) {
+        candidates.push(evaluate::Candidate { stage, dir });
+    }
+    candidates.push(evaluate::Candidate {
+        stage: "ppo".into(),
+        dir: paths.model("ppo"),
+    });
     let judged = stage(&out, "judge", &aligned_fp, args.force, || {
         evaluate::judge_models(
             &out,
