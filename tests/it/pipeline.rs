@@ -60,7 +60,16 @@ fn quick_pipeline_runs_every_stage_then_skips_them() {
     assert!(sum["reward"]["steps"].as_u64().unwrap() > 0);
     assert!(sum["dpo"]["steps"].as_u64().unwrap() > 0, "{}", sum["dpo"]);
     assert_eq!(sum["ppo"]["iterations"].as_u64(), Some(2), "{}", sum["ppo"]);
-    for stage in ["sft", "reward", "dpo", "ppo"] {
+    // Two RLHF rounds: the second sampled pairs from the first round's PPO
+    // model, continued the reward model on them (and a replay of earlier
+    // pairs) and ran PPO again from that model.
+    let round2 = &sum["preferences_round2"];
+    assert_eq!(round2["prompts"].as_u64(), Some(16), "{round2}");
+    assert!(round2["replayed_pairs"].as_u64().unwrap() > 0, "{round2}");
+    assert!(sum["reward_round2"]["steps"].as_u64().unwrap() > 0);
+    assert!(sum["reward_round2"]["held_out_tasks"]["accuracy"].is_number());
+    assert_eq!(sum["ppo_round1"]["iterations"].as_u64(), Some(2));
+    for stage in ["sft", "reward", "dpo", "ppo_round1", "reward_round2", "ppo"] {
         let model = out.join(stage).join("model");
         assert!(
             model.join("model.safetensors").exists(),
@@ -77,7 +86,7 @@ fn quick_pipeline_runs_every_stage_then_skips_them() {
     }
     // Every model was judged on the same held-out tasks; the SFT model ties itself.
     let models = &sum["judge"]["models"];
-    for stage in ["pretrain", "sft", "dpo", "ppo"] {
+    for stage in ["pretrain", "sft", "dpo", "ppo_round1", "ppo"] {
         let judge = models[stage]["judge"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&judge), "{stage}: {judge}");
         assert!(models[stage]["kl_to_sft"].as_f64().unwrap().is_finite());
@@ -108,6 +117,9 @@ fn quick_pipeline_runs_every_stage_then_skips_them() {
         "preferences",
         "reward",
         "dpo",
+        "ppo_round1",
+        "preferences_round2",
+        "reward_round2",
         "ppo",
         "judge",
     ] {
@@ -141,7 +153,14 @@ fn quick_pipeline_runs_every_stage_then_skips_them() {
         third.status.success(),
         "run with --config failed:\n{stderr}"
     );
-    for stage in ["pretrain", "sft", "preferences", "reward", "ppo"] {
+    for stage in [
+        "pretrain",
+        "sft",
+        "preferences",
+        "reward",
+        "ppo_round1",
+        "ppo",
+    ] {
         assert!(
             stderr.contains(&format!("== {stage}: up to date, skipped")),
             "stage {stage} reran:\n{stderr}"
