@@ -44,12 +44,14 @@ pub fn render(run: &Run) -> String {
 
 fn overview(page: &mut String, run: &Run) {
     page.push_str("<section id=\"overview\"><h2>Overview</h2><div class=\"badges\">");
-    let mut names: Vec<&str> = KNOWN_STAGES.to_vec();
+    // The stages run, in pipeline order (rounds beside their stage), then
+    // the pipeline stages that did not run.
+    let mut names: Vec<&str> = run.stages.iter().map(|s| s.stage.as_str()).collect();
     names.extend(
-        run.stages
+        KNOWN_STAGES
             .iter()
-            .map(|s| s.stage.as_str())
-            .filter(|s| !KNOWN_STAGES.contains(s)),
+            .copied()
+            .filter(|k| run.stage(k).is_none()),
     );
     for name in names {
         match run.stage(name) {

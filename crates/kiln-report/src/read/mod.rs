@@ -54,6 +54,21 @@ pub fn stage_rank(name: &str) -> usize {
         .unwrap_or(KNOWN_STAGES.len())
 }
 
+/// Sort key of stage (or model) `name` among `names`: pipeline order, and an
+/// RLHF round `X_roundN` next to its stage `X`. Round 1 of the reward model
+/// is `reward` (before `reward_round2`); the last PPO round is `ppo`, after
+/// `ppo_round1`, ... (a plain name goes last when `X_round1` exists).
+pub fn stage_order_key(name: &str, names: &[&str]) -> (usize, usize) {
+    if let Some((base, n)) = name.rsplit_once("_round") {
+        if let Ok(n) = n.parse::<usize>() {
+            return (stage_rank(base), n);
+        }
+    }
+    let round1 = format!("{name}_round1");
+    let last = names.contains(&round1.as_str());
+    (stage_rank(name), if last { usize::MAX } else { 1 })
+}
+
 pub fn read_run(dir: &Path) -> Result<Run, ReportError> {
     if !dir.is_dir() {
         return Err(ReportError::NotARunDir {
@@ -80,7 +95,11 @@ pub fn read_run(dir: &Path) -> Result<Run, ReportError> {
             }
         }
     }
-    stage_dirs.sort_by(|a, b| stage_rank(a).cmp(&stage_rank(b)).then(a.cmp(b)));
+    let names: Vec<String> = stage_dirs.clone();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    stage_dirs.sort_by(|a, b| {
+        (stage_order_key(a, &names).cmp(&stage_order_key(b, &names))).then(a.cmp(b))
+    });
     let mut stages = Vec::new();
     let mut stage_summaries = Vec::new();
     for name in &stage_dirs {
@@ -122,7 +141,9 @@ pub fn read_run(dir: &Path) -> Result<Run, ReportError> {
 /// Models (and each sample's responses) in pipeline order: the table then
 /// reads left to right as the pipeline ran.
 fn order_by_stage(e: &mut EvalResults) {
-    e.models.sort_by_key(|m| stage_rank(&m.name));
+    let names: Vec<String> = e.models.iter().map(|m| m.name.clone()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    e.models.sort_by_key(|m| stage_order_key(&m.name, &names));
     let model_rank = |name: &str| {
         e.models
             .iter()
@@ -150,6 +171,44 @@ mod tests {
         let p = dir.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn rlhf_rounds_sort_next_to_their_stage() {
+        let names = [
+            "ppo",
+            "dpo",
+            "reward_round3",
+            "pretrain",
+            "ppo_round2",
+            "reward",
+            "sft",
+            "ppo_round1",
+            "reward_round2",
+            "zeta",
+        ];
+        let mut sorted = names.to_vec();
+        sorted.sort_by_key(|n| (stage_order_key(n, &names), n.to_string()));
+        assert_eq!(
+            sorted,
+            [
+                "pretrain",
+                "sft",
+                "reward",
+                "reward_round2",
+                "reward_round3",
+                "dpo",
+                "ppo_round1",
+                "ppo_round2",
+                "ppo",
+                "zeta"
+            ]
+        );
+        // Without rounds, `ppo` keeps its place.
+        let plain = ["ppo", "sft", "dpo"];
+        let mut sorted = plain.to_vec();
+        sorted.sort_by_key(|n| stage_order_key(n, &plain));
+        assert_eq!(sorted, ["sft", "dpo", "ppo"]);
     }
 
     #[test]
