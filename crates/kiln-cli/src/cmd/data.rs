@@ -38,8 +38,10 @@ pub struct CurateArgs {
     /// Stop at the first bad input record instead of recording it.
     #[arg(long)]
     pub strict: bool,
-    /// Run only shard i of N (shards are input files), e.g. 3/16; run once
-    /// more without --shard to deduplicate across shards.
+    /// Run only part i of N, e.g. 3/16: the input files k with k mod N = i
+    /// (each input file is one shard, so split a large corpus into several
+    /// files to spread it over machines). Run once more without --shard to
+    /// deduplicate across shards and write kept/.
     #[arg(long)]
     pub shard: Option<String>,
     /// Use FineWeb's settings (C4 without the terminal-punctuation rule)
