@@ -3,12 +3,12 @@
 //!
 //! It claims the package name kiln-abi (abi_stable compares package names and
 //! versions of every type) and generates a copy of kiln-abi's backend.rs in
-//! which `Backend::sum_squares` returns `f32` instead of `f64`.
+//! which `Backend::step_control` takes `max_norm: f64` instead of `f32`.
 
 use std::path::PathBuf;
 
-const ORIGINAL: &str = "fn sum_squares(&mut self, buf: BufId, n: usize) -> RResult<f64, RString>;";
-const CHANGED: &str = "fn sum_squares(&mut self, buf: BufId, n: usize) -> RResult<f32, RString>;";
+const ORIGINAL: &str = "fn step_control(&mut self, stats: BufId, max_norm: f32, inv_loss_scale: f32) -> RResult<(), RString>;";
+const CHANGED: &str = "fn step_control(&mut self, stats: BufId, max_norm: f64, inv_loss_scale: f32) -> RResult<(), RString>;";
 
 fn main() {
     println!("cargo:rustc-env=CARGO_PKG_NAME=kiln-abi");

@@ -1,5 +1,6 @@
 //! Rust-side conveniences over the FFI-shaped [`Backend`] interface: typed
-//! upload/download and `Result` instead of `RResult`.
+//! upload/download, shaped host arrays (ndarray) and `Result` instead of
+//! `RResult`.
 
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
 
@@ -55,6 +56,17 @@ pub trait BackendExt {
     /// A new u32 buffer holding `data`.
     #[allow(clippy::wrong_self_convention)]
     fn from_u32(&mut self, data: &[u32]) -> BResult<BufId>;
+    /// A view of `len` elements of `parent` from `offset`.
+    fn view_of(&mut self, parent: BufId, offset: usize, len: usize) -> BResult<BufId>;
+    fn free_buf(&mut self, buf: BufId) -> BResult<()>;
+    /// Any float buffer widened to f32 on the host (16-bit checkpoints,
+    /// comparisons); an f32 buffer is downloaded as is.
+    fn download_widened(&mut self, buf: BufId) -> BResult<Vec<f32>>;
+    /// The host-side n-dimensional view of an f32 buffer: its elements
+    /// downloaded and shaped (`shape` must multiply to its length).
+    fn download_array(&mut self, buf: BufId, shape: &[usize]) -> BResult<ndarray::ArrayD<f32>>;
+    /// Uploads an array (any memory order) into an f32 buffer of as many elements.
+    fn upload_array(&mut self, buf: BufId, data: &ndarray::ArrayD<f32>) -> BResult<()>;
 }
 
 fn download_as<T: bytemuck::Pod + Default + Clone>(
@@ -63,6 +75,7 @@ fn download_as<T: bytemuck::Pod + Default + Clone>(
     want: DType,
 ) -> BResult<Vec<T>> {
     let info = be.buffer_info(buf).ok_or_err()?;
+    // (a view reports its own dtype and length)
     if info.dtype != want {
         return Err(BackendError(format!(
             "buffer {buf:?} is {}, asked for {want}",
@@ -119,5 +132,39 @@ impl BackendExt for BackendBox {
         let id = self.alloc_buf(DType::U32, data.len())?;
         self.upload_u32(id, data)?;
         Ok(id)
+    }
+    fn view_of(&mut self, parent: BufId, offset: usize, len: usize) -> BResult<BufId> {
+        self.view(parent, offset, len).ok_or_err()
+    }
+    fn free_buf(&mut self, buf: BufId) -> BResult<()> {
+        self.free(buf).ok_or_err()
+    }
+    fn download_widened(&mut self, buf: BufId) -> BResult<Vec<f32>> {
+        let info = self.buffer_info(buf).ok_or_err()?;
+        Ok(match info.dtype {
+            DType::F32 => self.download_f32(buf)?,
+            DType::BF16 => self.download_bf16(buf)?.iter().map(|x| x.to_f32()).collect(),
+            DType::F16 => self.download_f16(buf)?.iter().map(|x| x.to_f32()).collect(),
+            DType::U32 => {
+                return Err(BackendError(format!(
+                    "buffer {buf:?} holds u32 token ids, not floats"
+                )))
+            }
+        })
+    }
+    fn download_array(&mut self, buf: BufId, shape: &[usize]) -> BResult<ndarray::ArrayD<f32>> {
+        let data = self.download_f32(buf)?;
+        let n = data.len();
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), data).map_err(|_| {
+            BackendError(format!(
+                "buffer {buf:?} holds {n} elements, which shape {shape:?} does not fit"
+            ))
+        })
+    }
+    fn upload_array(&mut self, buf: BufId, data: &ndarray::ArrayD<f32>) -> BResult<()> {
+        match data.as_slice() {
+            Some(s) => self.upload_f32(buf, s),
+            None => self.upload_f32(buf, &data.iter().copied().collect::<Vec<_>>()),
+        }
     }
 }

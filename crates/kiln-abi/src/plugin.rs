@@ -14,7 +14,7 @@ use crate::backend::BackendBox;
 /// kiln's own ABI generation, shown by `kiln plugins list`. abi_stable also
 /// checks the kiln-abi crate version and every type layout at load time;
 /// this number is what users read in messages.
-pub const KILN_ABI_VERSION: u32 = 1;
+pub const KILN_ABI_VERSION: u32 = 2;
 
 /// Exported by a backend plugin with `#[export_root_module]`.
 ///

@@ -71,13 +71,13 @@ fn changed_method_signature_is_refused_naming_the_difference() {
     let err = load_backend_plugin(&path).expect_err("a changed layout must be refused");
     println!("{err}");
     assert!(err.reason.starts_with("incompatible ABI:"), "{err}");
-    // The plugin's sum_squares returns f32 where this kiln's returns f64.
+    // The plugin's step_control takes max_norm as f64 where this kiln's takes f32.
     assert!(
         err.reason.contains("f64") && err.reason.contains("f32"),
         "{err}"
     );
     // ...and the message says where: the Backend method behind new_backend.
-    assert!(err.reason.contains("new_backend > sum_squares"), "{err}");
+    assert!(err.reason.contains("new_backend > step_control"), "{err}");
     assert_short_with_fix(&err.reason);
 }
 

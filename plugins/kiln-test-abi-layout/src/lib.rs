@@ -2,11 +2,13 @@
 //! same kiln-abi version (see build.rs). Loading it must fail with
 //! "incompatible ABI: ..." naming what differs, never crash.
 
-/// kiln-abi's backend.rs with `sum_squares` returning f32 (generated).
+/// kiln-abi's backend.rs with `step_control` taking max_norm as f64 (generated).
 #[allow(non_local_definitions, clippy::all)]
 pub mod backend {
     include!(concat!(env!("OUT_DIR"), "/backend.rs"));
 }
+#[path = "../../../crates/kiln-abi/src/args.rs"]
+pub mod args;
 #[path = "../../../crates/kiln-abi/src/dtype.rs"]
 pub mod dtype;
 #[path = "../../../crates/kiln-abi/src/plugin.rs"]
@@ -39,7 +41,7 @@ fn abi_version() -> u32 {
 
 #[sabi_extern_fn]
 fn name() -> RString {
-    "kiln-test-abi-layout (sum_squares -> f32)".into()
+    "kiln-test-abi-layout (step_control max_norm -> f64)".into()
 }
 
 #[sabi_extern_fn]

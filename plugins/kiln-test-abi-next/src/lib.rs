@@ -8,6 +8,8 @@
 
 #[path = "../../../crates/kiln-abi/src/backend.rs"]
 pub mod backend;
+#[path = "../../../crates/kiln-abi/src/args.rs"]
+pub mod args;
 #[path = "../../../crates/kiln-abi/src/dtype.rs"]
 pub mod dtype;
 

@@ -5,6 +5,8 @@
 // The interface sources of kiln-abi itself, so only the version differs.
 #[path = "../../../crates/kiln-abi/src/backend.rs"]
 pub mod backend;
+#[path = "../../../crates/kiln-abi/src/args.rs"]
+pub mod args;
 #[path = "../../../crates/kiln-abi/src/dtype.rs"]
 pub mod dtype;
 #[path = "../../../crates/kiln-abi/src/plugin.rs"]
