@@ -7,7 +7,8 @@
 //! directly (tests/it/plugins.rs). Build it with `cargo xtask plugins`.
 //!
 //! Options for `new_backend` (see [`options`]): `threads=N`, and
-//! `panic_on=OP` to test a host's handling of a panicking plugin.
+//! `panic_on=METHOD` (any entry of `kiln_abi::METHODS`) to test a host's
+//! handling of a panicking plugin.
 //!
 //! Every exported function runs inside [`kiln_abi::guard::guard`] (or cannot
 //! panic), and the backend is wrapped in [`guarded::Guarded`]: a panic
@@ -83,7 +84,7 @@ mod tests {
     fn reports_version_and_name() {
         assert_eq!(abi_version(), KILN_ABI_VERSION);
         assert!(name().as_str().starts_with("kiln-cpu-plugin "));
-        let info = backend("threads=2").info();
+        let info = backend("threads=2").info().unwrap();
         assert_eq!(info.name.as_str(), "cpu");
         assert!(
             info.device.as_str().contains("2 threads"),
@@ -107,23 +108,24 @@ mod tests {
         let mut be = backend("threads=1,panic_on=matmul");
         let a = be.from_f32(&[1.0, 2.0, 3.0, 4.0]).unwrap();
         let out = be.alloc_buf(kiln_abi::DType::F32, 4).unwrap();
-        let args = MatmulArgs {
-            out,
-            a,
-            b: a,
-            bias: kiln_abi::abi_stable::std_types::ROption::RNone,
-            m: 2,
-            n: 2,
-            k: 2,
-            trans_a: false,
-            trans_b: false,
-            alpha: 1.0,
-            beta: 0.0,
-        };
-        let e = be.matmul(args).ok_or_err().unwrap_err();
+        let e = be
+            .matmul(MatmulArgs::new(out, a, a, 2, 2, 2))
+            .ok_or_err()
+            .unwrap_err();
         assert!(e.0.starts_with("panic in matmul: injected fault"), "{e}");
         // Other ops are unaffected.
         be.scale(a, 4, 2.0).ok_or_err().unwrap();
         assert_eq!(be.download_f32(a).unwrap(), vec![2.0, 4.0, 6.0, 8.0]);
+    }
+
+    #[test]
+    fn buffer_methods_and_info_are_guarded_too() {
+        let mut be = backend("panic_on=info");
+        let e = be.info().ok_or_err().unwrap_err();
+        assert!(e.0.starts_with("panic in info: injected fault"), "{e}");
+        let mut be = backend("panic_on=download");
+        let a = be.from_f32(&[1.0]).unwrap();
+        let e = be.download_f32(a).unwrap_err();
+        assert!(e.0.starts_with("panic in download"), "{e}");
     }
 }

@@ -1,20 +1,21 @@
 //! The option string `new_backend` accepts: `key=value` pairs separated by
 //! commas or spaces, e.g. `"threads=2"` or `"threads=2,panic_on=matmul"`.
 
-use crate::guarded::OPS;
+use kiln_abi::METHODS;
 
 /// Parsed plugin options.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PluginOptions {
     /// Worker threads of the CPU backend (`None`: one per core).
     pub threads: Option<usize>,
-    /// Fault injection for tests of the host: the named op panics inside the
-    /// plugin, which the boundary guard must turn into an error.
+    /// Fault injection for tests of the host: the named method (an entry of
+    /// `kiln_abi::METHODS`) panics inside the plugin, which the boundary
+    /// guard must turn into an error.
     pub panic_on: Option<String>,
 }
 
 /// What `kiln plugins check` and error messages show as the accepted syntax.
-pub const USAGE: &str = "threads=N (N >= 1), panic_on=OP (testing: OP panics)";
+pub const USAGE: &str = "threads=N (N >= 1), panic_on=METHOD (testing: that Backend method panics)";
 
 impl PluginOptions {
     pub fn parse(text: &str) -> Result<PluginOptions, String> {
@@ -44,10 +45,10 @@ impl PluginOptions {
                     if opts.panic_on.is_some() {
                         return Err("option `panic_on` given twice".into());
                     }
-                    if !OPS.contains(&value) {
+                    if !METHODS.contains(&value) {
                         return Err(format!(
-                            "panic_on={value}: no such op; ops: {}",
-                            OPS.join(", ")
+                            "panic_on={value}: no such method; methods: {}",
+                            METHODS.join(", ")
                         ));
                     }
                     opts.panic_on = Some(value.to_string());
@@ -101,6 +102,13 @@ mod tests {
         let e = PluginOptions::parse("threads=1,threads=2").unwrap_err();
         assert!(e.contains("twice"), "{e}");
         let e = PluginOptions::parse("panic_on=matmull").unwrap_err();
-        assert!(e.contains("no such op") && e.contains("matmul"), "{e}");
+        assert!(e.contains("no such method") && e.contains("matmul"), "{e}");
+        // every method of the ABI can be made to panic, ops and buffer calls alike
+        for m in METHODS {
+            assert!(
+                PluginOptions::parse(&format!("panic_on={m}")).is_ok(),
+                "{m}"
+            );
+        }
     }
 }
