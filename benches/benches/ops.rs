@@ -6,7 +6,11 @@
 //! Threads: `KILN_THREADS` (default: all cores).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kiln_abi::{BackendBox, BackendExt, Backend_TO, BufId, IntoBResult, MatmulArgs};
+use kiln_abi::{
+    AttentionArgs, AttentionBackwardArgs, AttentionShape, BackendBox, BackendExt, Backend_TO,
+    BufId, DType, IntoBResult, MatmulArgs, NormArgs, NormBackwardArgs, NormKind, ROption, Rounding,
+    Unary,
+};
 use kiln_tensor::{CpuBackend, GemmEngine};
 
 const B: usize = 8;
@@ -67,17 +71,9 @@ fn matmul(c: &mut Criterion) {
                 data(&mut be, m * n, 3),
             );
             let args = MatmulArgs {
-                out,
-                a,
-                b,
-                bias: None.into(),
-                m,
-                n,
-                k,
                 trans_a: ta,
                 trans_b: tb,
-                alpha: 1.0,
-                beta: 0.0,
+                ..MatmulArgs::new(out, a, b, m, n, k)
             };
             g.throughput(Throughput::Elements((2 * m * n * k) as u64));
             g.bench_function(BenchmarkId::new(format!("{engine:?}"), label), |bch| {
@@ -88,7 +84,60 @@ fn matmul(c: &mut Criterion) {
             }
         }
     }
+    // bf16 operands and output (the mixed-precision policy's GEMMs), built-in engine.
+    let mut be = backend(GemmEngine::Gemm);
+    for &(label, m, n, k, ta, tb) in &shapes {
+        let to_bf16 = |be: &mut BackendBox, src: BufId, len: usize| {
+            let dst = be.alloc_buf(DType::BF16, len).unwrap();
+            be.cast(dst, src, len, Rounding::NearestEven, 0)
+                .ok_or_err()
+                .unwrap();
+            be.free(src).unwrap();
+            dst
+        };
+        let a = data(&mut be, m * k, 1);
+        let a = to_bf16(&mut be, a, m * k);
+        let b = data(&mut be, k * n, 2);
+        let b = to_bf16(&mut be, b, k * n);
+        let out = be.alloc_buf(DType::BF16, m * n).unwrap();
+        let args = MatmulArgs {
+            trans_a: ta,
+            trans_b: tb,
+            ..MatmulArgs::new(out, a, b, m, n, k)
+        };
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(BenchmarkId::new("Gemm-bf16", label), |bch| {
+            bch.iter(|| be.matmul(args).ok_or_err().unwrap())
+        });
+        for id in [a, b, out] {
+            be.free(id).unwrap();
+        }
+    }
     g.finish();
+}
+
+fn layernorm_args(
+    out: BufId,
+    mean: BufId,
+    rstd: BufId,
+    x: BufId,
+    w: BufId,
+    bias: BufId,
+) -> NormArgs {
+    NormArgs {
+        kind: NormKind::LayerNorm,
+        out,
+        mean: ROption::RSome(mean),
+        rstd,
+        inp: x,
+        weight: w,
+        bias: ROption::RSome(bias),
+        residual: ROption::RNone,
+        residual_out: ROption::RNone,
+        rows: B * T,
+        cols: C,
+        eps: 1e-5,
+    }
 }
 
 fn layers(c: &mut Criterion) {
@@ -97,21 +146,47 @@ fn layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("ops-small");
     g.sample_size(10);
 
+    let shape = AttentionShape {
+        b: B,
+        t: T,
+        nh: NH,
+        nkv: NH,
+        hd: C / NH,
+        window: 0,
+    };
+    let scale = 1.0 / ((C / NH) as f32).sqrt();
+    let ws_len = be.attention_workspace_len(shape).ok_or_err().unwrap();
     let qkv = data(&mut be, bt * 3 * C, 4);
-    let (out, att) = (data(&mut be, bt * C, 5), data(&mut be, B * NH * T * T, 6));
+    let (out, att) = (data(&mut be, bt * C, 5), data(&mut be, ws_len, 6));
     let (dqkv, dout) = (data(&mut be, bt * 3 * C, 7), data(&mut be, bt * C, 8));
     g.bench_function("attention_forward", |b| {
         b.iter(|| {
-            be.attention_forward(out, att, qkv, B, T, C, NH)
-                .ok_or_err()
-                .unwrap()
+            be.attention_forward(AttentionArgs {
+                out,
+                workspace: att,
+                qkv,
+                segments: ROption::RNone,
+                shape,
+                scale,
+            })
+            .ok_or_err()
+            .unwrap()
         })
     });
     g.bench_function("attention_backward", |b| {
         b.iter(|| {
-            be.attention_backward(dqkv, dout, qkv, att, B, T, C, NH)
-                .ok_or_err()
-                .unwrap()
+            be.attention_backward(AttentionBackwardArgs {
+                dqkv,
+                dout,
+                qkv,
+                out,
+                workspace: att,
+                segments: ROption::RNone,
+                shape,
+                scale,
+            })
+            .ok_or_err()
+            .unwrap()
         })
     });
 
@@ -128,16 +203,28 @@ fn layers(c: &mut Criterion) {
     );
     g.bench_function("layernorm_forward", |b| {
         b.iter(|| {
-            be.layernorm_forward(out, mean, rstd, x, w, bias, bt, C, 1e-5)
+            be.norm_forward(layernorm_args(out, mean, rstd, x, w, bias))
                 .ok_or_err()
                 .unwrap()
         })
     });
     g.bench_function("layernorm_backward", |b| {
         b.iter(|| {
-            be.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, bt, C)
-                .ok_or_err()
-                .unwrap()
+            be.norm_backward(NormBackwardArgs {
+                kind: NormKind::LayerNorm,
+                dinp: dx,
+                dweight: ROption::RSome(dw),
+                dbias: ROption::RSome(db),
+                dout,
+                inp: x,
+                weight: w,
+                mean: ROption::RSome(mean),
+                rstd,
+                rows: bt,
+                cols: C,
+            })
+            .ok_or_err()
+            .unwrap()
         })
     });
 
@@ -148,31 +235,35 @@ fn layers(c: &mut Criterion) {
         data(&mut be, n, 19),
     );
     g.bench_function("gelu_forward", |b| {
-        b.iter(|| be.gelu_forward(hg, h, n).ok_or_err().unwrap())
+        b.iter(|| be.unary_forward(Unary::Gelu, hg, h, n).ok_or_err().unwrap())
     });
     g.bench_function("gelu_backward", |b| {
-        b.iter(|| be.gelu_backward(dh, h, hg, n).ok_or_err().unwrap())
+        b.iter(|| {
+            be.unary_backward(Unary::Gelu, dh, h, hg, n)
+                .ok_or_err()
+                .unwrap()
+        })
     });
 
     let logits = data(&mut be, bt * VP, 20);
     let targets: Vec<u32> = (0..bt as u32).map(|i| i * 7 % V as u32).collect();
     let targets = be.from_u32(&targets).unwrap();
-    let (losses, probs, dlogits) = (
+    let (losses, lse, dlogits) = (
         data(&mut be, bt, 21),
-        data(&mut be, bt * VP, 22),
+        data(&mut be, bt, 22),
         data(&mut be, bt * VP, 23),
     );
     let dlosses = be.from_f32(&vec![1.0 / bt as f32; bt]).unwrap();
     g.bench_function("crossentropy_forward", |b| {
         b.iter(|| {
-            be.crossentropy_forward(losses, probs, logits, targets, bt, V, VP)
+            be.crossentropy_forward(losses, lse, logits, targets, bt, V, VP)
                 .ok_or_err()
                 .unwrap()
         })
     });
     g.bench_function("crossentropy_backward", |b| {
         b.iter(|| {
-            be.crossentropy_backward(dlogits, probs, targets, dlosses, bt, V, VP)
+            be.crossentropy_backward(dlogits, logits, lse, targets, dlosses, bt, V, VP)
                 .ok_or_err()
                 .unwrap()
         })

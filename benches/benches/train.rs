@@ -1,8 +1,10 @@
 //! Training-step throughput on CPU: forward + backward + global-norm clip +
 //! AdamW for the `small` config (6 layers, d=384, 6 heads, T=256, vocab 8192,
-//! B=4) and GPT-2 124M (T=1024, B=1), side by side with PyTorch CPU (same
-//! model, fp32, same threads) through benches/peers/train_step_torch.py when
-//! python3 with torch is present.
+//! B=4) and GPT-2 124M (T=1024, B=1), in f32 and bf16 (kiln's mixed-precision
+//! policy), side by side with PyTorch CPU (same model, same threads; bf16 rows
+//! under `torch.autocast(bfloat16)`) through benches/peers/train_step_torch.py
+//! when python3 with torch is present. The step is the trainer's: the loss
+//! and the norm stay on the backend and one host read ends the step.
 //!
 //! criterion times the `small` step (throughput in tokens as "elem/s"); the
 //! summary after it times both configs directly (median of a few steps; a
@@ -15,15 +17,17 @@
 //! counted as full T x T, forward + backward).
 //!
 //! Environment: KILN_THREADS (default: all cores), KILN_BENCH_STEPS (timed
-//! steps in the summary, default 3), KILN_BENCH_SKIP_GPT2=1, KILN_BENCH_NO_PEER=1.
+//! steps in the summary, default 3), KILN_BENCH_SKIP_GPT2=1, KILN_BENCH_NO_PEER=1,
+//! KILN_BENCH_PRECISIONS (default "f32,bf16").
 
 use std::process::Command;
 use std::time::Instant;
 
 use criterion::{criterion_group, Criterion, Throughput};
-use kiln_abi::{BackendBox, BackendExt, IntoBResult, MatmulArgs};
-use kiln_model::{Gpt, GptConfig};
-use kiln_optim::{clip_scale, AdamW, AdamWConfig, ParamRef};
+use kiln_abi::stats::{STAT_LOSS, STAT_SLOTS};
+use kiln_abi::{BackendBox, BackendExt, BufId, DType, IntoBResult, MatmulArgs};
+use kiln_model::{Gpt, GptConfig, Precision};
+use kiln_optim::{grad_norm_on_backend, AdamW, AdamWConfig, ParamRef};
 
 struct Case {
     name: &'static str,
@@ -61,24 +65,30 @@ struct Step {
     tokens: Vec<u32>,
     targets: Vec<u32>,
     case: &'static Case,
+    stats: BufId,
+    loss_slot: BufId,
 }
 
 impl Step {
-    fn new(case: &'static Case) -> Step {
+    fn new(case: &'static Case, precision: Precision) -> Step {
         let mut be = kiln_tensor::cpu_backend(Some(threads()));
         let mut cfg = GptConfig::preset(case.name, case.vocab).unwrap();
         cfg.max_seq_len = case.seq;
-        let model = Gpt::new(&mut be, cfg, 0).unwrap();
+        let mut model = Gpt::new(&mut be, cfg, 0).unwrap();
+        model.set_precision(&mut be, precision).unwrap();
         let refs: Vec<ParamRef> = model
             .params()
             .iter()
             .map(|p| ParamRef {
                 value: p.value,
                 grad: p.grad,
+                value_16: p.value_16,
                 len: p.shape.iter().product(),
                 decay: p.decay,
             })
             .collect();
+        let stats = be.alloc_buf(DType::F32, STAT_SLOTS).unwrap();
+        let loss_slot = be.view_of(stats, STAT_LOSS, 1).unwrap();
         let opt = AdamW::new(&mut be, &refs, AdamWConfig::default()).unwrap();
         let n = case.batch * case.seq;
         let mut x = 12345u64;
@@ -98,24 +108,34 @@ impl Step {
             tokens,
             targets,
             case,
+            stats,
+            loss_slot,
         }
     }
 
     fn run(&mut self) -> f32 {
         let (b, t) = (self.case.batch, self.case.seq);
         self.model.zero_grad(&mut self.be).unwrap();
-        let loss = self
-            .model
-            .forward(&mut self.be, &self.tokens, Some(&self.targets), b, t)
-            .unwrap()
+        self.be.zero(self.stats).ok_or_err().unwrap();
+        self.model
+            .forward_loss_into(
+                &mut self.be,
+                &self.tokens,
+                &self.targets,
+                b,
+                t,
+                1.0,
+                self.loss_slot,
+            )
             .unwrap();
         self.model.backward(&mut self.be, 1.0).unwrap();
-        let (_, scale) = clip_scale(&mut self.be, &self.refs, Some(1.0)).unwrap();
+        grad_norm_on_backend(&mut self.be, &self.refs, self.stats, Some(1.0), 1.0).unwrap();
         self.opt
-            .step(&mut self.be, &self.refs, 3e-4, scale)
+            .step_controlled(&mut self.be, &self.refs, 3e-4, self.stats)
             .unwrap();
-        self.be.synchronize().ok_or_err().unwrap();
-        loss
+        let stats = self.be.download_f32(self.stats).unwrap();
+        self.opt.finish_step(true);
+        stats[STAT_LOSS]
     }
 
     fn flops_per_token(&self) -> f64 {
@@ -125,12 +145,24 @@ impl Step {
     }
 }
 
+fn precisions() -> Vec<Precision> {
+    std::env::var("KILN_BENCH_PRECISIONS")
+        .unwrap_or_else(|_| "f32,bf16".into())
+        .split(',')
+        .map(|p| Precision::parse(p.trim()).unwrap())
+        .collect()
+}
+
 fn train_step(c: &mut Criterion) {
-    let mut step = Step::new(&SMALL);
     let mut g = c.benchmark_group("train_step");
     g.sample_size(10);
     g.throughput(Throughput::Elements((SMALL.batch * SMALL.seq) as u64));
-    g.bench_function("small B=4 T=256", |b| b.iter(|| step.run()));
+    for precision in precisions() {
+        let mut step = Step::new(&SMALL, precision);
+        g.bench_function(format!("small B=4 T=256 {precision}"), |b| {
+            b.iter(|| step.run())
+        });
+    }
     g.finish();
 }
 
@@ -166,17 +198,8 @@ fn gemm_peak() -> f64 {
     let b = be.from_f32(&vec![0.25; n * n]).unwrap();
     let out = be.alloc_buf(kiln_abi::DType::F32, n * n).unwrap();
     let args = MatmulArgs {
-        out,
-        a,
-        b,
-        bias: None.into(),
-        m: n,
-        n,
-        k: n,
-        trans_a: false,
         trans_b: true,
-        alpha: 1.0,
-        beta: 0.0,
+        ..MatmulArgs::new(out, a, b, n, n, n)
     };
     (0..5)
         .map(|_| {
@@ -188,7 +211,7 @@ fn gemm_peak() -> f64 {
 }
 
 /// Runs the PyTorch peer; None when python3/torch is missing or it fails.
-fn torch_peer(case: &Case, steps: usize) -> Option<serde_json::Value> {
+fn torch_peer(case: &Case, steps: usize, precision: Precision) -> Option<serde_json::Value> {
     if std::env::var("KILN_BENCH_NO_PEER").is_ok() {
         return None;
     }
@@ -210,6 +233,8 @@ fn torch_peer(case: &Case, steps: usize) -> Option<serde_json::Value> {
             "1",
             "--steps",
             &steps.to_string(),
+            "--precision",
+            precision.name(),
         ])
         .output()
         .ok()?;
@@ -242,21 +267,24 @@ fn summary() {
         cases.push(&GPT2);
     }
     for case in cases {
-        let mut step = Step::new(case);
-        let secs = time_steps(&mut step, steps);
-        let tok_s = (case.batch * case.seq) as f64 / secs;
-        let gflops = tok_s * step.flops_per_token() / 1e9;
-        let rss = peak_rss_mib().unwrap_or(f64::NAN);
-        drop(step);
-        println!(
-            "kiln    {:<10} B={} T={:<5} {:>9.1} tok/s  {:>7.3} s/step  {:>6.1} GFLOP/s ({:.0}% of GEMM)  peak RSS {:.0} MiB",
+        for precision in precisions() {
+            let mut step = Step::new(case, precision);
+            let secs = time_steps(&mut step, steps);
+            let tok_s = (case.batch * case.seq) as f64 / secs;
+            let gflops = tok_s * step.flops_per_token() / 1e9;
+            // VmHWM is the process's peak so far: run one precision per process
+            // (KILN_BENCH_PRECISIONS) for a per-policy memory figure.
+            let rss = peak_rss_mib().unwrap_or(f64::NAN);
+            drop(step);
+            println!(
+            "kiln    {:<10} {precision:<4} B={} T={:<5} {:>9.1} tok/s  {:>7.3} s/step  {:>6.1} GFLOP/s ({:.0}% of GEMM)  peak RSS {:.0} MiB",
             case.name, case.batch, case.seq, tok_s, secs, gflops, 100.0 * gflops / peak, rss
         );
-        if let Some(p) = torch_peer(case, steps) {
-            let pt = p["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-            let prss = p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "PyTorch {:<10} B={} T={:<5} {:>9.1} tok/s  {:>7.3} s/step  {:>6.1} GFLOP/s  peak RSS {:.0} MiB  (torch {})",
+            if let Some(p) = torch_peer(case, steps, precision) {
+                let pt = p["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+                let prss = p["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                "PyTorch {:<10} {precision:<4} B={} T={:<5} {:>9.1} tok/s  {:>7.3} s/step  {:>6.1} GFLOP/s  peak RSS {:.0} MiB  (torch {})",
                 case.name,
                 case.batch,
                 case.seq,
@@ -266,11 +294,12 @@ fn summary() {
                 prss,
                 p["torch"].as_str().unwrap_or("?")
             );
-            println!(
-                "ratio kiln/PyTorch {:<10} {:.2}x tokens/s",
-                case.name,
-                tok_s / pt
-            );
+                println!(
+                    "ratio kiln/PyTorch {:<10} {precision:<4} {:.2}x tokens/s",
+                    case.name,
+                    tok_s / pt
+                );
+            }
         }
     }
 }

@@ -89,6 +89,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--precision", default="f32", choices=["f32", "bf16"],
+                    help="bf16: torch.autocast(cpu, bfloat16) around forward (f32 weights)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -105,7 +107,8 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -122,6 +125,7 @@ def main():
     med = sorted(times)[len(times) // 2]
     print(json.dumps({
         "config": a.config, "batch": a.batch, "seq": a.seq, "threads": a.threads,
+        "precision": a.precision,
         "step_s": med, "tokens_per_s": a.batch * a.seq / med,
         "peak_rss_mib": peak_rss_mib(),
         "torch": torch.__version__,

@@ -9,6 +9,7 @@ mod dpo_cli;
 mod gpt2_reference;
 mod perplexity_filter;
 mod pipeline;
+mod precision;
 mod plugins;
 mod report;
 mod resume;

@@ -62,6 +62,9 @@ pub trait BackendExt {
     /// Any float buffer widened to f32 on the host (16-bit checkpoints,
     /// comparisons); an f32 buffer is downloaded as is.
     fn download_widened(&mut self, buf: BufId) -> BResult<Vec<f32>>;
+    /// Uploads f32 values into a float buffer of any dtype, rounding to
+    /// nearest even on the host for a 16-bit buffer.
+    fn upload_f32_as(&mut self, buf: BufId, data: &[f32]) -> BResult<()>;
     /// The host-side n-dimensional view of an f32 buffer: its elements
     /// downloaded and shaped (`shape` must multiply to its length).
     fn download_array(&mut self, buf: BufId, shape: &[usize]) -> BResult<ndarray::ArrayD<f32>>;
@@ -151,6 +154,22 @@ impl BackendExt for BackendBox {
                 )))
             }
         })
+    }
+    fn upload_f32_as(&mut self, buf: BufId, data: &[f32]) -> BResult<()> {
+        match self.buffer_info(buf).ok_or_err()?.dtype {
+            DType::F32 => self.upload_f32(buf, data),
+            DType::BF16 => {
+                let v: Vec<half::bf16> = data.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                self.upload_bf16(buf, &v)
+            }
+            DType::F16 => {
+                let v: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
+                self.upload_f16(buf, &v)
+            }
+            DType::U32 => Err(BackendError(format!(
+                "buffer {buf:?} holds u32 token ids; cannot upload floats into it"
+            ))),
+        }
     }
     fn download_array(&mut self, buf: BufId, shape: &[usize]) -> BResult<ndarray::ArrayD<f32>> {
         let data = self.download_f32(buf)?;

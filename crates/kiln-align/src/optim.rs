@@ -211,6 +211,7 @@ mod tests {
         ParamRef {
             value: v,
             grad: g,
+            value_16: None,
             len: value.len(),
             decay: false,
         }

@@ -263,6 +263,7 @@ fn new_param(be: &mut BackendBox, values: &[f32], decay: bool) -> Result<ParamRe
     Ok(ParamRef {
         value,
         grad,
+        value_16: None,
         len: values.len(),
         decay,
     })

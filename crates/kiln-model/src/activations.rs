@@ -8,6 +8,7 @@
 use kiln_abi::{BackendBox, BufId, DType, IntoBResult};
 
 use crate::block::BlockIo;
+use crate::ops::LayerNormIo;
 use crate::{GptConfig, ModelError};
 
 /// Saved activations of one transformer block (llm.c naming).
@@ -17,6 +18,7 @@ pub(crate) struct LayerActs {
     pub ln1_rstd: BufId,
     pub qkv: BufId,
     pub atty: BufId,
+    /// The backend's attention workspace (what its backward needs).
     pub att: BufId,
     pub attproj: BufId,
     pub residual2: BufId,
@@ -82,9 +84,12 @@ pub(crate) struct Activations {
     pub lnf_mean: BufId,
     pub lnf_rstd: BufId,
     /// Logits after forward; backward reuses the buffer for d(logits)
-    /// (only `probs` is needed there), saving `rows * Vp` floats.
+    /// in place (the cross-entropy backward overwrites the logits with their
+    /// gradient), saving `rows * Vp` floats.
     pub logits: BufId,
-    pub probs: BufId,
+    /// Log-sum-exp of each row's logits (the cross-entropy backward
+    /// recomputes the probabilities from them).
+    pub lse: BufId,
     pub losses: BufId,
     pub grads: GradScratch,
     all: Vec<BufId>,
@@ -96,6 +101,7 @@ impl Activations {
         cfg: &GptConfig,
         rows: usize,
         att_len: usize,
+        act: DType,
     ) -> Result<Self, ModelError> {
         let c = cfg.n_embd;
         let vp = cfg.padded_vocab_size;
@@ -105,7 +111,11 @@ impl Activations {
             all.push(id);
             Ok(id)
         };
-        let f = DType::F32;
+        // Activations and their gradients in the policy's dtype `act`;
+        // statistics (norm mean/rstd, lse, losses and their weights) and the
+        // attention workspace stay f32.
+        let f = act;
+        let s = DType::F32;
         let tokens = buf(DType::U32, rows)?;
         let targets = buf(DType::U32, rows)?;
         let positions = buf(DType::U32, rows)?;
@@ -115,16 +125,16 @@ impl Activations {
         for _ in 0..cfg.n_layer {
             layers.push(LayerActs {
                 ln1: buf(f, rows * c)?,
-                ln1_mean: buf(f, rows)?,
-                ln1_rstd: buf(f, rows)?,
+                ln1_mean: buf(s, rows)?,
+                ln1_rstd: buf(s, rows)?,
                 qkv: buf(f, rows * 3 * c)?,
                 atty: buf(f, rows * c)?,
-                att: buf(f, att_len)?,
+                att: buf(s, att_len)?,
                 attproj: buf(f, rows * c)?,
                 residual2: buf(f, rows * c)?,
                 ln2: buf(f, rows * c)?,
-                ln2_mean: buf(f, rows)?,
-                ln2_rstd: buf(f, rows)?,
+                ln2_mean: buf(s, rows)?,
+                ln2_rstd: buf(s, rows)?,
                 fch: buf(f, rows * 4 * c)?,
                 fch_gelu: buf(f, rows * 4 * c)?,
                 fcproj: buf(f, rows * c)?,
@@ -132,11 +142,11 @@ impl Activations {
             });
         }
         let lnf = buf(f, rows * c)?;
-        let lnf_mean = buf(f, rows)?;
-        let lnf_rstd = buf(f, rows)?;
+        let lnf_mean = buf(s, rows)?;
+        let lnf_rstd = buf(s, rows)?;
         let logits = buf(f, rows * vp)?;
-        let probs = buf(f, rows * vp)?;
-        let losses = buf(f, rows)?;
+        let lse = buf(s, rows)?;
+        let losses = buf(s, rows)?;
         let grads = GradScratch {
             dresidual: buf(f, rows * c)?,
             dln: buf(f, rows * c)?,
@@ -144,7 +154,7 @@ impl Activations {
             dqkv: buf(f, rows * 3 * c)?,
             dfch_gelu: buf(f, rows * 4 * c)?,
             dfch: buf(f, rows * 4 * c)?,
-            dlosses: buf(f, rows)?,
+            dlosses: buf(s, rows)?,
         };
         Ok(Activations {
             rows,
@@ -159,11 +169,23 @@ impl Activations {
             lnf_mean,
             lnf_rstd,
             logits,
-            probs,
+            lse,
             losses,
             grads,
             all,
         })
+    }
+
+    /// The final LayerNorm: `lnf = LN(top)`.
+    pub fn lnf_io(&self, top: BufId, weight: BufId, bias: BufId) -> LayerNormIo {
+        LayerNormIo {
+            out: self.lnf,
+            mean: self.lnf_mean,
+            rstd: self.lnf_rstd,
+            inp: top,
+            weight,
+            bias,
+        }
     }
 
     pub fn fits(&self, rows: usize, att_len: usize) -> bool {

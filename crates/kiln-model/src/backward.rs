@@ -1,11 +1,13 @@
 //! Backward pass: the forward mirrored op by op. Parameter gradients
 //! accumulate (`+=`), so micro-batches add up until [`Gpt::zero_grad`].
 
-use kiln_abi::abi_stable::std_types::ROption;
-use kiln_abi::{BackendBox, BackendExt, IntoBResult, MatmulArgs};
+use kiln_abi::{
+    AttentionBackwardArgs, BackendBox, BackendExt, EmbeddingBackwardArgs, IntoBResult, MatmulArgs,
+    ROption, Unary,
+};
 
 use crate::model::LastForward;
-use crate::ops::linear_backward;
+use crate::ops::{attention_scale, gpt2_attention_shape, layernorm_backward, linear_backward};
 use crate::params::{layer_index, ln_f_index, slot, WPE, WTE};
 use crate::{Gpt, ModelError};
 
@@ -16,9 +18,17 @@ impl Gpt {
     /// Same as [`Gpt::backward_weighted`] with `loss_scale / counted` on
     /// every counted position.
     pub fn backward(&mut self, be: &mut BackendBox, loss_scale: f32) -> Result<(), ModelError> {
-        let (_, counted) = self.last_with_targets("backward()")?;
+        self.last_with_targets("backward()")?;
+        self.stage_mean_loss_weights(loss_scale);
+        self.backward_from_loss_weights(be)
+    }
+
+    /// Stages in `host_f32` the per-row weights of `loss_scale` times the
+    /// mean over the last forward's counted targets (ignored rows: 0),
+    /// padded to the activation capacity.
+    pub(crate) fn stage_mean_loss_weights(&mut self, loss_scale: f32) {
+        let counted = self.last.and_then(|l| l.counted).unwrap_or(0);
         let v = self.config.vocab_size;
-        // Per-row weights of the mean over counted targets (ignored rows: 0).
         let weight = if counted == 0 {
             0.0
         } else {
@@ -33,7 +43,6 @@ impl Gpt {
                 0.0
             }
         }));
-        self.backward_from_loss_weights(be)
     }
 
     /// `grads += d(sum_i weights[i] * loss_i)/d(params)`, where `loss_i` are
@@ -98,7 +107,7 @@ impl Gpt {
         self.host_f32.clear();
         self.host_f32.extend_from_slice(dhidden);
         self.host_f32.resize(acts.rows * c, 0.0);
-        be.upload_f32(acts.grads.dln, &self.host_f32)?;
+        be.upload_f32_as(acts.grads.dln, &self.host_f32)?;
         self.backward_trunk(be, last)
     }
 
@@ -131,41 +140,36 @@ impl Gpt {
         let g = &acts.grads;
         be.upload_f32(g.dlosses, &self.host_f32)?;
 
-        // The logits buffer becomes dlogits (backward only needs probs), so
-        // logits() is gone from here on.
+        // The logits buffer becomes dlogits in place (the backward recomputes
+        // the probabilities from logits and lse), so logits() is gone from here on.
         self.logits_valid = false;
         let dlogits = acts.logits;
-        be.zero(dlogits).ok_or_err()?;
-        be.crossentropy_backward(dlogits, acts.probs, acts.targets, g.dlosses, rows, v, vp)
-            .ok_or_err()?;
+        be.crossentropy_backward(
+            dlogits,
+            acts.logits,
+            acts.lse,
+            acts.targets,
+            g.dlosses,
+            rows,
+            v,
+            vp,
+        )
+        .ok_or_err()?;
         // Tied lm_head: dwte += dlogits^T @ lnf; dlnf = dlogits @ wte.
         be.matmul(MatmulArgs {
-            out: self.params[WTE].grad,
-            a: dlogits,
-            b: acts.lnf,
-            bias: ROption::RNone,
-            m: vp,
-            n: c,
-            k: rows,
             trans_a: true,
-            trans_b: false,
-            alpha: 1.0,
             beta: 1.0,
+            ..MatmulArgs::new(self.params[WTE].grad, dlogits, acts.lnf, vp, c, rows)
         })
         .ok_or_err()?;
-        be.matmul(MatmulArgs {
-            out: g.dln,
-            a: dlogits,
-            b: self.params[WTE].value,
-            bias: ROption::RNone,
-            m: rows,
-            n: c,
-            k: vp,
-            trans_a: false,
-            trans_b: false,
-            alpha: 1.0,
-            beta: 0.0,
-        })
+        be.matmul(MatmulArgs::new(
+            g.dln,
+            dlogits,
+            self.params[WTE].weight(),
+            rows,
+            c,
+            vp,
+        ))
         .ok_or_err()?;
         self.backward_trunk(be, last)
     }
@@ -179,24 +183,21 @@ impl Gpt {
         let rows = b * t;
         let acts = self.acts.as_ref().expect("forward allocated activations");
         let g = &acts.grads;
-        let p = |i: usize| self.params[i].value;
+        let p = |i: usize| self.params[i].weight();
         let d = |i: usize| self.params[i].grad;
         let lnf = ln_f_index(&cfg);
         let top = acts.layers[cfg.n_layer - 1].residual3;
         be.zero(g.dresidual).ok_or_err()?;
-        be.layernorm_backward(
+        layernorm_backward(
+            be,
             g.dresidual,
             d(lnf),
             d(lnf + 1),
             g.dln,
-            top,
-            p(lnf),
-            acts.lnf_mean,
-            acts.lnf_rstd,
+            &acts.lnf_io(top, p(lnf), p(lnf + 1)),
             rows,
             c,
-        )
-        .ok_or_err()?;
+        )?;
 
         // Blocks, last to first. `dresidual` holds d(block output); the
         // residual adds pass it through unchanged to both branches.
@@ -223,7 +224,7 @@ impl Gpt {
                 c,
             )?;
             be.zero(g.dfch).ok_or_err()?;
-            be.gelu_backward(g.dfch, la.fch, g.dfch_gelu, rows * 4 * c)
+            be.unary_backward(Unary::Gelu, g.dfch, la.fch, g.dfch_gelu, rows * 4 * c)
                 .ok_or_err()?;
             linear_backward(
                 be,
@@ -237,19 +238,17 @@ impl Gpt {
                 c,
                 4 * c,
             )?;
-            be.layernorm_backward(
+            let io = la.io(x);
+            layernorm_backward(
+                be,
                 g.dresidual,
                 dw(slot::LN2_W),
                 dw(slot::LN2_B),
                 g.dln,
-                la.residual2,
-                w(slot::LN2_W),
-                la.ln2_mean,
-                la.ln2_rstd,
+                &io.ln2_io(w(slot::LN2_W), w(slot::LN2_B)),
                 rows,
                 c,
-            )
-            .ok_or_err()?;
+            )?;
             // Attention: attproj = atty @ Wo^T + bo, atty = attn(qkv), qkv = ln1 @ Wqkv^T + b.
             linear_backward(
                 be,
@@ -264,8 +263,21 @@ impl Gpt {
                 c,
             )?;
             be.zero(g.dqkv).ok_or_err()?;
-            be.attention_backward(g.dqkv, g.datty, la.qkv, la.att, b, t, c, nh)
-                .ok_or_err()?;
+            be.attention_backward(AttentionBackwardArgs {
+                dqkv: g.dqkv,
+                dout: g.datty,
+                qkv: la.qkv,
+                out: la.atty,
+                workspace: la.att,
+                segments: if last.packed {
+                    ROption::RSome(acts.segments)
+                } else {
+                    ROption::RNone
+                },
+                shape: gpt2_attention_shape(b, t, c, nh),
+                scale: attention_scale(c, nh),
+            })
+            .ok_or_err()?;
             linear_backward(
                 be,
                 g.dln,
@@ -278,36 +290,32 @@ impl Gpt {
                 c,
                 3 * c,
             )?;
-            be.layernorm_backward(
+            layernorm_backward(
+                be,
                 g.dresidual,
                 dw(slot::LN1_W),
                 dw(slot::LN1_B),
                 g.dln,
-                x,
-                w(slot::LN1_W),
-                la.ln1_mean,
-                la.ln1_rstd,
+                &io.ln1_io(w(slot::LN1_W), w(slot::LN1_B)),
                 rows,
                 c,
-            )
-            .ok_or_err()?;
+            )?;
         }
-        // attention_backward above needs no packed variant: it works from the
-        // saved probabilities, which are 0 across segments.
-        if last.packed {
-            be.encoder_backward_positions(
-                d(WTE),
-                d(WPE),
-                g.dresidual,
-                acts.tokens,
-                acts.positions,
-                b,
-                t,
-                c,
-            )
-        } else {
-            be.encoder_backward(d(WTE), d(WPE), g.dresidual, acts.tokens, b, t, c)
-        }
+        be.embedding_backward(EmbeddingBackwardArgs {
+            dwte: ROption::RSome(d(WTE)),
+            dwpe: ROption::RSome(d(WPE)),
+            dout: g.dresidual,
+            tokens: acts.tokens,
+            positions: if last.packed {
+                ROption::RSome(acts.positions)
+            } else {
+                ROption::RNone
+            },
+            pos0: 0,
+            b,
+            t,
+            c,
+        })
         .ok_or_err()?;
         Ok(())
     }

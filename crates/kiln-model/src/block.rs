@@ -2,9 +2,9 @@
 //! kept per layer, full causal attention) and generation (one reused set of
 //! buffers, attention against a KV cache).
 
-use kiln_abi::{BackendBox, BufId, IntoBResult};
+use kiln_abi::{AttentionArgs, BackendBox, BufId, IntoBResult, KvAttentionArgs, ROption, Unary};
 
-use crate::ops::linear;
+use crate::ops::{attention_scale, gpt2_attention_shape, layernorm, linear, LayerNormIo};
 use crate::params::{layer_index, slot, Param};
 use crate::{GptConfig, ModelError};
 
@@ -31,14 +31,11 @@ pub(crate) struct BlockIo {
 
 /// How the block attends.
 pub(crate) enum Attention {
-    /// Causal self-attention over the `t` positions of the call, saving the
-    /// probabilities `att [B,NH,T,T]` for backward.
-    Causal { att: BufId },
-    /// Causal attention within segments only (packed rows: `segments`
-    /// u32 `[B,T]`); `att` as for `Causal`, masked entries 0.
-    Segmented { att: BufId, segments: BufId },
-    /// The call's `t` positions are `t_past..t_past+t`; their keys and values
-    /// join the caches (`[B,NH,t_max,C/NH]`) and queries attend to the cache.
+    /// Training / evaluation: keeps the backend's attention workspace.
+    Causal { workspace: BufId },
+    /// Packed rows: attention stays within each document's segment.
+    Segmented { workspace: BufId, segments: BufId },
+    /// Generation over a KV cache.
     Cached {
         k_cache: BufId,
         v_cache: BufId,
@@ -47,8 +44,6 @@ pub(crate) enum Attention {
     },
 }
 
-/// Block `l` on `b x t` rows: `residual2 = inp + attn(ln1(inp))`,
-/// `out = residual2 + mlp(ln2(residual2))`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn block_forward(
     be: &mut BackendBox,
@@ -62,19 +57,8 @@ pub(crate) fn block_forward(
 ) -> Result<(), ModelError> {
     let (c, nh, eps) = (cfg.n_embd, cfg.n_head, cfg.layer_norm_eps);
     let rows = b * t;
-    let w = |s: usize| params[layer_index(l, s)].value;
-    be.layernorm_forward(
-        io.ln1,
-        io.ln1_mean,
-        io.ln1_rstd,
-        io.inp,
-        w(slot::LN1_W),
-        w(slot::LN1_B),
-        rows,
-        c,
-        eps,
-    )
-    .ok_or_err()?;
+    let w = |s: usize| params[layer_index(l, s)].weight();
+    layernorm(be, &io.ln1_io(w(slot::LN1_W), w(slot::LN1_B)), rows, c, eps)?;
     linear(
         be,
         io.qkv,
@@ -85,19 +69,43 @@ pub(crate) fn block_forward(
         c,
         3 * c,
     )?;
+    let shape = gpt2_attention_shape(b, t, c, nh);
+    let scale = attention_scale(c, nh);
     match attention {
-        Attention::Causal { att } => be.attention_forward(io.atty, att, io.qkv, b, t, c, nh),
-        Attention::Segmented { att, segments } => {
-            be.attention_forward_segments(io.atty, att, io.qkv, segments, b, t, c, nh)
-        }
+        Attention::Causal { workspace } => be.attention_forward(AttentionArgs {
+            out: io.atty,
+            workspace,
+            qkv: io.qkv,
+            segments: ROption::RNone,
+            shape,
+            scale,
+        }),
+        Attention::Segmented {
+            workspace,
+            segments,
+        } => be.attention_forward(AttentionArgs {
+            out: io.atty,
+            workspace,
+            qkv: io.qkv,
+            segments: ROption::RSome(segments),
+            shape,
+            scale,
+        }),
         Attention::Cached {
             k_cache,
             v_cache,
             t_past,
             t_max,
-        } => be.attention_kv_forward(
-            io.atty, io.qkv, k_cache, v_cache, b, t, t_past, t_max, c, nh,
-        ),
+        } => be.attention_kv_forward(KvAttentionArgs {
+            out: io.atty,
+            qkv: io.qkv,
+            k_cache,
+            v_cache,
+            shape,
+            t_past,
+            t_max,
+            scale,
+        }),
     }
     .ok_or_err()?;
     linear(
@@ -112,18 +120,7 @@ pub(crate) fn block_forward(
     )?;
     be.add(io.residual2, io.inp, io.attproj, rows * c)
         .ok_or_err()?;
-    be.layernorm_forward(
-        io.ln2,
-        io.ln2_mean,
-        io.ln2_rstd,
-        io.residual2,
-        w(slot::LN2_W),
-        w(slot::LN2_B),
-        rows,
-        c,
-        eps,
-    )
-    .ok_or_err()?;
+    layernorm(be, &io.ln2_io(w(slot::LN2_W), w(slot::LN2_B)), rows, c, eps)?;
     linear(
         be,
         io.fch,
@@ -134,7 +131,7 @@ pub(crate) fn block_forward(
         c,
         4 * c,
     )?;
-    be.gelu_forward(io.fch_gelu, io.fch, rows * 4 * c)
+    be.unary_forward(Unary::Gelu, io.fch_gelu, io.fch, rows * 4 * c)
         .ok_or_err()?;
     linear(
         be,
@@ -149,4 +146,30 @@ pub(crate) fn block_forward(
     be.add(io.out, io.residual2, io.fcproj, rows * c)
         .ok_or_err()?;
     Ok(())
+}
+
+impl BlockIo {
+    /// The first LayerNorm: `ln1 = LN(inp)`.
+    pub(crate) fn ln1_io(&self, weight: BufId, bias: BufId) -> LayerNormIo {
+        LayerNormIo {
+            out: self.ln1,
+            mean: self.ln1_mean,
+            rstd: self.ln1_rstd,
+            inp: self.inp,
+            weight,
+            bias,
+        }
+    }
+
+    /// The second LayerNorm: `ln2 = LN(residual2)`.
+    pub(crate) fn ln2_io(&self, weight: BufId, bias: BufId) -> LayerNormIo {
+        LayerNormIo {
+            out: self.ln2,
+            mean: self.ln2_mean,
+            rstd: self.ln2_rstd,
+            inp: self.residual2,
+            weight,
+            bias,
+        }
+    }
 }

@@ -1,12 +1,12 @@
 //! Training/eval forward pass: encoder -> blocks -> ln_f -> tied lm_head ->
 //! fused softmax cross-entropy. Every activation backward needs is kept.
 
-use kiln_abi::{BackendBox, BackendExt, IntoBResult};
+use kiln_abi::{BackendBox, BackendExt, BufId, EmbeddingArgs, IntoBResult, ROption};
 
 use crate::activations::Activations;
 use crate::block::{block_forward, Attention};
 use crate::model::LastForward;
-use crate::ops::lm_head;
+use crate::ops::{gpt2_attention_shape, layernorm, lm_head};
 use crate::params::{ln_f_index, WPE, WTE};
 use crate::{Gpt, ModelError, Packing};
 
@@ -89,7 +89,7 @@ impl Gpt {
             packed: false,
         });
         let acts = self.acts.as_ref().expect("forward_trunk allocated them");
-        let mut hidden = be.download_f32(acts.lnf)?;
+        let mut hidden = be.download_widened(acts.lnf)?;
         hidden.truncate(b * t * self.config.n_embd);
         Ok(hidden)
     }
@@ -106,6 +106,63 @@ impl Gpt {
         b: usize,
         t: usize,
     ) -> Result<Vec<f32>, ModelError> {
+        self.forward_logits_on_backend(be, tokens, targets, packing, b, t)?;
+        if targets.is_none() {
+            return Ok(Vec::new());
+        }
+        let acts = self.acts.as_ref().expect("forward_trunk allocated them");
+        let mut losses = be.download_f32(acts.losses)?;
+        losses.truncate(b * t);
+        Ok(losses)
+    }
+
+    /// Training forward with the loss kept on the backend: like
+    /// [`Gpt::forward`] with targets, but instead of returning the mean
+    /// loss it adds `loss_scale * mean loss` (the mean over counted targets)
+    /// into `loss_slot`, one f32 element (a view of a step-stats block,
+    /// `kiln_abi::stats::STAT_LOSS`). No host read: a training step reads
+    /// its figures once, after the optimizer. Follow with
+    /// [`Gpt::backward`] with the same `loss_scale`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_loss_into(
+        &mut self,
+        be: &mut BackendBox,
+        tokens: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        loss_scale: f32,
+        loss_slot: BufId,
+    ) -> Result<(), ModelError> {
+        self.forward_logits_on_backend(be, tokens, Some(targets), None, b, t)?;
+        self.stage_mean_loss_weights(loss_scale);
+        let acts = self.acts.as_ref().expect("forward_trunk allocated them");
+        be.upload_f32(acts.grads.dlosses, &self.host_f32)?;
+        // sum_i w_i loss_i = loss_scale * mean counted loss, on the backend.
+        be.rows_dot(
+            loss_slot,
+            acts.losses,
+            ROption::RNone,
+            acts.grads.dlosses,
+            1,
+            b * t,
+        )
+        .ok_or_err()?;
+        Ok(())
+    }
+
+    /// Trunk + tied lm_head, then (with targets) the fused cross-entropy into
+    /// `acts.losses`, without reading anything back. Records the call for
+    /// backward / logits().
+    fn forward_logits_on_backend(
+        &mut self,
+        be: &mut BackendBox,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        packing: Option<&Packing>,
+        b: usize,
+        t: usize,
+    ) -> Result<(), ModelError> {
         self.forward_trunk(be, tokens, targets, packing, b, t)?;
         let cfg = &self.config;
         let (c, v, vp) = (cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size);
@@ -115,7 +172,7 @@ impl Gpt {
             be,
             acts.logits,
             acts.lnf,
-            self.params[WTE].value,
+            self.params[WTE].weight(),
             rows,
             c,
             vp,
@@ -129,13 +186,13 @@ impl Gpt {
                 counted: None,
                 packed: packing.is_some(),
             });
-            return Ok(Vec::new());
+            return Ok(());
         };
         stage_u32(&mut self.host_targets, targets, acts.rows, u32::MAX);
         be.upload_u32(acts.targets, &self.host_targets)?;
         be.crossentropy_forward(
             acts.losses,
-            acts.probs,
+            acts.lse,
             acts.logits,
             acts.targets,
             rows,
@@ -143,8 +200,6 @@ impl Gpt {
             vp,
         )
         .ok_or_err()?;
-        let mut losses = be.download_f32(acts.losses)?;
-        losses.truncate(rows);
         let counted = targets.iter().filter(|&&y| (y as usize) < v).count();
         self.last = Some(LastForward {
             b,
@@ -152,7 +207,7 @@ impl Gpt {
             counted: Some(counted),
             packed: packing.is_some(),
         });
-        Ok(losses)
+        Ok(())
     }
 
     /// Validates the batch, then encoder -> blocks -> ln_f into `acts.lnf`,
@@ -176,7 +231,10 @@ impl Gpt {
         let cfg = self.config.clone();
         let (c, nh) = (cfg.n_embd, cfg.n_head);
         let rows = b * t;
-        self.ensure_activations(be, rows, b * nh * t * t)?;
+        let workspace_len = be
+            .attention_workspace_len(gpt2_attention_shape(b, t, c, nh))
+            .ok_or_err()?;
+        self.ensure_activations(be, rows, workspace_len)?;
         let acts = self.acts.as_ref().expect("activations allocated above");
 
         // Uploads cover whole buffers; the tail beyond b*t is padding.
@@ -190,20 +248,21 @@ impl Gpt {
             be.upload_u32(acts.segments, &self.host_u32)?;
         }
 
-        let p = |i: usize| self.params[i].value;
-        match packing {
-            None => be.encoder_forward(acts.encoded, acts.tokens, p(WTE), p(WPE), b, t, c),
-            Some(_) => be.encoder_forward_positions(
-                acts.encoded,
-                acts.tokens,
-                acts.positions,
-                p(WTE),
-                p(WPE),
-                b,
-                t,
-                c,
-            ),
-        }
+        let p = |i: usize| self.params[i].weight();
+        be.embedding_forward(EmbeddingArgs {
+            out: acts.encoded,
+            tokens: acts.tokens,
+            wte: p(WTE),
+            wpe: ROption::RSome(p(WPE)),
+            positions: match packing {
+                None => ROption::RNone,
+                Some(_) => ROption::RSome(acts.positions),
+            },
+            pos0: 0,
+            b,
+            t,
+            c,
+        })
         .ok_or_err()?;
         for (l, la) in acts.layers.iter().enumerate() {
             let inp = if l == 0 {
@@ -212,9 +271,9 @@ impl Gpt {
                 acts.layers[l - 1].residual3
             };
             let attention = match packing {
-                None => Attention::Causal { att: la.att },
+                None => Attention::Causal { workspace: la.att },
                 Some(_) => Attention::Segmented {
-                    att: la.att,
+                    workspace: la.att,
                     segments: acts.segments,
                 },
             };
@@ -223,18 +282,7 @@ impl Gpt {
         let eps = cfg.layer_norm_eps;
         let top = acts.layers[cfg.n_layer - 1].residual3;
         let lnf = ln_f_index(&cfg);
-        be.layernorm_forward(
-            acts.lnf,
-            acts.lnf_mean,
-            acts.lnf_rstd,
-            top,
-            p(lnf),
-            p(lnf + 1),
-            rows,
-            c,
-            eps,
-        )
-        .ok_or_err()?;
+        layernorm(be, &acts.lnf_io(top, p(lnf), p(lnf + 1)), rows, c, eps)?;
         Ok(())
     }
 
@@ -250,7 +298,7 @@ impl Gpt {
             ));
         };
         let (v, vp) = (self.config.vocab_size, self.config.padded_vocab_size);
-        let all = be.download_f32(acts.logits)?;
+        let all = be.download_widened(acts.logits)?;
         let rows = last.b * last.t;
         let mut out = Vec::with_capacity(rows * v);
         for r in 0..rows {
@@ -274,7 +322,7 @@ impl Gpt {
             ));
         };
         let (v, vp) = (self.config.vocab_size, self.config.padded_vocab_size);
-        let all = be.download_f32(acts.logits)?;
+        let all = be.download_widened(acts.logits)?;
         let rows = last.b * last.t;
         Ok(all
             .chunks_exact(vp)
@@ -345,11 +393,13 @@ impl Gpt {
         if let Some(old) = self.acts.take() {
             old.release(be)?;
         }
+        let act = self.act_dtype();
         self.acts = Some(Activations::new(
             be,
             &self.config,
             rows.max(old_rows),
             att_len.max(old_att),
+            act,
         )?);
         Ok(())
     }

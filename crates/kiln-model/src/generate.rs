@@ -14,10 +14,10 @@
 //! computes the same numbers alone or in a batch; a finished sequence keeps
 //! its row (fed a dummy token) until the whole batch is done.
 
-use kiln_abi::{BackendBox, BackendExt, BufId, DType, IntoBResult};
+use kiln_abi::{BackendBox, BackendExt, BufId, DType, EmbeddingArgs, IntoBResult, ROption};
 
 use crate::block::{block_forward, Attention, BlockIo};
-use crate::ops::lm_head;
+use crate::ops::{layernorm, lm_head, LayerNormIo};
 use crate::params::{ln_f_index, WPE, WTE};
 use crate::sample::sample_token;
 use crate::{Gpt, GptConfig, ModelError, Rng, SampleOptions};
@@ -56,6 +56,7 @@ impl GenBuffers {
         cfg: &GptConfig,
         batch: usize,
         t_max: usize,
+        act: DType,
     ) -> Result<Self, ModelError> {
         let c = cfg.n_embd;
         let rows = batch * PREFILL_CHUNK.min(t_max);
@@ -65,13 +66,14 @@ impl GenBuffers {
             all.push(id);
             Ok(id)
         };
-        let f = DType::F32;
+        // The policy's dtype for activations and caches; norm statistics f32.
+        let f = act;
         let tokens = buf(DType::U32, rows)?;
         let x = [buf(f, rows * c)?, buf(f, rows * c)?];
         let residual2 = buf(f, rows * c)?;
         let ln = buf(f, rows * c)?;
-        let mean = buf(f, rows)?;
-        let rstd = buf(f, rows)?;
+        let mean = buf(DType::F32, rows)?;
+        let rstd = buf(DType::F32, rows)?;
         let qkv = buf(f, rows * 3 * c)?;
         let atty = buf(f, rows * c)?;
         let proj = buf(f, rows * c)?;
@@ -273,7 +275,14 @@ impl Gpt {
         if let Some(old) = self.gen.take() {
             old.release(be)?;
         }
-        let g = GenBuffers::new(be, &self.config, batch.max(old_batch), t_max.max(old_t))?;
+        let act = self.act_dtype();
+        let g = GenBuffers::new(
+            be,
+            &self.config,
+            batch.max(old_batch),
+            t_max.max(old_t),
+            act,
+        )?;
         self.gen = Some(g);
         Ok(())
     }
@@ -294,9 +303,19 @@ impl Gpt {
         debug_assert!(b * t <= g.rows && pos0 + t <= g.t_max);
         crate::forward::stage_u32(&mut self.host_u32, tokens, g.rows, 0);
         be.upload_u32(g.tokens, &self.host_u32)?;
-        let p = |i: usize| self.params[i].value;
-        be.encoder_forward_at(g.x[0], g.tokens, p(WTE), p(WPE), b, t, cfg.n_embd, pos0)
-            .ok_or_err()?;
+        let p = |i: usize| self.params[i].weight();
+        be.embedding_forward(EmbeddingArgs {
+            out: g.x[0],
+            tokens: g.tokens,
+            wte: p(WTE),
+            wpe: ROption::RSome(p(WPE)),
+            positions: ROption::RNone,
+            pos0,
+            b,
+            t,
+            c: cfg.n_embd,
+        })
+        .ok_or_err()?;
         for l in 0..cfg.n_layer {
             let attention = Attention::Cached {
                 k_cache: g.k_cache[l],
@@ -324,21 +343,18 @@ impl Gpt {
         let g = self.gen.as_ref().expect("allocated by ensure_gen_buffers");
         let top = g.x[cfg.n_layer % 2];
         let lnf = ln_f_index(cfg);
-        let p = |i: usize| self.params[i].value;
-        be.layernorm_forward(
-            g.ln,
-            g.mean,
-            g.rstd,
-            top,
-            p(lnf),
-            p(lnf + 1),
-            b,
-            c,
-            cfg.layer_norm_eps,
-        )
-        .ok_or_err()?;
+        let p = |i: usize| self.params[i].weight();
+        let io = LayerNormIo {
+            out: g.ln,
+            mean: g.mean,
+            rstd: g.rstd,
+            inp: top,
+            weight: p(lnf),
+            bias: p(lnf + 1),
+        };
+        layernorm(be, &io, b, c, cfg.layer_norm_eps)?;
         lm_head(be, g.logits, g.ln, p(WTE), b, c, vp)?;
-        let mut logits = be.download_f32(g.logits)?;
+        let mut logits = be.download_widened(g.logits)?;
         logits.truncate(b * vp);
         Ok(logits)
     }

@@ -20,6 +20,7 @@ mod model;
 mod ops;
 mod packing;
 mod params;
+mod precision;
 pub mod rng;
 pub mod sample;
 
@@ -28,5 +29,6 @@ pub use error::ModelError;
 pub use model::Gpt;
 pub use packing::Packing;
 pub use params::Param;
+pub use precision::{BytesPerParam, Precision};
 pub use rng::Rng;
 pub use sample::{sample_token, SampleOptions};

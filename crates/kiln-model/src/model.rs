@@ -1,11 +1,11 @@
 //! The [`Gpt`] handle: parameters on a backend plus reusable buffers.
 
-use kiln_abi::{BackendBox, BackendExt, IntoBResult};
+use kiln_abi::{BackendBox, BackendExt, DType, IntoBResult, Rounding};
 
 use crate::activations::Activations;
 use crate::generate::GenBuffers;
 use crate::params::{self, Param};
-use crate::{GptConfig, ModelError, Rng};
+use crate::{GptConfig, ModelError, Precision, Rng};
 
 /// What backward needs to know about the last forward.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +34,7 @@ pub struct Gpt {
     pub(crate) host_targets: Vec<u32>,
     /// The logits buffer holds the last forward's logits (backward reuses it).
     pub(crate) logits_valid: bool,
+    pub(crate) precision: Precision,
 }
 
 impl Gpt {
@@ -71,6 +72,7 @@ impl Gpt {
             host_f32: Vec::new(),
             host_targets: Vec::new(),
             logits_valid: false,
+            precision: Precision::F32,
         })
     }
 
@@ -106,7 +108,7 @@ impl Gpt {
     pub fn read_grads(&self, be: &mut BackendBox) -> Result<Vec<Vec<f32>>, ModelError> {
         self.params
             .iter()
-            .map(|p| Ok(be.download_f32(p.grad)?))
+            .map(|p| Ok(be.download_widened(p.grad)?))
             .collect()
     }
 
@@ -121,7 +123,62 @@ impl Gpt {
         for (p, v) in self.params.iter().zip(values) {
             be.upload_f32(p.value, v)?;
         }
+        self.refresh_compute_weights(be)
+    }
+
+    /// The precision policy the model computes in (f32 unless set).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Switches the precision policy. Mixed precision keeps `value` (f32)
+    /// as the master copy and adds a 16-bit working copy of every weight
+    /// (`Param::value_16`, rounded to nearest even); gradients and the
+    /// activations (reallocated on the next forward) take the 16-bit dtype.
+    /// Gradients restart at zero.
+    pub fn set_precision(
+        &mut self,
+        be: &mut BackendBox,
+        precision: Precision,
+    ) -> Result<(), ModelError> {
+        if let Some(a) = self.acts.take() {
+            a.release(be)?;
+        }
+        if let Some(g) = self.gen.take() {
+            g.release(be)?;
+        }
+        self.last = None;
+        self.logits_valid = false;
+        let dtype = precision.compute_dtype();
+        for p in &mut self.params {
+            let n = p.len();
+            if let Some(old) = p.value_16.take() {
+                be.free(old).ok_or_err()?;
+            }
+            if precision.is_mixed() {
+                p.value_16 = Some(be.alloc_buf(dtype, n)?);
+            }
+            be.free(p.grad).ok_or_err()?;
+            p.grad = be.alloc_buf(dtype, n)?;
+        }
+        self.precision = precision;
+        self.refresh_compute_weights(be)
+    }
+
+    /// Rewrites every 16-bit working copy from its f32 master (nearest even).
+    pub(crate) fn refresh_compute_weights(&self, be: &mut BackendBox) -> Result<(), ModelError> {
+        for p in &self.params {
+            if let Some(w16) = p.value_16 {
+                be.cast(w16, p.value, p.len(), Rounding::NearestEven, 0)
+                    .ok_or_err()?;
+            }
+        }
         Ok(())
+    }
+
+    /// The dtype activations and gradients are stored in.
+    pub(crate) fn act_dtype(&self) -> DType {
+        self.precision.compute_dtype()
     }
 
     /// Frees every backend buffer the model holds.
@@ -135,6 +192,9 @@ impl Gpt {
         for p in self.params.drain(..) {
             be.free(p.value).ok_or_err()?;
             be.free(p.grad).ok_or_err()?;
+            if let Some(w16) = p.value_16 {
+                be.free(w16).ok_or_err()?;
+            }
         }
         Ok(())
     }

@@ -11,13 +11,24 @@ pub struct Param {
     pub name: String,
     /// kiln layout: linear weights `[out, in]`, `wte` `[Vp, C]`.
     pub shape: Vec<usize>,
+    /// The f32 values (the master copy under mixed precision).
     pub value: BufId,
+    /// The gradient, in the precision policy's compute dtype.
     pub grad: BufId,
+    /// Mixed precision: the 16-bit copy the forward and backward compute
+    /// with, rewritten from `value` after every optimizer update.
+    pub value_16: Option<BufId>,
     /// Weight decay applies: 2-D weights (matmul weights, wte, wpe).
     pub decay: bool,
 }
 
 impl Param {
+    /// The buffer the model computes with: the 16-bit copy under mixed
+    /// precision, else the f32 values.
+    pub fn weight(&self) -> BufId {
+        self.value_16.unwrap_or(self.value)
+    }
+
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
@@ -190,6 +201,7 @@ pub(crate) fn upload_params(
             shape: spec.shape.clone(),
             value,
             grad,
+            value_16: None,
             decay: spec.decay,
         });
     }

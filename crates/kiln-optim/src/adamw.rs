@@ -1,7 +1,7 @@
 //! AdamW (decoupled weight decay), `torch.optim.AdamW` semantics, with the
 //! update itself done by the backend's fused `adamw` op.
 
-use kiln_abi::{AdamWArgs, BackendBox, BackendExt, BufId, DType, IntoBResult};
+use kiln_abi::{AdamWArgs, BackendBox, BackendExt, BufId, DType, IntoBResult, ROption, Rounding};
 use serde::{Deserialize, Serialize};
 
 use crate::{OptimError, ParamRef};
@@ -46,6 +46,8 @@ pub struct AdamW {
     v: Vec<BufId>,
     lens: Vec<usize>,
     step: u64,
+    rounding: Rounding,
+    rounding_seed: u64,
 }
 
 impl AdamW {
@@ -78,6 +80,8 @@ impl AdamW {
             v,
             lens: params.iter().map(|p| p.len).collect(),
             step: 0,
+            rounding: Rounding::NearestEven,
+            rounding_seed: 0,
         })
     }
 
@@ -101,6 +105,47 @@ impl AdamW {
                 "lr {lr} and grad_scale {grad_scale} must be finite"
             )));
         }
+        self.issue(be, params, lr, grad_scale, None)?;
+        self.step += 1;
+        Ok(())
+    }
+
+    /// One update whose gradient factor and skip decision come from the
+    /// step-stats block `control` on the backend (`kiln_abi::stats`, filled
+    /// by [`crate::grad_norm_on_backend`]): no host round trip. The backend
+    /// skips the update when the block says so; call
+    /// [`AdamW::finish_step`] once the host has read the block.
+    pub fn step_controlled(
+        &mut self,
+        be: &mut BackendBox,
+        params: &[ParamRef],
+        lr: f32,
+        control: BufId,
+    ) -> Result<(), OptimError> {
+        self.check_params(params)?;
+        if !lr.is_finite() {
+            return Err(OptimError::Config(format!("lr {lr} must be finite")));
+        }
+        self.issue(be, params, lr, 1.0, Some(control))
+    }
+
+    /// Counts a [`AdamW::step_controlled`] update once the host knows
+    /// whether the backend applied it (bias correction counts applied
+    /// updates only).
+    pub fn finish_step(&mut self, applied: bool) {
+        if applied {
+            self.step += 1;
+        }
+    }
+
+    fn issue(
+        &mut self,
+        be: &mut BackendBox,
+        params: &[ParamRef],
+        lr: f32,
+        grad_scale: f32,
+        control: Option<BufId>,
+    ) -> Result<(), OptimError> {
         let step = self.step + 1;
         for (i, p) in params.iter().enumerate() {
             be.adamw(AdamWArgs {
@@ -108,6 +153,9 @@ impl AdamW {
                 grads: p.grad,
                 m: self.m[i],
                 v: self.v[i],
+                params_16: p.value_16.map_or(ROption::RNone, ROption::RSome),
+                rounding: self.rounding,
+                seed: self.copy_seed(step, i),
                 n: p.len,
                 lr,
                 beta1: self.config.beta1,
@@ -119,12 +167,49 @@ impl AdamW {
                     0.0
                 },
                 grad_scale,
+                control: control.map_or(ROption::RNone, ROption::RSome),
                 step,
             })
             .ok_or_err()?;
         }
-        self.step = step;
         Ok(())
+    }
+
+    /// The rounding seed of parameter `i`'s 16-bit copy after update `step`.
+    fn copy_seed(&self, step: u64, i: usize) -> u64 {
+        self.rounding_seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((i as u64) << 40)
+    }
+
+    /// Rewrites every 16-bit working copy from its master exactly as the
+    /// last applied update did (same rounding, same seed): after a resume the
+    /// copies are bit for bit those of the uninterrupted run.
+    pub fn refresh_copies(
+        &self,
+        be: &mut BackendBox,
+        params: &[ParamRef],
+    ) -> Result<(), OptimError> {
+        self.check_params(params)?;
+        for (i, p) in params.iter().enumerate() {
+            if let Some(w16) = p.value_16 {
+                be.cast(
+                    w16,
+                    p.value,
+                    p.len,
+                    self.rounding,
+                    self.copy_seed(self.step, i),
+                )
+                .ok_or_err()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How the 16-bit working copies (`ParamRef::value_16`) are rounded
+    /// from the f32 masters after each update: nearest even by default,
+    /// or stochastic (deterministic in `seed`, the step and the tensor).
+    pub fn set_rounding(&mut self, rounding: Rounding, seed: u64) {
+        self.rounding = rounding;
+        self.rounding_seed = seed;
     }
 
     /// Updates done so far.
@@ -176,6 +261,16 @@ impl AdamW {
         }
         self.step = state.step;
         Ok(())
+    }
+
+    /// Bytes of the moment buffers on the backend (memory reports and tests).
+    pub fn state_bytes(&self, be: &mut BackendBox) -> Result<usize, OptimError> {
+        let mut total = 0;
+        for &b in self.m.iter().chain(&self.v) {
+            let info = be.buffer_info(b).ok_or_err()?;
+            total += info.len * info.dtype.size();
+        }
+        Ok(total)
     }
 
     /// Frees the moment buffers.

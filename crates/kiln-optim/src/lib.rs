@@ -11,7 +11,7 @@ mod error;
 mod schedule;
 
 pub use adamw::{AdamW, AdamWConfig, AdamWState};
-pub use clip::clip_scale;
+pub use clip::{clip_limit, clip_scale, grad_norm_on_backend};
 pub use error::OptimError;
 pub use schedule::LrSchedule;
 
@@ -20,10 +20,14 @@ use kiln_abi::BufId;
 /// One parameter tensor as the optimizer sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParamRef {
-    /// f32 values, updated in place.
+    /// f32 values (the master copy), updated in place.
     pub value: BufId,
-    /// f32 gradients of the same length.
+    /// Gradients of the same length (f32, or 16-bit under a mixed-precision policy).
     pub grad: BufId,
+    /// The 16-bit working copy the model computes with under a
+    /// mixed-precision policy; AdamW rewrites it from the master after each
+    /// update. `None` in f32 training.
+    pub value_16: Option<BufId>,
     /// Number of elements.
     pub len: usize,
     /// Whether weight decay applies (2-D weights yes; biases and norms no).

@@ -31,6 +31,7 @@ fn param(be: &mut BackendBox, values: &[f32], decay: bool) -> ParamRef {
     ParamRef {
         value: be.from_f32(values).unwrap(),
         grad: be.from_f32(&vec![0.0; values.len()]).unwrap(),
+        value_16: None,
         len: values.len(),
         decay,
     }

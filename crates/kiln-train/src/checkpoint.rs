@@ -41,6 +41,9 @@ pub struct TrainingState {
     pub rng: [u64; 4],
     /// Parameter names, in the order of the optimizer moments.
     pub param_names: Vec<String>,
+    /// f16 training: the dynamic loss scale and its clean-step count.
+    #[serde(default)]
+    pub loss_scaler: Option<crate::scaler::LossScaler>,
 }
 
 /// `RUN_DIR/checkpoints`.

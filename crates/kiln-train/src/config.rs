@@ -35,6 +35,25 @@ pub struct TrainConfig {
     /// Stop after this many consecutive steps with a non-finite loss or
     /// gradient norm (each is skipped with a warning).
     pub max_bad_steps: u32,
+    /// Precision policy: "f32", "bf16" or "f16" (16-bit weights,
+    /// activations and gradients; f32 master weights and moments).
+    #[serde(default = "default_precision")]
+    pub precision: String,
+    /// Round the 16-bit working weights stochastically after each update
+    /// (deterministic in the seed) instead of to nearest even.
+    #[serde(default)]
+    pub stochastic_rounding: bool,
+    /// f16 only: the initial dynamic loss scale (PyTorch GradScaler: 2^16).
+    #[serde(default = "default_loss_scale")]
+    pub loss_scale_init: f32,
+}
+
+fn default_precision() -> String {
+    "f32".to_string()
+}
+
+fn default_loss_scale() -> f32 {
+    crate::scaler::DEFAULT_INIT_SCALE
 }
 
 impl TrainConfig {
@@ -59,7 +78,15 @@ impl TrainConfig {
             checkpoint_every: 0,
             log_every: 10,
             max_bad_steps: 5,
+            precision: default_precision(),
+            stochastic_rounding: false,
+            loss_scale_init: default_loss_scale(),
         }
+    }
+
+    /// The precision policy (checked by [`TrainConfig::validate`]).
+    pub fn precision(&self) -> kiln_model::Precision {
+        kiln_model::Precision::parse(&self.precision).unwrap_or_default()
     }
 
     /// Checks the values make sense; the message names the field and the fix.
@@ -102,6 +129,13 @@ impl TrainConfig {
             if !(c.is_finite() && c > 0.0) {
                 return Err(format!("grad_clip must be positive, got {c}"));
             }
+        }
+        kiln_model::Precision::parse(&self.precision).map_err(|e| format!("precision: {e}"))?;
+        if !(self.loss_scale_init.is_finite() && self.loss_scale_init >= 1.0) {
+            return Err(format!(
+                "loss_scale_init must be a finite number >= 1, got {}",
+                self.loss_scale_init
+            ));
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod loader;
 pub mod metrics;
 pub mod progress;
+pub mod scaler;
 mod trainer;
 
 pub use config::TrainConfig;

@@ -25,6 +25,9 @@ pub struct StepRecord {
     /// True when the update was skipped (non-finite loss or gradient).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// f16 training: the loss scale the step ran with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f32>,
 }
 
 /// JSON has no NaN or infinity: such values are written as `null` and read
@@ -115,6 +118,7 @@ mod tests {
             tokens_per_s: 100.0,
             elapsed_s: 1.0,
             skipped: false,
+            loss_scale: None,
         }
     }
 

@@ -5,15 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln_abi::{BackendBox, IntoBResult};
-use kiln_model::{Gpt, GptConfig, Rng};
-use kiln_optim::{clip_scale, AdamW, AdamWConfig, LrSchedule, OptimError, ParamRef};
+use kiln_abi::stats::{STAT_GRAD_NORM, STAT_LOSS, STAT_SKIP, STAT_SLOTS};
+use kiln_abi::{BackendBox, BackendExt, BufId, DType, IntoBResult};
+use kiln_model::{Gpt, GptConfig, ModelError, Rng};
+use kiln_optim::{grad_norm_on_backend, AdamW, AdamWConfig, LrSchedule, ParamRef};
 
 use crate::checkpoint::{self, TrainingState};
 use crate::config::TrainConfig;
 use crate::guard::{NonFiniteGuard, Verdict};
 use crate::loader::{DataLoader, LoaderOptions};
 use crate::metrics::{MetricsLog, StepRecord};
+use crate::scaler::{LossScaler, ScaleChange};
 use crate::TrainError;
 
 /// Hears what the loop does (progress bars, logs). Every method is optional.
@@ -63,6 +65,25 @@ pub struct Trainer {
     rng: Rng,
     started: Instant,
     last_checkpoint: Option<PathBuf>,
+    stats: StepStats,
+    /// f16 only: the dynamic loss scale.
+    scaler: Option<LossScaler>,
+}
+
+/// The step-stats block on the backend (`kiln_abi::stats`): the loss, the
+/// gradient norm and the skip decision of one step stay there until the
+/// step's single host read.
+struct StepStats {
+    block: BufId,
+    loss_slot: BufId,
+}
+
+impl StepStats {
+    fn new(be: &mut BackendBox) -> Result<Self, ModelError> {
+        let block = be.alloc_buf(DType::F32, STAT_SLOTS)?;
+        let loss_slot = be.view_of(block, STAT_LOSS, 1)?;
+        Ok(StepStats { block, loss_slot })
+    }
 }
 
 impl Trainer {
@@ -99,13 +120,16 @@ impl Trainer {
                 model
             }
         };
-        let refs = param_refs(&model);
-        let opt = AdamW::new(&mut be, &refs, adamw_config(&config))?;
+        let mut model = model;
+        let (refs, opt) = setup_precision(&mut be, &mut model, &config, None)?;
         std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
         let metrics_path = run_dir.join("metrics.jsonl");
         let metrics =
             MetricsLog::open(&metrics_path, 0).map_err(|e| TrainError::io(&metrics_path, e))?;
+        let stats = StepStats::new(&mut be)?;
+        let scaler = new_scaler(&config);
         Ok(Self {
+            scaler,
             schedule: schedule(&config),
             guard: NonFiniteGuard::new(config.max_bad_steps),
             rng: Rng::new(config.seed ^ 0x5EED_5A4D_1E5F_0000),
@@ -121,6 +145,7 @@ impl Trainer {
             metrics,
             started: Instant::now(),
             last_checkpoint: None,
+            stats,
         })
     }
 
@@ -149,7 +174,7 @@ impl Trainer {
         }
         let mut loader = open_loader(data, &config)?;
         loader.seek(&state.loader)?;
-        let model = Gpt::load_pretrained(&mut be, ckpt_dir)?;
+        let mut model = Gpt::load_pretrained(&mut be, ckpt_dir)?;
         check_model_fits(&model.config, &config, ckpt_dir)?;
         let names: Vec<String> = model.params().iter().map(|p| p.name.clone()).collect();
         if names != state.param_names {
@@ -158,17 +183,20 @@ impl Trainer {
                 "the optimizer state's parameter list does not match the model's",
             ));
         }
-        let refs = param_refs(&model);
-        let mut opt = AdamW::new(&mut be, &refs, adamw_config(&config))?;
-        opt.import_state(&mut be, &opt_state).map_err(|e| {
-            TrainError::checkpoint(ckpt_dir.join(checkpoint::STATE_FILE), e.to_string())
-        })?;
+        let (refs, opt) =
+            setup_precision(&mut be, &mut model, &config, Some((&opt_state, ckpt_dir)))?;
         let metrics_path = run_dir.join("metrics.jsonl");
         let metrics = MetricsLog::open(&metrics_path, state.step)
             .map_err(|e| TrainError::io(&metrics_path, e))?;
         let mut guard = NonFiniteGuard::new(config.max_bad_steps);
         guard.set_consecutive(state.bad_steps);
+        let stats = StepStats::new(&mut be)?;
+        let scaler = match (new_scaler(&config), state.loss_scaler) {
+            (Some(_), Some(saved)) => Some(saved),
+            (fresh, _) => fresh,
+        };
         Ok(Self {
+            scaler,
             schedule: schedule(&config),
             rng: Rng::from_state(state.rng),
             guard,
@@ -184,6 +212,7 @@ impl Trainer {
             metrics,
             started: Instant::now(),
             last_checkpoint: Some(ckpt_dir.to_path_buf()),
+            stats,
         })
     }
 
@@ -198,6 +227,11 @@ impl Trainer {
 
     pub fn model_mut(&mut self) -> (&mut Gpt, &mut BackendBox) {
         (&mut self.model, &mut self.be)
+    }
+
+    /// Bytes of the optimizer's state (AdamW moments) on the backend.
+    pub fn optimizer_state_bytes(&mut self) -> Result<usize, TrainError> {
+        Ok(self.opt.state_bytes(&mut self.be)?)
     }
 
     /// The trainer's RNG (saved in checkpoints).
@@ -237,7 +271,13 @@ impl Trainer {
             self.config.grad_accum,
         );
         self.model.zero_grad(&mut self.be)?;
-        let mut loss_sum = 0f32;
+        // f16: gradients are computed for `loss_scale * loss`, so small ones
+        // survive in f16; step_control unscales them before clipping.
+        let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
+        self.be
+            .zero(self.stats.block)
+            .ok_or_err()
+            .map_err(ModelError::from)?;
         for _ in 0..k {
             let batch = self.loader.next_batch()?;
             if let Some(&bad) = batch
@@ -253,25 +293,60 @@ impl Trainer {
                     self.config.vocab_size
                 )));
             }
-            let loss = self
-                .model
-                .forward(&mut self.be, &batch.tokens, Some(&batch.targets), b, t)?
-                .expect("forward with targets returns a loss");
-            self.model.backward(&mut self.be, 1.0 / k as f32)?;
-            loss_sum += loss;
+            // The loss stays on the backend: the step reads the host once, below.
+            self.model.forward_loss_into(
+                &mut self.be,
+                &batch.tokens,
+                &batch.targets,
+                b,
+                t,
+                1.0 / k as f32,
+                self.stats.loss_slot,
+            )?;
+            self.model.backward(&mut self.be, loss_scale / k as f32)?;
         }
-        let loss = loss_sum / k as f32;
-        let (grad_norm, scale) = match clip_scale(&mut self.be, &self.refs, self.config.grad_clip) {
-            Ok(x) => x,
-            Err(OptimError::NonFiniteGradNorm { norm }) => (norm as f32, 0.0),
-            Err(e) => return Err(e.into()),
-        };
+        // Norm, clipping factor and skip flag on the backend; AdamW reads them
+        // there and skips a non-finite step itself.
+        grad_norm_on_backend(
+            &mut self.be,
+            &self.refs,
+            self.stats.block,
+            self.config.grad_clip,
+            1.0 / loss_scale,
+        )?;
         let lr = self.schedule.lr(self.step);
-        let skipped = match self.guard.check(loss, grad_norm) {
-            Verdict::Apply => {
-                self.opt.step(&mut self.be, &self.refs, lr, scale)?;
-                false
+        self.opt
+            .step_controlled(&mut self.be, &self.refs, lr, self.stats.block)?;
+        // The one host read of the step (it also waits for the step's work).
+        let stats = self
+            .be
+            .download_f32(self.stats.block)
+            .map_err(ModelError::from)?;
+        let (loss, grad_norm) = (stats[STAT_LOSS], stats[STAT_GRAD_NORM]);
+        let applied = stats[STAT_SKIP] == 0.0;
+        self.opt.finish_step(applied);
+        // f16: a finite loss with overflowing gradients is the scaler's
+        // business (halve and skip), not a bad step.
+        let overflow = !applied && loss.is_finite();
+        if let Some(scaler) = self.scaler.as_mut() {
+            match scaler.update(overflow) {
+                ScaleChange::Backoff => obs.on_warning(&format!(
+                    "step {}: gradients overflowed f16 at loss scale {loss_scale}; update \
+                     skipped, scale now {}",
+                    self.step + 1,
+                    scaler.scale
+                )),
+                ScaleChange::Growth | ScaleChange::Kept => {}
             }
+        }
+        let guard_norm = if overflow && self.scaler.is_some() {
+            0.0
+        } else {
+            grad_norm
+        };
+        let skipped = !applied;
+        match self.guard.check(loss, guard_norm) {
+            Verdict::Apply => {}
             Verdict::Skip { consecutive } => {
                 obs.on_warning(&format!(
                     "step {}: non-finite loss {loss} or grad norm {grad_norm}; update skipped \
@@ -279,7 +354,6 @@ impl Trainer {
                     self.step + 1,
                     self.config.max_bad_steps
                 ));
-                true
             }
             Verdict::Stop { limit } => {
                 return Err(TrainError::NonFinite {
@@ -290,10 +364,6 @@ impl Trainer {
                 })
             }
         };
-        self.be
-            .synchronize()
-            .ok_or_err()
-            .map_err(kiln_model::ModelError::from)?;
         self.step += 1;
         let secs = t0.elapsed().as_secs_f64();
         let record = StepRecord {
@@ -304,6 +374,7 @@ impl Trainer {
             tokens_per_s: (b * t * k) as f64 / secs.max(1e-9),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             skipped,
+            loss_scale: self.scaler.map(|_| loss_scale),
         };
         self.metrics
             .append(&record)
@@ -323,6 +394,7 @@ impl Trainer {
             bad_steps: self.guard.consecutive(),
             rng: self.rng.state(),
             param_names: self.model.params().iter().map(|p| p.name.clone()).collect(),
+            loss_scaler: self.scaler,
         };
         let moments = self.opt.export_state(&mut self.be)?;
         let dir = checkpoint::write_checkpoint(
@@ -336,6 +408,52 @@ impl Trainer {
         self.last_checkpoint = Some(dir.clone());
         Ok(dir)
     }
+}
+
+/// Puts the model in the run's precision policy and builds the optimizer
+/// over its parameters (with a saved state on resume, after which the
+/// 16-bit working copies are rewritten exactly as the last update did).
+fn setup_precision(
+    be: &mut BackendBox,
+    model: &mut Gpt,
+    config: &TrainConfig,
+    saved: Option<(&kiln_optim::AdamWState, &Path)>,
+) -> Result<(Vec<ParamRef>, AdamW), TrainError> {
+    let precision = config.precision();
+    if precision.is_mixed() {
+        let info = be
+            .info()
+            .into_result()
+            .map_err(|e| TrainError::Config(e.into_string()))?;
+        for op in [
+            "matmul",
+            "norm_forward",
+            "attention_forward",
+            "crossentropy_forward",
+        ] {
+            info.require(op, precision.compute_dtype())
+                .map_err(TrainError::Config)?;
+        }
+    }
+    model.set_precision(be, precision)?;
+    let refs = param_refs(model);
+    let mut opt = AdamW::new(be, &refs, adamw_config(config))?;
+    if config.stochastic_rounding {
+        opt.set_rounding(kiln_abi::Rounding::Stochastic, config.seed);
+    }
+    if let Some((state, ckpt_dir)) = saved {
+        opt.import_state(be, state).map_err(|e| {
+            TrainError::checkpoint(ckpt_dir.join(checkpoint::STATE_FILE), e.to_string())
+        })?;
+    }
+    opt.refresh_copies(be, &refs)?;
+    Ok((refs, opt))
+}
+
+/// The f16 policy's loss scaler (none for f32 and bf16).
+fn new_scaler(config: &TrainConfig) -> Option<LossScaler> {
+    (config.precision() == kiln_model::Precision::F16)
+        .then(|| LossScaler::new(config.loss_scale_init))
 }
 
 fn open_loader(data: &Path, config: &TrainConfig) -> Result<DataLoader, TrainError> {
@@ -359,6 +477,7 @@ fn param_refs(model: &Gpt) -> Vec<ParamRef> {
         .map(|p| ParamRef {
             value: p.value,
             grad: p.grad,
+            value_16: p.value_16,
             len: p.shape.iter().product(),
             decay: p.decay,
         })

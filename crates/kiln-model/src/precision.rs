@@ -1,0 +1,106 @@
+//! Precision policies: which dtype the model stores and computes with.
+//!
+//! Mixed precision (Micikevicius et al. 2018): weights, activations and
+//! gradients in a 16-bit type, with an f32 master copy of every weight and
+//! f32 AdamW moments; norm statistics, softmax log-sum-exps, losses and the
+//! optimizer stay f32 (the Backend ABI's rule). bf16 needs no loss scaling;
+//! f16 needs a dynamic loss scale (kiln-train's `LossScaler`).
+
+use kiln_abi::DType;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::F16];
+
+    pub fn parse(s: &str) -> Result<Precision, String> {
+        match s {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "f16" | "fp16" | "float16" => Ok(Precision::F16),
+            other => Err(format!("unknown precision `{other}`; use f32, bf16 or f16")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// The dtype of weights (as computed with), activations and gradients.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+
+    /// 16-bit compute with an f32 master copy.
+    pub fn is_mixed(self) -> bool {
+        self != Precision::F32
+    }
+
+    /// Bytes of training state per parameter under this policy with AdamW.
+    pub fn bytes_per_param(self) -> BytesPerParam {
+        let w = self.compute_dtype().size();
+        BytesPerParam {
+            weights: w,
+            grads: w,
+            master: if self.is_mixed() { 4 } else { 0 },
+            moments: 8,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// The training-state bytes of one parameter (AdamW), by part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BytesPerParam {
+    /// The copy the model computes with.
+    pub weights: usize,
+    pub grads: usize,
+    /// The f32 master copy (mixed precision only).
+    pub master: usize,
+    /// AdamW's two f32 moments.
+    pub moments: usize,
+}
+
+impl BytesPerParam {
+    pub fn total(&self) -> usize {
+        self.weights + self.grads + self.master + self.moments
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_round_trips_and_bytes_follow_the_formula() {
+        for p in Precision::ALL {
+            assert_eq!(Precision::parse(p.name()).unwrap(), p);
+        }
+        assert!(Precision::parse("f8")
+            .unwrap_err()
+            .contains("f32, bf16 or f16"));
+        // f32: 4 + 4 + 0 + 8; mixed: 2 + 2 + 4 + 8 (Micikevicius et al. 2018).
+        assert_eq!(Precision::F32.bytes_per_param().total(), 16);
+        assert_eq!(Precision::Bf16.bytes_per_param().total(), 16);
+        assert_eq!(Precision::F16.bytes_per_param().master, 4);
+    }
+}

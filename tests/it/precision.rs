@@ -1,0 +1,205 @@
+//! Mixed-precision training (issue 10): bf16 and f16 end near f32 on the
+//! same tokens, f16's dynamic loss scale backs off and recovers, bytes per
+//! parameter follow the formula, resume stays exact in every precision, and
+//! a training step reads the host exactly once.
+
+use kiln_abi::BackendExt;
+use kiln_conformance::Counting;
+use kiln_model::Precision;
+use kiln_train::checkpoint::latest_checkpoint;
+use kiln_train::metrics::{read_metrics, StepRecord};
+use kiln_train::{Init, Quiet, TrainConfig, Trainer};
+
+use crate::train::{byte_shards, loss_bits, tiny_config, train};
+
+fn with_precision(mut c: TrainConfig, p: Precision) -> TrainConfig {
+    c.precision = p.name().to_string();
+    c
+}
+
+/// Mean loss of the last `n` steps (one step's loss is noisy).
+fn tail_loss(records: &[StepRecord], n: usize) -> f64 {
+    let tail = &records[records.len() - n..];
+    tail.iter().map(|r| r.loss as f64).sum::<f64>() / n as f64
+}
+
+#[test]
+fn a_training_step_reads_the_host_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    for p in [Precision::F32, Precision::Bf16] {
+        let mut c = with_precision(tiny_config(4), p);
+        c.grad_accum = 3;
+        let (be, counts) = Counting::boxed(kiln_tensor::cpu_backend(Some(2)));
+        let mut t = Trainer::start(be, c, &data, &dir.path().join(p.name()), Init::Preset).unwrap();
+        for step in 1..=3u64 {
+            counts.reset();
+            t.train_step(&mut Quiet).unwrap();
+            let (reads, syncs) = (counts.host_reads(), counts.synchronizations());
+            assert_eq!(
+                (reads, syncs),
+                (1, 0),
+                "{p} step {step}: {reads} host reads and {syncs} synchronisations with 3 \
+                 micro-batches; calls: {:?}",
+                counts.snapshot()
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_and_f16_pretraining_end_within_two_percent_of_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    let steps = 80;
+    let f32_run = train(tiny_config(steps), &data, &dir.path().join("f32"));
+    let reference = tail_loss(&f32_run, 10);
+    for (p, sr) in [
+        (Precision::Bf16, false),
+        (Precision::Bf16, true),
+        (Precision::F16, false),
+    ] {
+        let mut c = with_precision(tiny_config(steps), p);
+        c.stochastic_rounding = sr;
+        let run = train(c, &data, &dir.path().join(format!("{p}-{sr}")));
+        assert_eq!(run.len(), steps as usize);
+        let loss = tail_loss(&run, 10);
+        let gap = (loss - reference) / reference;
+        println!(
+            "{p} (stochastic rounding {sr}): {loss:.4} vs f32 {reference:.4} ({:+.2}%)",
+            100.0 * gap
+        );
+        assert!(gap.abs() < 0.02, "{p} sr={sr}: {loss} vs f32 {reference}");
+        assert!(run.iter().all(|r| !r.skipped), "{p}: a step was skipped");
+    }
+}
+
+#[test]
+fn f16_overflow_backs_off_skips_exactly_what_it_reports_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    let mut c = with_precision(tiny_config(30), Precision::F16);
+    // 2^40: every gradient overflows f16 until the scale has halved enough.
+    c.loss_scale_init = 2f32.powi(40);
+    let run = train(c, &data, &dir.path().join("run"));
+    assert_eq!(run.len(), 30);
+    let skipped: Vec<u64> = run.iter().filter(|r| r.skipped).map(|r| r.step).collect();
+    assert!(
+        skipped.len() >= 10,
+        "2^40 must overflow for many steps: {skipped:?}"
+    );
+    for w in run.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let (sa, sb) = (a.loss_scale.unwrap(), b.loss_scale.unwrap());
+        // A skipped step halves the scale; a clean one keeps it (2000-step growth).
+        if a.skipped {
+            assert_eq!(sb, sa / 2.0, "step {}: scale {sa} -> {sb}", a.step);
+        } else {
+            assert_eq!(sb, sa, "step {}: scale changed on a clean step", a.step);
+        }
+        assert!(a.loss.is_finite(), "the loss itself stays finite");
+    }
+    // The skips come first, then training recovers and learns.
+    let first_clean = run.iter().position(|r| !r.skipped).unwrap();
+    assert!(run[first_clean..].iter().all(|r| !r.skipped), "{skipped:?}");
+    let last = run.last().unwrap();
+    assert!(
+        last.loss < run[first_clean].loss - 0.3,
+        "no recovery: {} -> {}",
+        run[first_clean].loss,
+        last.loss
+    );
+}
+
+#[test]
+fn bytes_per_parameter_follow_the_formula() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    for p in Precision::ALL {
+        let c = with_precision(tiny_config(1), p);
+        let be = kiln_tensor::cpu_backend(Some(1));
+        let mut t = Trainer::start(be, c, &data, &dir.path().join(p.name()), Init::Preset).unwrap();
+        let (moment_bytes, n_params, model_bytes) = {
+            let moments = t.optimizer_state_bytes().unwrap();
+            let (model, be) = t.model_mut();
+            let mut bytes = 0usize;
+            let mut n = 0usize;
+            for param in model.params() {
+                n += param.len();
+                for id in [Some(param.value), Some(param.grad), param.value_16]
+                    .into_iter()
+                    .flatten()
+                {
+                    let info = be.buffer_info(id).into_result().unwrap();
+                    bytes += info.len * info.dtype.size();
+                }
+            }
+            (moments, n, bytes)
+        };
+        let want = p.bytes_per_param();
+        assert_eq!(
+            model_bytes,
+            n_params * (want.weights + want.grads + want.master),
+            "{p}: weights + grads + master"
+        );
+        assert_eq!(moment_bytes, n_params * want.moments, "{p}: AdamW moments");
+        println!("{p}: {} bytes per parameter ({want:?})", want.total());
+    }
+}
+
+#[test]
+fn resume_is_exact_in_every_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    for (p, sr) in [(Precision::Bf16, true), (Precision::F16, false)] {
+        let mut c = with_precision(tiny_config(12), p);
+        c.stochastic_rounding = sr;
+        let straight = train(c.clone(), &data, &dir.path().join(format!("{p}-straight")));
+        let run = dir.path().join(format!("{p}-split"));
+        {
+            let be = kiln_tensor::cpu_backend(Some(2));
+            let mut t = Trainer::start(be, c.clone(), &data, &run, Init::Preset).unwrap();
+            for _ in 0..6 {
+                t.train_step(&mut Quiet).unwrap();
+            }
+            t.save_checkpoint(&mut Quiet).unwrap();
+        }
+        let (_, ck) = latest_checkpoint(&run).unwrap().unwrap();
+        let be = kiln_tensor::cpu_backend(Some(2));
+        let mut t = Trainer::resume(be, c, &data, &run, &ck).unwrap();
+        t.run(&mut Quiet).unwrap();
+        let resumed = read_metrics(&run.join("metrics.jsonl")).unwrap();
+        assert_eq!(
+            loss_bits(&straight),
+            loss_bits(&resumed),
+            "{p}: resume diverged"
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_written_in_bf16_loads_into_an_f32_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    let c = with_precision(tiny_config(5), Precision::Bf16);
+    train(c, &data, &dir.path().join("bf16"));
+    let (_, ck) = latest_checkpoint(&dir.path().join("bf16"))
+        .unwrap()
+        .unwrap();
+    // The model files hold the f32 master weights: any precision continues from them.
+    let mut be = kiln_tensor::cpu_backend(Some(1));
+    let model = kiln_model::Gpt::load_pretrained(&mut be, &ck).unwrap();
+    let first = &model.params()[0];
+    assert_eq!(
+        be.buffer_info(first.value).into_result().unwrap().dtype,
+        kiln_abi::DType::F32
+    );
+    let f32_run = dir.path().join("f32");
+    let be = kiln_tensor::cpu_backend(Some(1));
+    let mut t = Trainer::start(be, tiny_config(3), &data, &f32_run, Init::Checkpoint(&ck)).unwrap();
+    t.run(&mut Quiet).unwrap();
+    assert_eq!(
+        read_metrics(&f32_run.join("metrics.jsonl")).unwrap().len(),
+        3
+    );
+}
