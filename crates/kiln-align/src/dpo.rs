@@ -71,11 +71,16 @@ pub struct DpoConfig {
     pub group_by_length: bool,
     /// Plain progress line every N steps when stderr is not a terminal.
     pub log_every: u64,
+    /// Precision policy: "f32" or "bf16" (16-bit weights, activations and
+    /// gradients; f32 master weights and AdamW moments).
+    #[serde(skip_serializing_if = "crate::precision::is_f32")]
+    pub precision: String,
 }
 
 impl Default for DpoConfig {
     fn default() -> Self {
         DpoConfig {
+            precision: crate::precision::default_precision(),
             loss: "sigmoid".into(),
             beta: 0.1,
             label_smoothing: 0.1,
@@ -113,6 +118,7 @@ impl DpoConfig {
     }
 
     pub fn validate(&self) -> Result<(), AlignError> {
+        crate::precision::parse_precision(&self.precision)?;
         self.objective()?;
         if !(self.nll_weight.is_finite() && self.nll_weight >= 0.0) {
             return Err(AlignError::Config(format!(
@@ -500,6 +506,7 @@ pub fn train(
     )?;
     log(&before.record(0, EVAL))?;
 
+    crate::precision::apply_precision(be, model, &cfg.precision)?;
     let mut opt = AlignOptimizer::new(be, param_refs(model), &cfg.optim(), total)?;
     let mut rng = Rng::new(cfg.seed);
     let mut order: Vec<usize> = Vec::new();

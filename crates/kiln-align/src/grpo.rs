@@ -44,11 +44,16 @@ pub struct GrpoConfig {
     pub warmup: u64,
     pub grad_clip: Option<f32>,
     pub weight_decay: f32,
+    /// Precision policy: "f32" or "bf16" (16-bit weights, activations and
+    /// gradients; f32 master weights and AdamW moments).
+    #[serde(skip_serializing_if = "crate::precision::is_f32")]
+    pub precision: String,
 }
 
 impl Default for GrpoConfig {
     fn default() -> Self {
         GrpoConfig {
+            precision: crate::precision::default_precision(),
             seed: 0,
             iterations: 20,
             batch_prompts: 4,
@@ -71,6 +76,7 @@ impl Default for GrpoConfig {
 
 impl GrpoConfig {
     pub fn validate(&self) -> Result<(), AlignError> {
+        crate::precision::parse_precision(&self.precision)?;
         let bad = |m: String| Err(AlignError::Config(m));
         self.sampling.validate()?;
         if self.batch_prompts == 0 || self.minibatch_size == 0 || self.epochs == 0 {
@@ -121,6 +127,7 @@ pub fn train_grpo(
     let pad = policy.pad_id();
     let rows_per_iter = cfg.batch_prompts * cfg.group_size;
     let total = cfg.iterations * (cfg.epochs * rows_per_iter.div_ceil(cfg.minibatch_size)) as u64;
+    crate::precision::apply_precision(be, &mut policy.model, &cfg.precision)?;
     let mut opt = AlignOptimizer::new(be, policy.param_refs(), &cfg.optim(), total)?;
     let mut sampler = PromptSampler::new(prompts.len(), cfg.seed);
     let mut shuffle_rng = Rng::new(cfg.seed ^ 0x6E90);

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod optim;
 pub mod policy;
 pub mod ppo;
+pub mod precision;
 pub mod reward;
 pub mod rollout;
 pub mod sft;

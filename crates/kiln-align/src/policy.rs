@@ -185,7 +185,7 @@ pub fn param_refs(model: &Gpt) -> Vec<ParamRef> {
         .map(|p| ParamRef {
             value: p.value,
             grad: p.grad,
-            value_16: None,
+            value_16: p.value_16,
             len: p.shape.iter().product(),
             decay: p.decay,
         })

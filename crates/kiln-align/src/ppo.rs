@@ -131,11 +131,17 @@ pub struct PpoConfig {
     pub warmup: u64,
     pub grad_clip: Option<f32>,
     pub weight_decay: f32,
+    /// The policy's precision: "f32" or "bf16" (16-bit weights, activations
+    /// and gradients; f32 master weights and AdamW moments). The value
+    /// model trains in f32.
+    #[serde(skip_serializing_if = "crate::precision::is_f32")]
+    pub precision: String,
 }
 
 impl Default for PpoConfig {
     fn default() -> Self {
         PpoConfig {
+            precision: crate::precision::default_precision(),
             seed: 0,
             iterations: 20,
             batch_size: 16,
@@ -166,6 +172,7 @@ impl Default for PpoConfig {
 
 impl PpoConfig {
     pub fn validate(&self) -> Result<(), AlignError> {
+        crate::precision::parse_precision(&self.precision)?;
         let bad = |m: String| Err(AlignError::Config(m));
         self.sampling.validate()?;
         if self.batch_size == 0 || self.minibatch_size == 0 || self.ppo_epochs == 0 {
@@ -368,6 +375,7 @@ pub fn train_ppo(
     let steps_per_iter = (cfg.ppo_epochs * cfg.batch_size.div_ceil(cfg.minibatch_size)) as u64;
     let total = cfg.iterations * steps_per_iter;
     let value_total = (cfg.value_warmup + cfg.iterations) * steps_per_iter;
+    crate::precision::apply_precision(be, &mut policy.model, &cfg.precision)?;
     let mut policy_opt = AlignOptimizer::new(be, policy.param_refs(), &cfg.optim(cfg.lr), total)?;
     let mut value_opt = AlignOptimizer::new(
         be,

@@ -405,11 +405,16 @@ pub struct RewardConfig {
     pub group_by_length: bool,
     pub log_every: u64,
     pub max_bad_steps: u32,
+    /// Precision policy: "f32" or "bf16" (16-bit weights, activations and
+    /// gradients; f32 master weights and AdamW moments).
+    #[serde(skip_serializing_if = "crate::precision::is_f32")]
+    pub precision: String,
 }
 
 impl Default for RewardConfig {
     fn default() -> Self {
         RewardConfig {
+            precision: crate::precision::default_precision(),
             epochs: 2,
             max_steps: 0,
             batch_size: 8,
@@ -449,6 +454,7 @@ impl RewardConfig {
     }
 
     pub fn validate(&self) -> Result<(), AlignError> {
+        crate::precision::parse_precision(&self.precision)?;
         for (k, v) in [
             ("epochs", self.epochs as usize),
             ("batch_size", self.batch_size),
@@ -570,6 +576,7 @@ pub fn train_reward(
     if config.max_steps > 0 {
         total = total.min(config.max_steps);
     }
+    crate::precision::apply_precision(be, &mut rm.lm.model, &config.precision)?;
     let mut opt = AlignOptimizer::new(be, rm.param_refs(), &config.optim(), total)?;
     let log = |r: &Record, metrics: &mut Option<&mut MetricsLog>| -> Result<(), AlignError> {
         if let Some(m) = metrics.as_deref_mut() {

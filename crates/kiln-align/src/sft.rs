@@ -61,11 +61,16 @@ pub struct SftConfig {
     /// padded row per chat. Same loss and gradients, fewer rows. The
     /// validation loss is computed unpacked either way.
     pub packing: bool,
+    /// Precision policy: "f32" or "bf16" (16-bit weights, activations and
+    /// gradients; f32 master weights and AdamW moments).
+    #[serde(skip_serializing_if = "crate::precision::is_f32")]
+    pub precision: String,
 }
 
 impl Default for SftConfig {
     fn default() -> Self {
         SftConfig {
+            precision: crate::precision::default_precision(),
             epochs: 3,
             max_steps: 0,
             batch_size: 8,
@@ -105,6 +110,7 @@ impl SftConfig {
 
     /// Checks the values; the message names the key.
     pub fn validate(&self) -> Result<(), AlignError> {
+        crate::precision::parse_precision(&self.precision)?;
         for (k, v) in [
             ("epochs", self.epochs as usize),
             ("batch_size", self.batch_size),
@@ -381,6 +387,7 @@ pub fn train_sft(
     if config.max_steps > 0 {
         total = total.min(config.max_steps);
     }
+    crate::precision::apply_precision(be, &mut policy.model, &config.precision)?;
     let mut opt = AlignOptimizer::new(be, policy.param_refs(), &config.optim(), total)?;
     let log = |r: &Record, metrics: &mut Option<&mut MetricsLog>| -> Result<(), AlignError> {
         if let Some(m) = metrics.as_deref_mut() {
