@@ -35,7 +35,8 @@ pub fn forward(env: &mut Env, _dt: DType) -> Cases {
         let mut c = OpCase::new("softmax_forward", label, DType::F32);
         let out = c.f32("out", vec![0.0; ROWS * COLS]);
         let lse = with_lse.then(|| c.f32("lse", vec![0.0; ROWS]));
-        let inp = c.f32("inp", env.rng.vec_in(ROWS * COLS, -5.0, 5.0));
+        // only `out` and `lse` are f32 by definition; the input is data
+        let inp = c.float("inp", DType::F32, env.rng.vec_in(ROWS * COLS, -5.0, 5.0));
         let (p, l) = softmax(&c.vals(inp));
         c.expect(out, p);
         if let Some(lse) = lse {
@@ -66,9 +67,9 @@ pub fn backward(env: &mut Env, _dt: DType) -> Cases {
         let x = env.rng.vec_in(ROWS * COLS, -5.0, 5.0);
         let x: Vec<f64> = x.iter().map(|&v| v as f32 as f64).collect();
         let (p, _) = softmax(&x);
-        let dinp = c.f32("dinp", env.rng.vec(ROWS * COLS));
+        let dinp = c.float("dinp", DType::F32, env.rng.vec(ROWS * COLS));
         let out = c.f32("out", p);
-        let dout = c.f32("dout", env.rng.vec(ROWS * COLS));
+        let dout = c.float("dout", DType::F32, env.rng.vec(ROWS * COLS));
         let dlse = with_dlse.then(|| c.f32("dlse", env.rng.vec(ROWS)));
         let (d, dl) = (c.vals(dout), dlse.map(|i| c.vals(i)));
         let g = fd::grad(&x, |v| {
