@@ -1,8 +1,10 @@
 //! Host arrays, 16-bit dtypes and the built-in multi-threaded CPU backend.
 //!
-//! [`CpuBackend`] implements [`kiln_abi::Backend`]: buffers live in host
-//! memory in their own dtype (f32, bf16, f16, u32); ops compute in f32 on a
-//! dedicated rayon pool; matmuls go through [`gemm`] (a fast micro-kernel
+//! [`CpuBackend`] implements [`kiln_abi::Backend`] (ABI generation 2):
+//! buffers are 64-byte-aligned host allocations in their own dtype (f32,
+//! bf16, f16, u32) and views are windows into them; ops compute in f32 on a
+//! dedicated rayon pool (16-bit operands are widened, 16-bit outputs rounded
+//! once); matmuls go through [`gemm`] (a fast micro-kernel
 //! library, parallelised by us in shape-determined chunks). Every op is
 //! bit-for-bit deterministic for any thread count; see `CpuBackend`.
 //!

@@ -1,121 +1,357 @@
-//! Argument checking shared by every op: buffer lookup by name, dtype and
-//! size checks, overflow-checked shape products. Errors name the op, the
-//! argument and the fix.
+//! Argument checking shared by every op: operands resolved to memory and
+//! checked for overlap, typed slices with dtype and size checks, and
+//! overflow-checked shape products. Errors name the op, the argument and the fix.
 
-use half::{bf16, f16};
+use std::borrow::Cow;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use half::{bf16, f16, slice::HalfFloatSliceExt};
 use kiln_abi::{BufId, DType};
 
-use crate::store::{Buffer, Store};
+use crate::store::{Region, Store};
 
-/// Read access to an op's input buffers, with errors that name the op.
-#[derive(Clone, Copy)]
-pub struct Inputs<'a> {
-    pub op: &'static str,
-    pub store: &'a Store,
+/// The resolved operands of one op call. Outputs were checked not to
+/// overlap any other operand, so the `&mut` slices handed out never alias
+/// another live slice; each output can be taken once.
+pub struct Operands<'a> {
+    op: &'static str,
+    outs: Vec<(&'static str, Region)>,
+    ins: Vec<(&'static str, Region)>,
+    taken: AtomicU64,
+    _store: PhantomData<&'a Store>,
 }
 
-/// A float operand of any supported storage type.
-pub enum FloatSlice<'a> {
+/// Resolves `outs` and `ins` (absent optional operands are `None`) and
+/// refuses an output that overlaps any other operand.
+pub fn operands<'a>(
+    store: &'a Store,
+    op: &'static str,
+    outs: &[(&'static str, Option<BufId>)],
+    ins: &[(&'static str, Option<BufId>)],
+) -> Result<Operands<'a>, String> {
+    let resolve = |list: &[(&'static str, Option<BufId>)]| -> Result<Vec<_>, String> {
+        list.iter()
+            .filter_map(|&(name, id)| id.map(|id| (name, id)))
+            .map(|(name, id)| {
+                store
+                    .region(id)
+                    .map(|r| (name, r))
+                    .map_err(|e| format!("{op}: argument `{name}`: {e}"))
+            })
+            .collect()
+    };
+    let (outs, ins) = (resolve(outs)?, resolve(ins)?);
+    assert!(outs.len() <= 64, "at most 64 outputs per op");
+    for (i, (name, r)) in outs.iter().enumerate() {
+        let others = outs[i + 1..].iter().chain(&ins);
+        if let Some((other, o)) = others.into_iter().find(|(_, o)| r.overlaps(o)) {
+            return Err(format!(
+                "{op}: output `{name}` (buffer {}) overlaps `{other}` (buffer {}) in memory; \
+                 an output must not overlap another argument: use a separate buffer or non-overlapping views",
+                r.id.0, o.id.0
+            ));
+        }
+    }
+    Ok(Operands {
+        op,
+        outs,
+        ins,
+        taken: AtomicU64::new(0),
+        _store: PhantomData,
+    })
+}
+
+/// A float input of any storage type.
+pub enum FloatIn<'a> {
     F32(&'a [f32]),
     BF16(&'a [bf16]),
     F16(&'a [f16]),
 }
 
-impl<'a> Inputs<'a> {
-    fn get(&self, name: &str, id: BufId) -> Result<&'a Buffer, String> {
-        self.store
-            .get(id)
-            .map_err(|e| format!("{}: argument `{name}`: {e}", self.op))
-    }
-
-    pub fn f32(&self, name: &str, id: BufId, need: usize) -> Result<&'a [f32], String> {
-        match self.get(name, id)? {
-            Buffer::F32(v) => Ok(&v[..check_len(self.op, name, id, v.len(), need)?]),
-            other => Err(wrong_dtype(self.op, name, id, other.dtype(), "f32")),
-        }
-    }
-
-    /// The whole f32 buffer (for tables whose row count the op does not know).
-    pub fn f32_whole(&self, name: &str, id: BufId) -> Result<&'a [f32], String> {
-        let n = self.get(name, id)?.len();
-        self.f32(name, id, n)
-    }
-
-    pub fn u32(&self, name: &str, id: BufId, need: usize) -> Result<&'a [u32], String> {
-        match self.get(name, id)? {
-            Buffer::U32(v) => Ok(&v[..check_len(self.op, name, id, v.len(), need)?]),
-            other => Err(wrong_dtype(self.op, name, id, other.dtype(), "u32")),
-        }
-    }
-
-    pub fn float(&self, name: &str, id: BufId, need: usize) -> Result<FloatSlice<'a>, String> {
-        let buf = self.get(name, id)?;
-        let n = check_len(self.op, name, id, buf.len(), need)?;
-        match buf {
-            Buffer::F32(v) => Ok(FloatSlice::F32(&v[..n])),
-            Buffer::BF16(v) => Ok(FloatSlice::BF16(&v[..n])),
-            Buffer::F16(v) => Ok(FloatSlice::F16(&v[..n])),
-            Buffer::U32(_) => Err(wrong_dtype(
-                self.op,
-                name,
-                id,
-                DType::U32,
-                "a float type (f32, bf16, f16)",
-            )),
-        }
-    }
-
-    /// Any buffer, checked for length only.
-    pub fn any(&self, name: &str, id: BufId, need: usize) -> Result<&'a Buffer, String> {
-        let buf = self.get(name, id)?;
-        check_len(self.op, name, id, buf.len(), need)?;
-        Ok(buf)
-    }
-}
-
-/// An output buffer taken out of the store for the op's duration.
-pub struct Output {
-    pub name: &'static str,
-    pub id: BufId,
-    pub buf: Buffer,
-}
-
-impl Output {
-    /// The whole f32 buffer.
-    pub fn f32_whole(&mut self, op: &str) -> Result<&mut [f32], String> {
-        let n = self.buf.len();
-        self.f32(op, n)
-    }
-
-    pub fn f32(&mut self, op: &str, need: usize) -> Result<&mut [f32], String> {
-        let (name, id) = (self.name, self.id);
-        match &mut self.buf {
-            Buffer::F32(v) => {
-                let n = check_len(op, name, id, v.len(), need)?;
-                Ok(&mut v[..n])
+impl<'a> FloatIn<'a> {
+    /// As f32: borrowed when it is f32 (no copy), else widened.
+    pub fn widen(self) -> Cow<'a, [f32]> {
+        match self {
+            FloatIn::F32(v) => Cow::Borrowed(v),
+            FloatIn::BF16(v) => {
+                let mut out = vec![0f32; v.len()];
+                v.convert_to_f32_slice(&mut out);
+                Cow::Owned(out)
             }
-            other => Err(wrong_dtype(op, name, id, other.dtype(), "f32")),
+            FloatIn::F16(v) => {
+                let mut out = vec![0f32; v.len()];
+                v.convert_to_f32_slice(&mut out);
+                Cow::Owned(out)
+            }
         }
     }
 }
 
-fn check_len(op: &str, name: &str, id: BufId, len: usize, need: usize) -> Result<usize, String> {
-    if len < need {
-        Err(format!(
-            "{op}: argument `{name}` (buffer {}) holds {len} elements but the given dimensions need {need}; \
-             allocate a larger buffer or pass smaller dimensions",
-            id.0
-        ))
-    } else {
-        Ok(need)
+/// A float output's own storage, for ops that round it themselves.
+pub enum RawFloatMut<'a> {
+    F32(&'a mut [f32]),
+    BF16(&'a mut [bf16]),
+    F16(&'a mut [f16]),
+}
+
+/// A float output: the f32 buffer itself, or an f32 scratch copy of a
+/// 16-bit buffer (widened, so accumulating ops and strided writes keep the
+/// other elements) that [`FloatOut::finish`] rounds back once (nearest even).
+pub enum FloatOut<'a> {
+    F32(&'a mut [f32]),
+    BF16(&'a mut [bf16], Vec<f32>),
+    F16(&'a mut [f16], Vec<f32>),
+}
+
+impl FloatOut<'_> {
+    pub fn f32(&mut self) -> &mut [f32] {
+        match self {
+            FloatOut::F32(v) => v,
+            FloatOut::BF16(_, s) | FloatOut::F16(_, s) => s,
+        }
+    }
+
+    /// Narrows a 16-bit output (a no-op for f32).
+    pub fn finish(self) {
+        match self {
+            FloatOut::F32(_) => {}
+            FloatOut::BF16(d, s) => d.convert_from_f32_slice(&s),
+            FloatOut::F16(d, s) => d.convert_from_f32_slice(&s),
+        }
     }
 }
 
-fn wrong_dtype(op: &str, name: &str, id: BufId, got: DType, want: &str) -> String {
-    format!(
-        "{op}: argument `{name}` (buffer {}) is {got}, but this op needs {want}",
-        id.0
-    )
+impl<'a> Operands<'a> {
+    pub fn op(&self) -> &'static str {
+        self.op
+    }
+
+    fn find_in(&self, name: &str) -> Option<Region> {
+        self.ins.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+    }
+
+    fn find_out(&self, name: &str) -> Option<(usize, Region)> {
+        self.outs
+            .iter()
+            .position(|(n, _)| *n == name)
+            .map(|i| (i, self.outs[i].1))
+    }
+
+    /// Whether an optional operand was given.
+    pub fn has(&self, name: &str) -> bool {
+        self.find_in(name).is_some() || self.find_out(name).is_some()
+    }
+
+    fn region(&self, name: &str) -> Region {
+        self.find_in(name)
+            .or_else(|| self.find_out(name).map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("{}: operand `{name}` was not declared", self.op))
+    }
+
+    /// Elements of an operand (a table whose row count the op does not know).
+    pub fn len(&self, name: &str) -> usize {
+        self.region(name).len
+    }
+
+    pub fn dtype(&self, name: &str) -> DType {
+        self.region(name).dtype
+    }
+
+    fn check(&self, name: &str, r: &Region, need: usize, want: &[DType]) -> Result<(), String> {
+        if !want.contains(&r.dtype) {
+            let names: Vec<_> = want.iter().map(|d| d.name()).collect();
+            return Err(format!(
+                "{}: argument `{name}` (buffer {}) is {}, but this op needs {}",
+                self.op,
+                r.id.0,
+                r.dtype,
+                names.join(" or ")
+            ));
+        }
+        if r.len < need {
+            return Err(format!(
+                "{}: argument `{name}` (buffer {}) holds {} elements but the given dimensions need {need}; \
+                 allocate a larger buffer or pass smaller dimensions",
+                self.op, r.id.0, r.len
+            ));
+        }
+        Ok(())
+    }
+
+    /// # Safety (internal)
+    /// `r` addresses `need <= r.len` elements of `T`'s dtype in a live
+    /// allocation, aligned for `T` (allocations are 64-byte aligned and views
+    /// start at element offsets).
+    fn slice<T>(r: &Region, need: usize) -> &'a [T] {
+        // SAFETY: see above; inputs only alias other shared slices (outputs
+        // were checked not to overlap them).
+        unsafe { std::slice::from_raw_parts(r.ptr as *const T, need) }
+    }
+
+    fn take(&self, name: &str) -> Result<Region, String> {
+        let (i, r) = self
+            .find_out(name)
+            .unwrap_or_else(|| panic!("{}: output `{name}` was not declared", self.op));
+        let bit = 1u64 << i;
+        let before = self.taken.fetch_or(bit, Ordering::Relaxed);
+        assert!(
+            before & bit == 0,
+            "{}: output `{name}` taken twice",
+            self.op
+        );
+        Ok(r)
+    }
+
+    fn slice_mut<T>(r: &Region, need: usize) -> &'a mut [T] {
+        // SAFETY: as `slice`; the output overlaps no other operand and is
+        // taken once, so this is the only reference to its memory.
+        unsafe { std::slice::from_raw_parts_mut(r.ptr as *mut T, need) }
+    }
+
+    pub fn f32(&self, name: &str, need: usize) -> Result<&'a [f32], String> {
+        let r = self.region(name);
+        self.check(name, &r, need, &[DType::F32])?;
+        Ok(Self::slice(&r, need))
+    }
+
+    pub fn u32(&self, name: &str, need: usize) -> Result<&'a [u32], String> {
+        let r = self.region(name);
+        self.check(name, &r, need, &[DType::U32])?;
+        Ok(Self::slice(&r, need))
+    }
+
+    /// An optional f32 input.
+    pub fn f32_opt(&self, name: &str, need: usize) -> Result<Option<&'a [f32]>, String> {
+        if self.has(name) {
+            self.f32(name, need).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn u32_opt(&self, name: &str, need: usize) -> Result<Option<&'a [u32]>, String> {
+        if self.has(name) {
+            self.u32(name, need).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn float(&self, name: &str, need: usize) -> Result<FloatIn<'a>, String> {
+        let r = self.region(name);
+        self.check(name, &r, need, &[DType::F32, DType::BF16, DType::F16])?;
+        Ok(match r.dtype {
+            DType::F32 => FloatIn::F32(Self::slice(&r, need)),
+            DType::BF16 => FloatIn::BF16(Self::slice(&r, need)),
+            _ => FloatIn::F16(Self::slice(&r, need)),
+        })
+    }
+
+    /// A float input as f32 (borrowed for f32, widened for 16-bit).
+    pub fn widened(&self, name: &str, need: usize) -> Result<Cow<'a, [f32]>, String> {
+        self.float(name, need).map(FloatIn::widen)
+    }
+
+    pub fn widened_opt(&self, name: &str, need: usize) -> Result<Option<Cow<'a, [f32]>>, String> {
+        if self.has(name) {
+            self.widened(name, need).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The raw bytes of the first `need` elements of any operand.
+    pub fn bytes(&self, name: &str, need: usize) -> Result<&'a [u8], String> {
+        let r = self.region(name);
+        self.check(name, &r, need, &[r.dtype])?;
+        Ok(Self::slice(&r, need * r.dtype.size()))
+    }
+
+    pub fn f32_mut(&self, name: &str, need: usize) -> Result<&'a mut [f32], String> {
+        let r = self.take(name)?;
+        self.check(name, &r, need, &[DType::F32])?;
+        Ok(Self::slice_mut(&r, need))
+    }
+
+    pub fn u32_mut(&self, name: &str, need: usize) -> Result<&'a mut [u32], String> {
+        let r = self.take(name)?;
+        self.check(name, &r, need, &[DType::U32])?;
+        Ok(Self::slice_mut(&r, need))
+    }
+
+    pub fn bytes_mut(&self, name: &str, need: usize) -> Result<&'a mut [u8], String> {
+        let r = self.take(name)?;
+        self.check(name, &r, need, &[r.dtype])?;
+        Ok(Self::slice_mut(&r, need * r.dtype.size()))
+    }
+
+    pub fn f32_mut_opt(&self, name: &str, need: usize) -> Result<Option<&'a mut [f32]>, String> {
+        if self.has(name) {
+            self.f32_mut(name, need).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A float output of any storage type (see [`FloatOut`]).
+    pub fn float_mut(&self, name: &str, need: usize) -> Result<FloatOut<'a>, String> {
+        let r = self.take(name)?;
+        self.check(name, &r, need, &[DType::F32, DType::BF16, DType::F16])?;
+        Ok(match r.dtype {
+            DType::F32 => FloatOut::F32(Self::slice_mut(&r, need)),
+            DType::BF16 => {
+                let d: &mut [bf16] = Self::slice_mut(&r, need);
+                let mut s = scratch(self.op, need)?;
+                d.convert_to_f32_slice(&mut s);
+                FloatOut::BF16(d, s)
+            }
+            _ => {
+                let d: &mut [f16] = Self::slice_mut(&r, need);
+                let mut s = scratch(self.op, need)?;
+                d.convert_to_f32_slice(&mut s);
+                FloatOut::F16(d, s)
+            }
+        })
+    }
+
+    pub fn raw_float_mut(&self, name: &str, need: usize) -> Result<RawFloatMut<'a>, String> {
+        let r = self.take(name)?;
+        self.check(name, &r, need, &[DType::F32, DType::BF16, DType::F16])?;
+        Ok(match r.dtype {
+            DType::F32 => RawFloatMut::F32(Self::slice_mut(&r, need)),
+            DType::BF16 => RawFloatMut::BF16(Self::slice_mut(&r, need)),
+            _ => RawFloatMut::F16(Self::slice_mut(&r, need)),
+        })
+    }
+
+    pub fn float_mut_opt(&self, name: &str, need: usize) -> Result<Option<FloatOut<'a>>, String> {
+        if self.has(name) {
+            self.float_mut(name, need).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Rounds f32 values to the precision of `dtype` (kept in f32), so that a
+/// later narrowing is exact: what an op goes on computing with equals what
+/// it stores.
+pub fn round_to(dtype: DType, x: &mut [f32]) {
+    match dtype {
+        DType::BF16 => x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
+        DType::F16 => x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
+        _ => {}
+    }
+}
+
+/// A zeroed f32 scratch vector; an error instead of an abort when memory runs out.
+pub fn scratch(op: &str, n: usize) -> Result<Vec<f32>, String> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|e| format!("{op}: cannot allocate {n} f32 of scratch: {e}"))?;
+    v.resize(n, 0.0);
+    Ok(v)
 }
 
 /// Product of dimensions, or an error instead of a silent overflow.
@@ -131,5 +367,28 @@ pub fn ensure(ok: bool, op: &str, msg: impl FnOnce() -> String) -> Result<(), St
         Ok(())
     } else {
         Err(format!("{op}: {}", msg()))
+    }
+}
+
+/// Whole rows of `c` elements in a buffer of `len` (0 when `c == 0`).
+pub fn rows_of(len: usize, c: usize) -> usize {
+    len.checked_div(c).unwrap_or(0)
+}
+
+/// Every index must address a row of a table of `rows` rows.
+pub fn check_indices(
+    op: &str,
+    what: &str,
+    table: &str,
+    idx: &[u32],
+    rows: usize,
+    hint: &str,
+) -> Result<(), String> {
+    match idx.iter().position(|&t| t as usize >= rows) {
+        Some(i) => Err(format!(
+            "{op}: {what} {} at index {i} is outside `{table}` ({rows} rows); {hint}",
+            idx[i]
+        )),
+        None => Ok(()),
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::reference as r;
 use common::*;
-use kiln_abi::{AdamWArgs, IntoBResult};
+use kiln_abi::{AdamWArgs, IntoBResult, Rounding};
 
 #[test]
 fn adamw_matches_pytorch_formula_over_several_steps() {
@@ -31,6 +31,10 @@ fn adamw_matches_pytorch_formula_over_several_steps() {
             weight_decay: wd,
             grad_scale: scale,
             step,
+            params_16: None.into(),
+            rounding: Rounding::NearestEven,
+            seed: 0,
+            control: None.into(),
         };
         be.adamw(args).ok_or_err().unwrap();
         let g64: Vec<f64> = g.iter().map(|&x| x as f64 * scale as f64).collect();
@@ -63,9 +67,13 @@ fn adamw_rejects_step_zero_and_aliasing() {
         weight_decay: 0.0,
         grad_scale: 1.0,
         step: 1,
+        params_16: None.into(),
+        rounding: Rounding::NearestEven,
+        seed: 0,
+        control: None.into(),
     };
     let err = be.adamw(args).ok_or_err().unwrap_err().0;
-    assert!(err.contains("alias"), "{err}");
+    assert!(err.contains("overlaps"), "{err}");
     args.grads = zeros(&mut be, 4);
     args.step = 0;
     let err = be.adamw(args).ok_or_err().unwrap_err().0;

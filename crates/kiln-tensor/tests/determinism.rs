@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use kiln_abi::{BackendBox, BufId, IntoBResult, MatmulArgs};
+use kiln_abi::{BackendBox, BufId, IntoBResult, MatmulArgs, Reduce, Unary};
 
 /// Runs a small forward/backward chain of every op with parallel work on
 /// `threads` threads and returns every output, bit for bit.
@@ -22,7 +22,7 @@ fn chain(threads: usize) -> Vec<Vec<u32>> {
     let wte = upload(&mut be, &rng.vec(vp * c, 0.5));
     let wpe = upload(&mut be, &rng.vec(t * c, 0.5));
     let x = zeros(&mut be, bt * c);
-    be.encoder_forward(x, ti, wte, wpe, b, t, c)
+    embed(&mut be, x, ti, wte, Some(wpe), None, 0, (b, t, c))
         .ok_or_err()
         .unwrap();
 
@@ -33,7 +33,7 @@ fn chain(threads: usize) -> Vec<Vec<u32>> {
         zeros(&mut be, bt),
         zeros(&mut be, bt),
     );
-    be.layernorm_forward(ln, mean, rstd, x, lnw, lnb, bt, c, 1e-5)
+    layernorm_fwd(&mut be, ln, mean, rstd, x, lnw, lnb, bt, c, 1e-5)
         .ok_or_err()
         .unwrap();
     keep(&mut be, ln);
@@ -41,17 +41,8 @@ fn chain(threads: usize) -> Vec<Vec<u32>> {
     let wqkv = upload(&mut be, &rng.vec(3 * c * c, 0.2));
     let qkv = zeros(&mut be, bt * 3 * c);
     let mm = |out, a, w, m, n, k| MatmulArgs {
-        out,
-        a,
-        b: w,
-        bias: None.into(),
-        m,
-        n,
-        k,
-        trans_a: false,
         trans_b: true,
-        alpha: 1.0,
-        beta: 0.0,
+        ..MatmulArgs::new(out, a, w, m, n, k)
     };
     be.matmul(mm(qkv, ln, wqkv, bt, 3 * c, c))
         .ok_or_err()
@@ -59,26 +50,28 @@ fn chain(threads: usize) -> Vec<Vec<u32>> {
     keep(&mut be, qkv);
 
     let (att_out, att) = (zeros(&mut be, bt * c), zeros(&mut be, b * nh * t * t));
-    be.attention_forward(att_out, att, qkv, b, t, c, nh)
+    attn_fwd(&mut be, att_out, att, qkv, None, mha(b, t, c, nh))
         .ok_or_err()
         .unwrap();
     keep(&mut be, att_out);
 
     let g = zeros(&mut be, bt * c);
-    be.gelu_forward(g, att_out, bt * c).ok_or_err().unwrap();
+    be.unary_forward(Unary::Gelu, g, att_out, bt * c)
+        .ok_or_err()
+        .unwrap();
     let logits = zeros(&mut be, bt * vp);
     be.matmul(mm(logits, g, wte, bt, vp, c))
         .ok_or_err()
         .unwrap();
-    let (losses, probs) = (zeros(&mut be, bt), zeros(&mut be, bt * vp));
-    be.crossentropy_forward(losses, probs, logits, ti, bt, v, vp)
+    let (losses, lse) = (zeros(&mut be, bt), zeros(&mut be, bt));
+    be.crossentropy_forward(losses, lse, logits, ti, bt, v, vp)
         .ok_or_err()
         .unwrap();
     keep(&mut be, losses);
 
     let dl = upload(&mut be, &vec![1.0 / bt as f32; bt]);
     let dlogits = zeros(&mut be, bt * vp);
-    be.crossentropy_backward(dlogits, probs, ti, dl, bt, v, vp)
+    be.crossentropy_backward(dlogits, logits, lse, ti, dl, bt, v, vp)
         .ok_or_err()
         .unwrap();
     let dg = zeros(&mut be, bt * c);
@@ -96,13 +89,22 @@ fn chain(threads: usize) -> Vec<Vec<u32>> {
     };
     be.matmul(args).ok_or_err().unwrap();
     let datt_out = zeros(&mut be, bt * c);
-    be.gelu_backward(datt_out, att_out, dg, bt * c)
+    be.unary_backward(Unary::Gelu, datt_out, att_out, dg, bt * c)
         .ok_or_err()
         .unwrap();
     let dqkv = zeros(&mut be, bt * 3 * c);
-    be.attention_backward(dqkv, datt_out, qkv, att, b, t, c, nh)
-        .ok_or_err()
-        .unwrap();
+    attn_bwd(
+        &mut be,
+        dqkv,
+        datt_out,
+        qkv,
+        att_out,
+        att,
+        None,
+        mha(b, t, c, nh),
+    )
+    .ok_or_err()
+    .unwrap();
     keep(&mut be, dqkv);
     let dln = zeros(&mut be, bt * c);
     let args = MatmulArgs {
@@ -111,13 +113,13 @@ fn chain(threads: usize) -> Vec<Vec<u32>> {
     };
     be.matmul(args).ok_or_err().unwrap();
     let (dx, dlnw, dlnb) = (zeros(&mut be, bt * c), zeros(&mut be, c), zeros(&mut be, c));
-    be.layernorm_backward(dx, dlnw, dlnb, dln, x, lnw, mean, rstd, bt, c)
+    layernorm_bwd(&mut be, dx, dlnw, dlnb, dln, x, lnw, mean, rstd, bt, c)
         .ok_or_err()
         .unwrap();
     keep(&mut be, dx);
     keep(&mut be, dlnw);
     let dwpe = zeros(&mut be, t * c);
-    be.encoder_backward(dwte, dwpe, dx, ti, b, t, c)
+    embed_bwd(&mut be, Some(dwte), Some(dwpe), dx, ti, None, 0, (b, t, c))
         .ok_or_err()
         .unwrap();
     keep(&mut be, dwte);
@@ -125,8 +127,14 @@ fn chain(threads: usize) -> Vec<Vec<u32>> {
     let dbias = zeros(&mut be, c);
     be.bias_backward(dbias, dx, bt, c).ok_or_err().unwrap();
     keep(&mut be, dbias);
-    let ss = be.sum_squares(dwte, vp * c).ok_or_err().unwrap();
-    outputs.push(vec![ss.to_bits() as u32, (ss.to_bits() >> 32) as u32]);
+    let ss = zeros(&mut be, 2);
+    be.reduce(Reduce::SumSquares, ss, 0, dwte, vp * c)
+        .ok_or_err()
+        .unwrap();
+    be.reduce(Reduce::Sum, ss, 1, dx, bt * c)
+        .ok_or_err()
+        .unwrap();
+    keep(&mut be, ss);
     outputs
 }
 

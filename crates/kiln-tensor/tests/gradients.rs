@@ -7,7 +7,7 @@ mod common;
 
 use common::reference as r;
 use common::*;
-use kiln_abi::{BackendExt, IntoBResult, MatmulArgs, RResult};
+use kiln_abi::{BackendExt, IntoBResult, RResult, Reduce, Unary};
 
 #[test]
 fn layernorm_forward_and_gradients() {
@@ -34,7 +34,7 @@ fn layernorm_forward_and_gradients() {
         zeros(&mut be, rows),
         zeros(&mut be, rows),
     );
-    be.layernorm_forward(out, mean, rstd, xi, wi, bi, rows, cols, eps)
+    layernorm_fwd(&mut be, out, mean, rstd, xi, wi, bi, rows, cols, eps)
         .ok_or_err()
         .unwrap();
     let (want, want_mean, want_rstd) = r::layernorm(
@@ -55,9 +55,11 @@ fn layernorm_forward_and_gradients() {
         upload(&mut be, &db0),
         upload(&mut be, &dout),
     );
-    be.layernorm_backward(dxi, dwi, dbi, douti, xi, wi, mean, rstd, rows, cols)
-        .ok_or_err()
-        .unwrap();
+    layernorm_bwd(
+        &mut be, dxi, dwi, dbi, douti, xi, wi, mean, rstd, rows, cols,
+    )
+    .ok_or_err()
+    .unwrap();
 
     let (x64, w64, b64, g) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&dout));
     let loss = |x: &[f64], w: &[f64], b: &[f64]| {
@@ -103,10 +105,14 @@ fn gelu_forward_and_gradient() {
         upload(&mut be, &dout),
         upload(&mut be, &d0),
     );
-    be.gelu_forward(out, xi, n).ok_or_err().unwrap();
+    be.unary_forward(Unary::Gelu, out, xi, n)
+        .ok_or_err()
+        .unwrap();
     let want: Vec<f64> = x.iter().map(|&v| r::gelu(v as f64)).collect();
     assert_close("gelu", &download(&mut be, out), &want, 1e-5, 1e-6);
-    be.gelu_backward(di, xi, gi, n).ok_or_err().unwrap();
+    be.unary_backward(Unary::Gelu, di, xi, gi, n)
+        .ok_or_err()
+        .unwrap();
     let h = 1e-6;
     let grad: Vec<f64> = x
         .iter()
@@ -144,19 +150,7 @@ fn run_matmul(
         upload(&mut be, out0),
     );
     let bias = bias.map(|v| upload(&mut be, v));
-    let args = MatmulArgs {
-        out: oi,
-        a: ai,
-        b: bi,
-        bias: bias.into(),
-        m,
-        n,
-        k,
-        trans_a: ta,
-        trans_b: tb,
-        alpha,
-        beta,
-    };
+    let args = mm_args(oi, ai, bi, bias, (m, n, k), ta, tb, alpha, beta);
     be.matmul(args).ok_or_err().unwrap();
     download(&mut be, oi)
 }
@@ -274,19 +268,7 @@ fn matmul_accepts_bf16_and_f16_operands() {
     let bi = be.alloc_buf(kiln_abi::DType::F16, k * n).unwrap();
     be.upload_f16(bi, &b).unwrap();
     let oi = zeros(&mut be, m * n);
-    let args = MatmulArgs {
-        out: oi,
-        a: ai,
-        b: bi,
-        bias: None.into(),
-        m,
-        n,
-        k,
-        trans_a: false,
-        trans_b: false,
-        alpha: 1.0,
-        beta: 0.0,
-    };
+    let args = mm_args(oi, ai, bi, None, (m, n, k), false, false, 1.0, 0.0);
     be.matmul(args).ok_or_err().unwrap();
     let a64: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
     let b64: Vec<f64> = b.iter().map(|v| v.to_f64()).collect();
@@ -305,7 +287,7 @@ fn attention_case(bsz: usize, t: usize, c: usize, nh: usize, seed: u64, check_gr
         zeros(&mut be, bsz * t * c),
         zeros(&mut be, bsz * nh * t * t),
     );
-    be.attention_forward(out, att, qi, bsz, t, c, nh)
+    attn_fwd(&mut be, out, att, qi, None, mha(bsz, t, c, nh))
         .ok_or_err()
         .unwrap();
     let (want_out, want_att) = r::attention(&to_f64(&qkv), bsz, t, c, nh);
@@ -315,7 +297,7 @@ fn attention_case(bsz: usize, t: usize, c: usize, nh: usize, seed: u64, check_gr
         return;
     }
     let (di, gi) = (upload(&mut be, &dqkv0), upload(&mut be, &dout));
-    be.attention_backward(di, gi, qi, att, bsz, t, c, nh)
+    attn_bwd(&mut be, di, gi, qi, out, att, None, mha(bsz, t, c, nh))
         .ok_or_err()
         .unwrap();
     let g = to_f64(&dout);
@@ -355,7 +337,7 @@ fn kv_cache_attention_equals_full_attention() {
         zeros(&mut be, bsz * t * c),
         zeros(&mut be, bsz * nh * t * t),
     );
-    be.attention_forward(out, att, qi, bsz, t, c, nh)
+    attn_fwd(&mut be, out, att, qi, None, mha(bsz, t, c, nh))
         .ok_or_err()
         .unwrap();
     let full = download(&mut be, out);
@@ -375,9 +357,18 @@ fn kv_cache_attention_equals_full_attention() {
         }
         let pi = upload(&mut be, &piece);
         let po = zeros(&mut be, bsz * t_new * c);
-        be.attention_kv_forward(po, pi, kc, vc, bsz, t_new, t_past, t_max, c, nh)
-            .ok_or_err()
-            .unwrap();
+        kv_fwd(
+            &mut be,
+            po,
+            pi,
+            kc,
+            vc,
+            mha(bsz, t_new, c, nh),
+            t_past,
+            t_max,
+        )
+        .ok_or_err()
+        .unwrap();
         let got = download(&mut be, po);
         for b in 0..bsz {
             let want = &full[(b * t + t_past) * c..(b * t + t_past + t_new) * c];
@@ -395,7 +386,7 @@ fn kv_cache_attention_equals_full_attention() {
     // One more token would overflow the cache? No: 11 + 5 = 16 fits, 17 does not.
     let pi = upload(&mut be, &vec![0.0; bsz * 6 * 3 * c]);
     let po = zeros(&mut be, bsz * 6 * c);
-    let r = be.attention_kv_forward(po, pi, kc, vc, bsz, 6, t_past, t_max, c, nh);
+    let r = kv_fwd(&mut be, po, pi, kc, vc, mha(bsz, 6, c, nh), t_past, t_max);
     assert!(
         matches!(r, RResult::RErr(ref e) if e.contains("t_max")),
         "{r:?}"
@@ -403,7 +394,7 @@ fn kv_cache_attention_equals_full_attention() {
 }
 
 #[test]
-fn encoder_forward_and_gradients() {
+fn embedding_forward_and_gradients() {
     let (bsz, t, c, vp) = (2, 4, 3, 5);
     let mut rng = Rng::new(11);
     // Repeated tokens: their gradients must add up.
@@ -419,7 +410,7 @@ fn encoder_forward_and_gradients() {
         upload(&mut be, &wpe),
         zeros(&mut be, bsz * t * c),
     );
-    be.encoder_forward(out, ti, wi, pi, bsz, t, c)
+    embed(&mut be, out, ti, wi, Some(pi), None, 0, (bsz, t, c))
         .ok_or_err()
         .unwrap();
     let want = r::encoder(&tokens, &to_f64(&wte), &to_f64(&wpe), t, c);
@@ -430,7 +421,7 @@ fn encoder_forward_and_gradients() {
         upload(&mut be, &dwpe0),
         upload(&mut be, &dout),
     );
-    be.encoder_backward(dwi, dpi, gi, ti, bsz, t, c)
+    embed_bwd(&mut be, Some(dwi), Some(dpi), gi, ti, None, 0, (bsz, t, c))
         .ok_or_err()
         .unwrap();
     let g = to_f64(&dout);
@@ -458,7 +449,7 @@ fn encoder_forward_and_gradients() {
 }
 
 #[test]
-fn encoder_forward_at_reads_positions_from_pos0() {
+fn embedding_reads_positions_from_pos0() {
     let (bsz, t, c, vp, pos0, t_max) = (2, 3, 4, 6, 5, 9);
     let mut rng = Rng::new(21);
     let tokens: Vec<u32> = vec![5, 0, 2, 2, 4, 1];
@@ -471,7 +462,7 @@ fn encoder_forward_at_reads_positions_from_pos0() {
         upload(&mut be, &wpe),
         zeros(&mut be, bsz * t * c),
     );
-    be.encoder_forward_at(out, ti, wi, pi, bsz, t, c, pos0)
+    embed(&mut be, out, ti, wi, Some(pi), None, pos0, (bsz, t, c))
         .ok_or_err()
         .unwrap();
     let (wte64, wpe64) = (to_f64(&wte), to_f64(&wpe));
@@ -492,7 +483,7 @@ fn encoder_forward_at_reads_positions_from_pos0() {
         );
         be.upload_f32(wi, &w32).unwrap();
         be.upload_f32(pi, &p32).unwrap();
-        be.encoder_forward_at(out, ti, wi, pi, bsz, t, c, pos0)
+        embed(&mut be, out, ti, wi, Some(pi), None, pos0, (bsz, t, c))
             .ok_or_err()
             .unwrap();
         weighted_sum(&g64, &to_f64(&download(&mut be, out)))
@@ -537,21 +528,22 @@ fn encoder_forward_at_reads_positions_from_pos0() {
     let full = zeros(&mut be, bsz * t * c);
     be.upload_f32(wi, &wte).unwrap();
     be.upload_f32(pi, &wpe).unwrap();
-    be.encoder_forward(full, ti, wi, pi, bsz, t, c)
+    embed(&mut be, full, ti, wi, Some(pi), None, 0, (bsz, t, c))
         .ok_or_err()
         .unwrap();
-    be.encoder_forward_at(out, ti, wi, pi, bsz, t, c, 0)
+    embed(&mut be, out, ti, wi, Some(pi), None, 0, (bsz, t, c))
         .ok_or_err()
         .unwrap();
     assert_eq!(download(&mut be, full), download(&mut be, out));
     let last = t_max - t;
-    assert!(be
-        .encoder_forward_at(out, ti, wi, pi, bsz, t, c, last)
-        .ok_or_err()
-        .is_ok());
-    let r = be.encoder_forward_at(out, ti, wi, pi, bsz, t, c, last + 1);
     assert!(
-        matches!(r, RResult::RErr(ref e) if e.contains("encoder_forward_at") && e.contains("wpe")),
+        embed(&mut be, out, ti, wi, Some(pi), None, last, (bsz, t, c))
+            .ok_or_err()
+            .is_ok()
+    );
+    let r = embed(&mut be, out, ti, wi, Some(pi), None, last + 1, (bsz, t, c));
+    assert!(
+        matches!(r, RResult::RErr(ref e) if e.contains("embedding_forward") && e.contains("wpe")),
         "{r:?}"
     );
 }
@@ -564,34 +556,38 @@ fn crossentropy_forward_and_gradient_with_ignored_targets_and_padding() {
     // Rows 2 and 5 are ignored (target >= v); row 4 hits the last real column.
     let targets: Vec<u32> = vec![0, 3, 7, 2, 6, u32::MAX];
     let dlosses = rng.vec(rows, 1.0);
-    let dlogits0 = rng.vec(rows * vp, 1.0);
     let mut be = backend(2);
     let (li, ti) = (upload(&mut be, &logits), be.from_u32(&targets).unwrap());
-    let (losses, probs) = (zeros(&mut be, rows), upload(&mut be, &vec![9.0; rows * vp]));
-    be.crossentropy_forward(losses, probs, li, ti, rows, v, vp)
+    let (losses, lse) = (zeros(&mut be, rows), upload(&mut be, &vec![9.0; rows]));
+    be.crossentropy_forward(losses, lse, li, ti, rows, v, vp)
         .ok_or_err()
         .unwrap();
-    let (want_l, want_p) = r::crossentropy(&to_f64(&logits), &targets, rows, v, vp);
+    let (want_l, _) = r::crossentropy(&to_f64(&logits), &targets, rows, v, vp);
+    let want_lse = r::logsumexp_rows(&to_f64(&logits), rows, v, vp);
     assert_close("losses", &download(&mut be, losses), &want_l, 1e-5, 1e-6);
-    assert_close("probs", &download(&mut be, probs), &want_p, 1e-5, 1e-7);
+    assert_close("lse", &download(&mut be, lse), &want_lse, 1e-6, 1e-6);
 
-    let (di, gi) = (upload(&mut be, &dlogits0), upload(&mut be, &dlosses));
-    be.crossentropy_backward(di, probs, ti, gi, rows, v, vp)
+    // The backward overwrites (old contents, even NaN, do not matter).
+    let gi = upload(&mut be, &dlosses);
+    let di = upload(&mut be, &vec![f32::NAN; rows * vp]);
+    be.crossentropy_backward(di, li, lse, ti, gi, rows, v, vp)
         .ok_or_err()
         .unwrap();
     let g = to_f64(&dlosses);
     let grad = numeric_grad(&to_f64(&logits), |x| {
         weighted_sum(&g, &r::crossentropy(x, &targets, rows, v, vp).0)
     });
-    // Padding columns have zero gradient in the reference too, so this also
-    // checks that they were left untouched.
-    assert_close(
-        "dlogits",
-        &download(&mut be, di),
-        &plus(&dlogits0, &grad),
-        1e-4,
-        1e-5,
-    );
+    // Padding columns and ignored rows are exactly 0.
+    let got = download(&mut be, di);
+    assert_close("dlogits", &got, &grad, 1e-4, 1e-5);
+    assert!(got[2 * vp..3 * vp].iter().all(|&x| x == 0.0));
+    assert!((0..rows).all(|r| got[r * vp + v..(r + 1) * vp].iter().all(|&x| x == 0.0)));
+
+    // In place on the logits (llm.c's trick): the same bits.
+    be.crossentropy_backward(li, li, lse, ti, gi, rows, v, vp)
+        .ok_or_err()
+        .unwrap();
+    assert_eq!(bits(&download(&mut be, li)), bits(&got));
 }
 
 #[test]
@@ -608,11 +604,11 @@ fn residual_forward_and_gradient() {
         .map(|(x, y)| *x as f64 + *y as f64)
         .collect();
     assert_close("add", &download(&mut be, out), &want, 1e-7, 0.0);
-    // d(a+b)/da = identity: the backward of a residual is `accumulate`.
+    // d(a+b)/da = identity: the backward of a residual is `axpy` with 1.
     let di = upload(&mut be, &d0);
-    be.accumulate(di, bi, n).ok_or_err().unwrap();
+    be.axpy(di, bi, n, 1.0).ok_or_err().unwrap();
     assert_close(
-        "accumulate",
+        "axpy",
         &download(&mut be, di),
         &plus(&d0, &to_f64(&b)),
         1e-7,
@@ -628,10 +624,20 @@ fn scale_and_sum_squares() {
     let mut be = backend(2);
     let xi = upload(&mut be, &x);
     let want: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
-    let got = be.sum_squares(xi, n).ok_or_err().unwrap();
-    assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
+    // reduce adds the f64 result, rounded to f32, into its slot.
+    let dst = upload(&mut be, &[0.0, 2.0]);
+    be.reduce(Reduce::SumSquares, dst, 1, xi, n)
+        .ok_or_err()
+        .unwrap();
+    let got = download(&mut be, dst);
+    assert_eq!(got[0], 0.0);
+    assert_eq!(got[1], 2.0f32 + want as f32);
     be.scale(xi, n - 1, 0.5).ok_or_err().unwrap();
     let got = download(&mut be, xi);
     assert_eq!(got[n - 1], x[n - 1], "elements past n stay");
     assert_eq!(got[7], x[7] * 0.5);
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }

@@ -1,6 +1,6 @@
 //! The ops for packed batches (several documents in one row):
-//! `encoder_forward_positions`, `encoder_backward_positions` and
-//! `attention_forward_segments`. Each is checked three ways: with trivial
+//! `embedding_forward`/`embedding_backward` with `positions` and
+//! `attention_forward` with `segments`. Each is checked three ways: with trivial
 //! positions/segments it is the unpacked op bit for bit; a packed row equals
 //! its documents run alone; and against f64 references and finite
 //! differences (the backward of the segmented attention is the unchanged
@@ -11,6 +11,19 @@ mod common;
 use common::reference as r;
 use common::*;
 use kiln_abi::{BackendBox, BackendExt, BufId, IntoBResult, RResult};
+
+/// Positions given per token.
+fn embed_pos(
+    be: &mut BackendBox,
+    out: BufId,
+    tokens: BufId,
+    pos: BufId,
+    wte: BufId,
+    wpe: BufId,
+    d: (usize, usize, usize),
+) -> R {
+    embed(be, out, tokens, wte, Some(wpe), Some(pos), 0, d)
+}
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -76,14 +89,14 @@ fn run_segments(
     t: usize,
     c: usize,
     nh: usize,
-) -> (Vec<f32>, Vec<f32>, BufId, BufId) {
+) -> (Vec<f32>, Vec<f32>, BufId, BufId, BufId) {
     let qi = upload(be, qkv);
     let si = be.from_u32(segments).unwrap();
     let (out, att) = (zeros(be, bsz * t * c), zeros(be, bsz * nh * t * t));
-    be.attention_forward_segments(out, att, qi, si, bsz, t, c, nh)
+    attn_fwd(be, out, att, qi, Some(si), mha(bsz, t, c, nh))
         .ok_or_err()
         .unwrap();
-    (download(be, out), download(be, att), qi, att)
+    (download(be, out), download(be, att), qi, att, out)
 }
 
 fn run_attention(
@@ -96,7 +109,7 @@ fn run_attention(
 ) -> (Vec<f32>, Vec<f32>) {
     let qi = upload(be, qkv);
     let (out, att) = (zeros(be, bsz * t * c), zeros(be, bsz * nh * t * t));
-    be.attention_forward(out, att, qi, bsz, t, c, nh)
+    attn_fwd(be, out, att, qi, None, mha(bsz, t, c, nh))
         .ok_or_err()
         .unwrap();
     (download(be, out), download(be, att))
@@ -173,12 +186,12 @@ fn segments_gradient_case(segments: &[u32], bsz: usize, t: usize, c: usize, nh: 
     let dout = rng.vec(bsz * t * c, 1.0);
     let dqkv0 = rng.vec(bsz * t * 3 * c, 1.0);
     let mut be = backend(2);
-    let (out, att, qi, atti) = run_segments(&mut be, &qkv, segments, bsz, t, c, nh);
+    let (out, att, qi, atti, outi) = run_segments(&mut be, &qkv, segments, bsz, t, c, nh);
     let (want_out, want_att) = attention_segments_ref(&to_f64(&qkv), segments, bsz, t, c, nh);
     assert_close("att", &att, &want_att, 1e-5, 1e-6);
     assert_close("out", &out, &want_out, 1e-5, 1e-5);
     let (di, gi) = (upload(&mut be, &dqkv0), upload(&mut be, &dout));
-    be.attention_backward(di, gi, qi, atti, bsz, t, c, nh)
+    attn_bwd(&mut be, di, gi, qi, outi, atti, None, mha(bsz, t, c, nh))
         .ok_or_err()
         .unwrap();
     let g = to_f64(&dout);
@@ -227,22 +240,40 @@ fn encoder_positions_from_zero_is_encoder_bit_for_bit() {
         upload(&mut be, &dout),
     );
     let (a, b) = (zeros(&mut be, bsz * t * c), zeros(&mut be, bsz * t * c));
-    be.encoder_forward(a, ti, wi, wpi, bsz, t, c)
+    embed(&mut be, a, ti, wi, Some(wpi), None, 0, (bsz, t, c))
         .ok_or_err()
         .unwrap();
-    be.encoder_forward_positions(b, ti, pi, wi, wpi, bsz, t, c)
+    embed_pos(&mut be, b, ti, pi, wi, wpi, (bsz, t, c))
         .ok_or_err()
         .unwrap();
     assert_eq!(bits(&download(&mut be, a)), bits(&download(&mut be, b)));
 
     let (dw_a, dp_a) = (upload(&mut be, &dwte0), upload(&mut be, &dwpe0));
     let (dw_b, dp_b) = (upload(&mut be, &dwte0), upload(&mut be, &dwpe0));
-    be.encoder_backward(dw_a, dp_a, gi, ti, bsz, t, c)
-        .ok_or_err()
-        .unwrap();
-    be.encoder_backward_positions(dw_b, dp_b, gi, ti, pi, bsz, t, c)
-        .ok_or_err()
-        .unwrap();
+    embed_bwd(
+        &mut be,
+        Some(dw_a),
+        Some(dp_a),
+        gi,
+        ti,
+        None,
+        0,
+        (bsz, t, c),
+    )
+    .ok_or_err()
+    .unwrap();
+    embed_bwd(
+        &mut be,
+        Some(dw_b),
+        Some(dp_b),
+        gi,
+        ti,
+        Some(pi),
+        0,
+        (bsz, t, c),
+    )
+    .ok_or_err()
+    .unwrap();
     assert_eq!(
         bits(&download(&mut be, dw_a)),
         bits(&download(&mut be, dw_b))
@@ -287,7 +318,7 @@ fn encoder_positions_forward_and_gradients() {
         upload(&mut be, &wpe),
         zeros(&mut be, bsz * t * c),
     );
-    be.encoder_forward_positions(out, ti, pi, wi, wpi, bsz, t, c)
+    embed_pos(&mut be, out, ti, pi, wi, wpi, (bsz, t, c))
         .ok_or_err()
         .unwrap();
     let (wte64, wpe64) = (to_f64(&wte), to_f64(&wpe));
@@ -313,9 +344,18 @@ fn encoder_positions_forward_and_gradients() {
         upload(&mut be, &dwpe0),
         upload(&mut be, &dout),
     );
-    be.encoder_backward_positions(dwi, dpi, gi, ti, pi, bsz, t, c)
-        .ok_or_err()
-        .unwrap();
+    embed_bwd(
+        &mut be,
+        Some(dwi),
+        Some(dpi),
+        gi,
+        ti,
+        Some(pi),
+        0,
+        (bsz, t, c),
+    )
+    .ok_or_err()
+    .unwrap();
     let g = to_f64(&dout);
     let gw = numeric_grad(&wte64, |x| weighted_sum(&g, &reference(x, &wpe64)));
     let gp = numeric_grad(&wpe64, |x| weighted_sum(&g, &reference(&wte64, x)));
@@ -341,27 +381,36 @@ fn positions_outside_wpe_are_errors_naming_the_op() {
     let bad = be.from_u32(&[0, 3, 1]).unwrap();
     let (wte, wpe) = (zeros(&mut be, vp * c), zeros(&mut be, t * c));
     let out = zeros(&mut be, bsz * t * c);
-    be.encoder_forward_positions(out, tokens, ok, wte, wpe, bsz, t, c)
+    embed_pos(&mut be, out, tokens, ok, wte, wpe, (bsz, t, c))
         .ok_or_err()
         .unwrap();
-    let r = be.encoder_forward_positions(out, tokens, bad, wte, wpe, bsz, t, c);
+    let r = embed_pos(&mut be, out, tokens, bad, wte, wpe, (bsz, t, c));
     assert!(
-        matches!(r, RResult::RErr(ref e) if e.contains("encoder_forward_positions")
+        matches!(r, RResult::RErr(ref e) if e.contains("embedding_forward")
             && e.contains("position 3") && e.contains("wpe")),
         "{r:?}"
     );
-    let r = be.encoder_backward_positions(wte, wpe, out, tokens, bad, bsz, t, c);
+    let r = embed_bwd(
+        &mut be,
+        Some(wte),
+        Some(wpe),
+        out,
+        tokens,
+        Some(bad),
+        0,
+        (bsz, t, c),
+    );
     assert!(
-        matches!(r, RResult::RErr(ref e) if e.contains("encoder_backward_positions")
+        matches!(r, RResult::RErr(ref e) if e.contains("embedding_backward")
             && e.contains("position 3") && e.contains("dwpe")),
         "{r:?}"
     );
     // Segments of the wrong length are refused too.
     let (qkv, att) = (zeros(&mut be, 3 * bsz * t * c), zeros(&mut be, t * t));
     let short = be.from_u32(&[0, 0]).unwrap();
-    let r = be.attention_forward_segments(out, att, qkv, short, bsz, t, c, 1);
+    let r = attn_fwd(&mut be, out, att, qkv, Some(short), mha(bsz, t, c, 1));
     assert!(
-        matches!(r, RResult::RErr(ref e) if e.contains("attention_forward_segments")
+        matches!(r, RResult::RErr(ref e) if e.contains("attention_forward")
             && e.contains("segments")),
         "{r:?}"
     );

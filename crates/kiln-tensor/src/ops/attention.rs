@@ -1,9 +1,13 @@
-//! Causal multi-head self-attention over `qkv [B,T,3C]`, with the softmax
-//! probabilities `att [B,NH,T,T]` saved for backward.
+//! Causal (grouped-query, optionally windowed, optionally packed) self-attention
+//! over `qkv [B,T,(nh+2nkv)*hd]`, with the softmax probabilities
+//! `att [B,nh,T,T]` saved for backward (masked entries are exactly 0).
 //!
-//! Each (batch, head) pair is one parallel task. Inside it, queries go in
-//! blocks of [`BLOCK`] rows and every block is a few GEMM calls over only the
-//! keys it can see (`0..block_end`), so the causal half is mostly skipped.
+//! Forward: each (batch, query head) is one parallel task. Inside it, queries
+//! go in blocks of [`BLOCK`] rows and every block is a few GEMM calls over
+//! only the keys it can see (`0..block_end`), so the causal half is mostly
+//! skipped. Backward: each (batch, key/value head) is one task that runs its
+//! query heads in order, so the shared dk/dv sums have a fixed order (with
+//! `nh == nkv` this is exactly the multi-head computation).
 
 use rayon::prelude::*;
 
@@ -14,21 +18,38 @@ use crate::gemm::{sgemm_serial, GemmEngine, Mat, MatMut};
 /// Query rows per block.
 const BLOCK: usize = 64;
 
-/// Shapes of one attention call.
+/// Shapes of one attention call (`kiln_abi::AttentionShape`, validated).
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
     pub b: usize,
     pub t: usize,
-    pub c: usize,
     pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+    /// Keys `s > t - window` only; 0: no window.
+    pub window: usize,
 }
 
 impl Shape {
-    fn hs(&self) -> usize {
-        self.c / self.nh
+    /// Elements per token row of `qkv`.
+    pub fn qkv_row(&self) -> usize {
+        (self.nh + 2 * self.nkv) * self.hd
     }
-    fn scale(&self) -> f32 {
-        1.0 / (self.hs() as f32).sqrt()
+    /// Elements per token row of `out`.
+    pub fn out_row(&self) -> usize {
+        self.nh * self.hd
+    }
+    /// Query heads per key/value head.
+    fn group(&self) -> usize {
+        self.nh / self.nkv
+    }
+    /// First key query `i` may see because of the window.
+    fn window_lo(&self, i: usize) -> usize {
+        if self.window > 0 && i + 1 > self.window {
+            i + 1 - self.window
+        } else {
+            0
+        }
     }
 }
 
@@ -47,19 +68,25 @@ simd_fn! {
     }
 }
 
-/// Views of q, k, v (each `[T, hs]`, row stride `3C`) of one (batch, head).
+/// Views of q (query head `h`), k and v (its key/value head), each `[T, hd]`
+/// with row stride `qkv_row`, of batch `bi`.
 fn qkv_views(qkv: &[f32], sh: Shape, bi: usize, h: usize) -> (Mat, Mat, Mat) {
-    let base = bi * sh.t * 3 * sh.c + h * sh.hs();
-    let rs = 3 * sh.c as isize;
+    let base = bi * sh.t * sh.qkv_row();
+    let kvh = h / sh.group();
+    let rs = sh.qkv_row() as isize;
     let at = |off: usize| Mat {
         ptr: qkv[base + off..].as_ptr(),
         rs,
         cs: 1,
     };
-    (at(0), at(sh.c), at(2 * sh.c))
+    (
+        at(h * sh.hd),
+        at((sh.nh + kvh) * sh.hd),
+        at((sh.nh + sh.nkv + kvh) * sh.hd),
+    )
 }
 
-/// Transposed view of a `[T, hs]` matrix with row stride `rs`.
+/// Transposed view of a `[T, hd]` matrix with row stride `rs`.
 fn transposed(m: Mat) -> Mat {
     Mat {
         ptr: m.ptr,
@@ -68,70 +95,9 @@ fn transposed(m: Mat) -> Mat {
     }
 }
 
-pub fn forward(engine: GemmEngine, out: &mut [f32], att: &mut [f32], qkv: &[f32], sh: Shape) {
-    let Shape { b, t, c, nh } = sh;
-    let hs = sh.hs();
-    let scale = sh.scale();
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    att[..b * nh * t * t]
-        .par_chunks_mut(t * t)
-        .enumerate()
-        .for_each(|(bh, att_h)| {
-            let (bi, h) = (bh / nh, bh % nh);
-            let (q, k, v) = qkv_views(qkv, sh, bi, h);
-            let att_m = MatMut::row_major(att_h, t);
-            let out_h = MatMut {
-                // SAFETY: in bounds: the backend checked out holds B*T*C.
-                ptr: unsafe { out_ptr.get().add(bi * t * c + h * hs) },
-                rs: c as isize,
-                cs: 1,
-            };
-            for r0 in (0..t).step_by(BLOCK) {
-                let r1 = (r0 + BLOCK).min(t);
-                let rb = r1 - r0;
-                // SAFETY: all views address memory inside their buffers (checked
-                // by the backend); this task alone writes att_h and the columns
-                // h*hs..(h+1)*hs of batch bi's rows of `out`.
-                unsafe {
-                    sgemm_serial(
-                        engine,
-                        rb,
-                        r1,
-                        hs,
-                        scale,
-                        q.offset(r0, 0),
-                        transposed(k),
-                        0.0,
-                        att_m.offset(r0, 0),
-                    );
-                }
-                for i in r0..r1 {
-                    let row = &mut att_h[i * t..(i + 1) * t];
-                    softmax_in_place(&mut row[..=i]);
-                    row[i + 1..].fill(0.0);
-                }
-                let att_blk = Mat::row_major(&att_h[r0 * t..], t, false);
-                // SAFETY: as above.
-                unsafe {
-                    sgemm_serial(
-                        engine,
-                        rb,
-                        hs,
-                        r1,
-                        1.0,
-                        att_blk,
-                        v,
-                        0.0,
-                        out_h.offset(r0, 0),
-                    );
-                }
-            }
-        });
-}
-
-/// Where query `i` of a packed row may look: keys `lo..=i` when its segment
-/// is one contiguous run ending at `i` (the packed case), else (a segment id
-/// reused earlier in the row) `Scattered`, masked key by key.
+/// Where query `i` may look: keys `lo..=i` when its segment is one
+/// contiguous run ending at `i` (always, without segments), else
+/// (a segment id reused earlier in the row) `Scattered`, masked key by key.
 #[derive(Clone, Copy)]
 enum Visible {
     Run { lo: usize },
@@ -140,8 +106,15 @@ enum Visible {
 
 /// [`Visible`] for every query of one row's `segments [T]`, in O(T): a
 /// query's keys are one run exactly when its id first occurs where that run
-/// starts.
-fn visible_keys(segments: &[u32]) -> Vec<Visible> {
+/// starts. The window narrows a run from the left.
+fn visible_keys(segments: Option<&[u32]>, sh: Shape) -> Vec<Visible> {
+    let Some(segments) = segments else {
+        return (0..sh.t)
+            .map(|i| Visible::Run {
+                lo: sh.window_lo(i),
+            })
+            .collect();
+    };
     let mut first = std::collections::HashMap::new();
     let mut lo = 0;
     let mut out = Vec::with_capacity(segments.len());
@@ -150,7 +123,9 @@ fn visible_keys(segments: &[u32]) -> Vec<Visible> {
             lo = i;
         }
         out.push(if *first.entry(s).or_insert(i) == lo {
-            Visible::Run { lo }
+            Visible::Run {
+                lo: lo.max(sh.window_lo(i)),
+            }
         } else {
             Visible::Scattered
         });
@@ -158,11 +133,11 @@ fn visible_keys(segments: &[u32]) -> Vec<Visible> {
     out
 }
 
-/// Softmax of `row[..=i]` over the keys with `segments[j] == segments[i]`;
-/// every other entry of `row` becomes exactly 0.
-fn softmax_same_segment(row: &mut [f32], segments: &[u32], i: usize) {
+/// Softmax of `row[..=i]` over the keys `j >= lo` with `segments[j] ==
+/// segments[i]`; every other entry of `row` becomes exactly 0.
+fn softmax_same_segment(row: &mut [f32], segments: &[u32], i: usize, lo: usize) {
     let s = segments[i];
-    let keep = |j: usize| segments[j] == s;
+    let keep = |j: usize| j >= lo && segments[j] == s;
     let m = (0..=i)
         .filter(|&j| keep(j))
         .map(|j| row[j])
@@ -177,51 +152,51 @@ fn softmax_same_segment(row: &mut [f32], segments: &[u32], i: usize) {
     row[i + 1..].fill(0.0);
 }
 
-/// [`forward`] for packed rows: query `i` of batch row `b` sees keys
-/// `j <= i` with `segments[b,j] == segments[b,i]` only, and the masked
-/// probabilities are stored as 0, so [`backward`] needs no change (a zero
-/// probability contributes nothing to dv, and its softmax gradient
-/// `a_j (d_j - s)` is 0). The scores are the same GEMMs as [`forward`]'s;
-/// a query whose segment is one run `lo..=i` gets [`softmax_in_place`] on
-/// exactly that run, so all-equal segments reproduce [`forward`] bit for bit.
-pub fn forward_segments(
+/// Writes `out [B,T,nh*hd]` and the probabilities `att [B,nh,T,T]`. Query
+/// `i` of batch row `b` sees keys `j <= i` (within the window, and with
+/// `segments` only those of its own segment); masked probabilities are
+/// stored as 0, so [`backward`] needs no mask (a zero probability
+/// contributes nothing to dv, and its softmax gradient `a_j (d_j - s)` is 0).
+pub fn forward(
     engine: GemmEngine,
     out: &mut [f32],
     att: &mut [f32],
     qkv: &[f32],
-    segments: &[u32],
+    segments: Option<&[u32]>,
     sh: Shape,
+    scale: f32,
 ) {
-    let Shape { b, t, c, nh } = sh;
-    let hs = sh.hs();
-    let scale = sh.scale();
-    let visible: Vec<Vec<Visible>> = segments[..b * t].chunks(t).map(visible_keys).collect();
+    let Shape { b, t, nh, hd, .. } = sh;
+    let orow = sh.out_row();
+    let visible: Vec<Vec<Visible>> = (0..b)
+        .map(|bi| visible_keys(segments.map(|s| &s[bi * t..][..t]), sh))
+        .collect();
     let out_ptr = SendPtr(out.as_mut_ptr());
     att[..b * nh * t * t]
         .par_chunks_mut(t * t)
         .enumerate()
         .for_each(|(bh, att_h)| {
             let (bi, h) = (bh / nh, bh % nh);
-            let seg = &segments[bi * t..][..t];
             let (q, k, v) = qkv_views(qkv, sh, bi, h);
             let att_m = MatMut::row_major(att_h, t);
             let out_h = MatMut {
-                // SAFETY: in bounds: the backend checked out holds B*T*C.
-                ptr: unsafe { out_ptr.get().add(bi * t * c + h * hs) },
-                rs: c as isize,
+                // SAFETY: in bounds: the backend checked out holds B*T*nh*hd.
+                ptr: unsafe { out_ptr.get().add(bi * t * orow + h * hd) },
+                rs: orow as isize,
                 cs: 1,
             };
             for r0 in (0..t).step_by(BLOCK) {
                 let r1 = (r0 + BLOCK).min(t);
                 let rb = r1 - r0;
-                // SAFETY: as in `forward`: views inside their buffers; this
-                // task alone writes att_h and head h's columns of row bi.
+                // SAFETY: all views address memory inside their buffers (checked
+                // by the backend); this task alone writes att_h and the columns
+                // h*hd..(h+1)*hd of batch bi's rows of `out`.
                 unsafe {
                     sgemm_serial(
                         engine,
                         rb,
                         r1,
-                        hs,
+                        hd,
                         scale,
                         q.offset(r0, 0),
                         transposed(k),
@@ -237,7 +212,11 @@ pub fn forward_segments(
                             softmax_in_place(&mut row[lo..=i]);
                             row[i + 1..].fill(0.0);
                         }
-                        Visible::Scattered => softmax_same_segment(row, seg, i),
+                        Visible::Scattered => {
+                            let seg =
+                                &segments.expect("scattered only with segments")[bi * t..][..t];
+                            softmax_same_segment(row, seg, i, sh.window_lo(i))
+                        }
                     }
                 }
                 let att_blk = Mat::row_major(&att_h[r0 * t..], t, false);
@@ -246,7 +225,7 @@ pub fn forward_segments(
                     sgemm_serial(
                         engine,
                         rb,
-                        hs,
+                        hd,
                         r1,
                         1.0,
                         att_blk,
@@ -267,157 +246,160 @@ pub fn backward(
     qkv: &[f32],
     att: &[f32],
     sh: Shape,
+    scale: f32,
 ) {
-    let Shape { b, t, c, nh } = sh;
-    let hs = sh.hs();
-    let scale = sh.scale();
+    let Shape {
+        b, t, nh, nkv, hd, ..
+    } = sh;
+    let (qrow, orow) = (sh.qkv_row(), sh.out_row());
     let dqkv_ptr = SendPtr(dqkv.as_mut_ptr());
-    (0..b * nh).into_par_iter().for_each(|bh| {
-        let (bi, h) = (bh / nh, bh % nh);
-        let (q, k, v) = qkv_views(qkv, sh, bi, h);
-        let att_h = &att[bh * t * t..][..t * t];
-        let base = bi * t * 3 * c + h * hs;
-        let grad = |off: usize| MatMut {
-            // SAFETY: in bounds (backend checked dqkv holds B*T*3C).
-            ptr: unsafe { dqkv_ptr.get().add(base + off) },
-            rs: 3 * c as isize,
-            cs: 1,
-        };
-        let (dq, dk, dv) = (grad(0), grad(c), grad(2 * c));
-        let dout_h = Mat {
-            ptr: dout[bi * t * c + h * hs..].as_ptr(),
-            rs: c as isize,
-            cs: 1,
-        };
+    (0..b * nkv).into_par_iter().for_each(|bk| {
+        let (bi, kvh) = (bk / nkv, bk % nkv);
         let mut datt = vec![0f32; BLOCK.min(t) * t];
-        for r0 in (0..t).step_by(BLOCK) {
-            let r1 = (r0 + BLOCK).min(t);
-            let rb = r1 - r0;
-            let att_blk = Mat::row_major(&att_h[r0 * t..], t, false);
-            let datt_m = MatMut::row_major(&mut datt, t);
-            // SAFETY: views are in bounds; this task alone writes the head-h
-            // columns of batch bi in dqkv, and its own scratch `datt`.
-            unsafe {
-                // datt = dout_blk @ v[0..r1]^T
-                sgemm_serial(
-                    engine,
-                    rb,
-                    r1,
-                    hs,
-                    1.0,
-                    dout_h.offset(r0, 0),
-                    transposed(v),
-                    0.0,
-                    datt_m,
-                );
-                // dv[0..r1] += att_blk^T @ dout_blk
-                sgemm_serial(
-                    engine,
-                    r1,
-                    hs,
-                    rb,
-                    1.0,
-                    transposed(att_blk),
-                    dout_h.offset(r0, 0),
-                    1.0,
-                    dv,
-                );
-            }
-            // Softmax backward, with the 1/sqrt(hs) scale folded in.
-            for i in r0..r1 {
-                let a = &att_h[i * t..][..=i];
-                let d = &mut datt[(i - r0) * t..][..r1];
-                let s = dot(a, &d[..=i]);
-                for (dj, &aj) in d[..=i].iter_mut().zip(a) {
-                    *dj = aj * (*dj - s) * scale;
+        for h in kvh * sh.group()..(kvh + 1) * sh.group() {
+            let (q, k, v) = qkv_views(qkv, sh, bi, h);
+            let att_h = &att[(bi * nh + h) * t * t..][..t * t];
+            let base = bi * t * qrow;
+            let grad = |off: usize| MatMut {
+                // SAFETY: in bounds (backend checked dqkv holds B*T*qkv_row).
+                ptr: unsafe { dqkv_ptr.get().add(base + off) },
+                rs: qrow as isize,
+                cs: 1,
+            };
+            let (dq, dk, dv) = (
+                grad(h * hd),
+                grad((nh + kvh) * hd),
+                grad((nh + nkv + kvh) * hd),
+            );
+            let dout_h = Mat {
+                ptr: dout[bi * t * orow + h * hd..].as_ptr(),
+                rs: orow as isize,
+                cs: 1,
+            };
+            for r0 in (0..t).step_by(BLOCK) {
+                let r1 = (r0 + BLOCK).min(t);
+                let rb = r1 - r0;
+                let att_blk = Mat::row_major(&att_h[r0 * t..], t, false);
+                let datt_m = MatMut::row_major(&mut datt, t);
+                // SAFETY: views are in bounds; this task alone writes the
+                // columns of query heads of group kvh and of key/value head
+                // kvh of batch bi in dqkv, and its own scratch `datt`.
+                unsafe {
+                    // datt = dout_blk @ v[0..r1]^T
+                    sgemm_serial(
+                        engine,
+                        rb,
+                        r1,
+                        hd,
+                        1.0,
+                        dout_h.offset(r0, 0),
+                        transposed(v),
+                        0.0,
+                        datt_m,
+                    );
+                    // dv[0..r1] += att_blk^T @ dout_blk
+                    sgemm_serial(
+                        engine,
+                        r1,
+                        hd,
+                        rb,
+                        1.0,
+                        transposed(att_blk),
+                        dout_h.offset(r0, 0),
+                        1.0,
+                        dv,
+                    );
                 }
-                d[i + 1..].fill(0.0);
-            }
-            let dpre = Mat::row_major(&datt, t, false);
-            // SAFETY: as above.
-            unsafe {
-                // dq_blk += dpre @ k[0..r1]
-                sgemm_serial(engine, rb, hs, r1, 1.0, dpre, k, 1.0, dq.offset(r0, 0));
-                // dk[0..r1] += dpre^T @ q_blk
-                sgemm_serial(
-                    engine,
-                    r1,
-                    hs,
-                    rb,
-                    1.0,
-                    transposed(dpre),
-                    q.offset(r0, 0),
-                    1.0,
-                    dk,
-                );
+                // Softmax backward, with the scale folded in.
+                for i in r0..r1 {
+                    let a = &att_h[i * t..][..=i];
+                    let d = &mut datt[(i - r0) * t..][..r1];
+                    let s = dot(a, &d[..=i]);
+                    for (dj, &aj) in d[..=i].iter_mut().zip(a) {
+                        *dj = aj * (*dj - s) * scale;
+                    }
+                    d[i + 1..].fill(0.0);
+                }
+                let dpre = Mat::row_major(&datt, t, false);
+                // SAFETY: as above.
+                unsafe {
+                    // dq_blk += dpre @ k[0..r1]
+                    sgemm_serial(engine, rb, hd, r1, 1.0, dpre, k, 1.0, dq.offset(r0, 0));
+                    // dk[0..r1] += dpre^T @ q_blk
+                    sgemm_serial(
+                        engine,
+                        r1,
+                        hd,
+                        rb,
+                        1.0,
+                        transposed(dpre),
+                        q.offset(r0, 0),
+                        1.0,
+                        dk,
+                    );
+                }
             }
         }
     });
 }
 
-/// Cache layout `[B, NH, Tmax, hs]`.
-#[derive(Clone, Copy, Debug)]
-pub struct KvShape {
-    pub b: usize,
-    pub t_new: usize,
-    pub t_past: usize,
-    pub t_max: usize,
-    pub c: usize,
-    pub nh: usize,
-}
-
-/// Stores the new keys/values into the caches, then attends each new query
-/// to cache positions `0..=its own`.
+/// Stores the new keys/values (`shape.t` = Tn new positions from `t_past`)
+/// into the caches `[B, nkv, t_max, hd]`, then attends each new query to
+/// cache positions `0..=its own` (within the window).
 pub fn kv_forward(
     out: &mut [f32],
     qkv: &[f32],
     k_cache: &mut [f32],
     v_cache: &mut [f32],
-    s: KvShape,
+    sh: Shape,
+    t_past: usize,
+    t_max: usize,
+    scale: f32,
 ) {
-    let KvShape {
+    let Shape {
         b,
-        t_new,
-        t_past,
-        t_max,
-        c,
+        t: t_new,
         nh,
-    } = s;
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
-    k_cache[..b * nh * t_max * hs]
-        .par_chunks_mut(t_max * hs)
-        .zip(v_cache[..b * nh * t_max * hs].par_chunks_mut(t_max * hs))
+        nkv,
+        hd,
+        ..
+    } = sh;
+    let (qrow, orow, group) = (sh.qkv_row(), sh.out_row(), sh.group());
+    k_cache[..b * nkv * t_max * hd]
+        .par_chunks_mut(t_max * hd)
+        .zip(v_cache[..b * nkv * t_max * hd].par_chunks_mut(t_max * hd))
         .enumerate()
-        .for_each(|(bh, (kc, vc))| {
-            let (bi, h) = (bh / nh, bh % nh);
+        .for_each(|(bk, (kc, vc))| {
+            let (bi, kvh) = (bk / nkv, bk % nkv);
             for i in 0..t_new {
-                let src = (bi * t_new + i) * 3 * c + h * hs;
-                let dst = (t_past + i) * hs;
-                kc[dst..dst + hs].copy_from_slice(&qkv[src + c..][..hs]);
-                vc[dst..dst + hs].copy_from_slice(&qkv[src + 2 * c..][..hs]);
+                let src = (bi * t_new + i) * qrow;
+                let dst = (t_past + i) * hd;
+                kc[dst..dst + hd].copy_from_slice(&qkv[src + (nh + kvh) * hd..][..hd]);
+                vc[dst..dst + hd].copy_from_slice(&qkv[src + (nh + nkv + kvh) * hd..][..hd]);
             }
         });
     let (k_cache, v_cache) = (&*k_cache, &*v_cache);
-    out[..b * t_new * c]
-        .par_chunks_mut(c)
+    out[..b * t_new * orow]
+        .par_chunks_mut(orow)
         .enumerate()
         .for_each(|(row, o)| {
             let (bi, i) = (row / t_new, row % t_new);
-            let len = t_past + i + 1;
-            let mut p = vec![0f32; len];
+            let pos = t_past + i;
+            let (lo, len) = (sh.window_lo(pos), pos + 1);
+            let mut p = vec![0f32; len - lo];
             for h in 0..nh {
-                let q = &qkv[row * 3 * c + h * hs..][..hs];
-                let kc = &k_cache[(bi * nh + h) * t_max * hs..];
-                let vc = &v_cache[(bi * nh + h) * t_max * hs..];
-                for (j, pj) in p.iter_mut().enumerate() {
-                    *pj = dot(q, &kc[j * hs..][..hs]) * scale;
+                let kvh = h / group;
+                let q = &qkv[row * qrow + h * hd..][..hd];
+                let kc = &k_cache[(bi * nkv + kvh) * t_max * hd..];
+                let vc = &v_cache[(bi * nkv + kvh) * t_max * hd..];
+                for (j, pj) in (lo..len).zip(p.iter_mut()) {
+                    *pj = dot(q, &kc[j * hd..][..hd]) * scale;
                 }
                 softmax_in_place(&mut p);
-                let oh = &mut o[h * hs..][..hs];
+                let oh = &mut o[h * hd..][..hd];
                 oh.fill(0.0);
-                for (j, &pj) in p.iter().enumerate() {
-                    for (o, &vv) in oh.iter_mut().zip(&vc[j * hs..][..hs]) {
+                for (j, &pj) in (lo..len).zip(p.iter()) {
+                    for (o, &vv) in oh.iter_mut().zip(&vc[j * hd..][..hd]) {
                         *o += pj * vv;
                     }
                 }

@@ -1,115 +1,103 @@
-//! Token + position embedding, forward and backward.
+//! Token (+ position) embedding, forward and backward.
 
 use rayon::prelude::*;
 
-/// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`. Tokens are validated `< Vp`.
-pub fn forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize) {
+/// Where the position rows come from: a per-token table (packed rows, where
+/// positions restart per document) or `pos0 + t`.
+#[derive(Clone, Copy)]
+pub enum Positions<'a> {
+    Given(&'a [u32]),
+    From(usize),
+}
+
+impl Positions<'_> {
+    #[inline]
+    fn at(&self, row: usize, t: usize) -> usize {
+        match self {
+            Positions::Given(p) => p[row] as usize,
+            Positions::From(pos0) => pos0 + row % t,
+        }
+    }
+}
+
+/// `out[b,t,:] = wte[tokens[b,t],:] + wpe[pos(b,t),:]` (only the token row
+/// without `wpe`). Tokens and positions are validated by the backend.
+pub fn forward(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: Option<&[f32]>,
+    pos: Positions<'_>,
+    t: usize,
+    c: usize,
+) {
     out.par_chunks_mut(c)
         .zip(tokens.par_iter())
         .enumerate()
         .for_each(|(row, (o, &tok))| {
-            let pos = row % t;
             let e = &wte[tok as usize * c..][..c];
-            let p = &wpe[pos * c..][..c];
-            for ((o, e), p) in o.iter_mut().zip(e).zip(p) {
-                *o = e + p;
+            match wpe {
+                Some(wpe) => {
+                    let p = &wpe[pos.at(row, t) * c..][..c];
+                    for ((o, e), p) in o.iter_mut().zip(e).zip(p) {
+                        *o = e + p;
+                    }
+                }
+                None => o.copy_from_slice(e),
             }
         });
 }
 
-/// `dwte[tokens[b,t],:] += dout[b,t,:]; dwpe[t,:] += dout[b,t,:]`.
-///
-/// Deterministic without atomics: positions are bucketed by token (a
-/// counting sort, stable in position order), then each `dwte` row is owned by
-/// one task that adds its positions in that order.
-pub fn backward(
-    dwte: &mut [f32],
+/// `dwte[tokens[i],:] += dout[i,:]`, deterministic (see [`scatter_rows`]).
+pub fn backward_tokens(dwte: &mut [f32], dout: &[f32], tokens: &[u32], c: usize) {
+    scatter_rows(dwte, dout, tokens, c);
+}
+
+/// `dwpe[pos(b,t),:] += dout[b,t,:]`. With `pos0 + t` each row of `dwpe` is
+/// owned by one task that adds the batch rows in order; with given positions
+/// it is a [`scatter_rows`] (with positions `0..T` per row both sum in the
+/// same order, so the results are bit-identical).
+pub fn backward_positions(
     dwpe: &mut [f32],
     dout: &[f32],
-    tokens: &[u32],
+    pos: Positions<'_>,
     b: usize,
     t: usize,
     c: usize,
 ) {
-    let vp = dwte.len() / c;
-    // start[v]..start[v+1] indexes `order`, the positions holding token v.
-    let mut start = vec![0usize; vp + 1];
-    for &tok in tokens {
-        start[tok as usize + 1] += 1;
-    }
-    for v in 0..vp {
-        start[v + 1] += start[v];
-    }
-    let mut fill = start.clone();
-    let mut order = vec![0usize; tokens.len()];
-    for (pos, &tok) in tokens.iter().enumerate() {
-        order[fill[tok as usize]] = pos;
-        fill[tok as usize] += 1;
-    }
-    dwte[..vp * c]
-        .par_chunks_mut(c)
-        .enumerate()
-        .for_each(|(v, row)| {
-            for &pos in &order[start[v]..start[v + 1]] {
-                for (d, g) in row.iter_mut().zip(&dout[pos * c..][..c]) {
-                    *d += g;
+    match pos {
+        Positions::Given(p) => scatter_rows(dwpe, dout, p, c),
+        Positions::From(pos0) => dwpe[pos0 * c..][..t * c]
+            .par_chunks_mut(c)
+            .enumerate()
+            .for_each(|(p, row)| {
+                for bi in 0..b {
+                    for (d, g) in row.iter_mut().zip(&dout[(bi * t + p) * c..][..c]) {
+                        *d += g;
+                    }
                 }
-            }
-        });
-    dwpe[..t * c]
-        .par_chunks_mut(c)
-        .enumerate()
-        .for_each(|(pos, row)| {
-            for bi in 0..b {
-                for (d, g) in row.iter_mut().zip(&dout[(bi * t + pos) * c..][..c]) {
-                    *d += g;
-                }
-            }
-        });
-}
-
-/// `out[b,t,:] = wte[tokens[b,t],:] + wpe[positions[b,t],:]` (packed rows,
-/// where positions restart per document). Tokens and positions are validated
-/// against the tables by the backend.
-pub fn forward_positions(
-    out: &mut [f32],
-    tokens: &[u32],
-    positions: &[u32],
-    wte: &[f32],
-    wpe: &[f32],
-    c: usize,
-) {
-    out.par_chunks_mut(c)
-        .zip(tokens.par_iter().zip(positions.par_iter()))
-        .for_each(|(o, (&tok, &pos))| {
-            let e = &wte[tok as usize * c..][..c];
-            let p = &wpe[pos as usize * c..][..c];
-            for ((o, e), p) in o.iter_mut().zip(e).zip(p) {
-                *o = e + p;
-            }
-        });
-}
-
-/// `dwte[tokens[i],:] += dout[i,:]; dwpe[positions[i],:] += dout[i,:]`.
-///
-/// Both tables go through [`scatter_rows`], so with positions `0..T` per row
-/// the sums run in the same order as [`backward`]'s (bit-identical results).
-pub fn backward_positions(
-    dwte: &mut [f32],
-    dwpe: &mut [f32],
-    dout: &[f32],
-    tokens: &[u32],
-    positions: &[u32],
-    c: usize,
-) {
-    scatter_rows(dwte, dout, tokens, c);
-    scatter_rows(dwpe, dout, positions, c);
+            }),
+    }
 }
 
 /// `dst[idx[i],:] += src[i,:]` for every `i`, deterministic without atomics:
 /// the `i` are bucketed by target row (a counting sort, stable in `i` order),
 /// then each row of `dst` is owned by one task that adds its `i` in order.
-fn scatter_rows(dst: &mut [f32], src: &[f32], idx: &[u32], c: usize) {
+pub(crate) fn scatter_rows(dst: &mut [f32], src: &[f32], idx: &[u32], c: usize) {
+    scatter_rows_weighted(dst, src, idx, None, c)
+}
+
+/// [`scatter_rows`] with `dst[idx[i],:] += w[i] * src[i,:]` when weighted.
+pub(crate) fn scatter_rows_weighted(
+    dst: &mut [f32],
+    src: &[f32],
+    idx: &[u32],
+    weights: Option<&[f32]>,
+    c: usize,
+) {
+    if c == 0 {
+        return;
+    }
     let rows = dst.len() / c;
     let mut start = vec![0usize; rows + 1];
     for &r in idx {
@@ -129,8 +117,19 @@ fn scatter_rows(dst: &mut [f32], src: &[f32], idx: &[u32], c: usize) {
         .enumerate()
         .for_each(|(r, row)| {
             for &i in &order[start[r]..start[r + 1]] {
-                for (d, g) in row.iter_mut().zip(&src[i * c..][..c]) {
-                    *d += g;
+                let s = &src[i * c..][..c];
+                match weights {
+                    None => {
+                        for (d, g) in row.iter_mut().zip(s) {
+                            *d += g;
+                        }
+                    }
+                    Some(w) => {
+                        let w = w[i];
+                        for (d, g) in row.iter_mut().zip(s) {
+                            *d += w * g;
+                        }
+                    }
                 }
             }
         });

@@ -27,7 +27,7 @@ pub fn gelu_grad(x: f32) -> f32 {
 }
 
 simd_fn! {
-    fn forward_chunk(out: &mut [f32], inp: &[f32]) {
+    pub(crate) fn forward_chunk(out: &mut [f32], inp: &[f32]) {
         for (o, &x) in out.iter_mut().zip(inp) {
             *o = gelu(x);
         }

@@ -4,7 +4,8 @@ use rayon::prelude::*;
 
 use crate::gemm::{sgemm, GemmEngine, Mat, MatMut};
 
-/// Shapes and scalars of one product (validated by the backend).
+/// Shapes, leading dimensions (row strides, already resolved: never 0) and
+/// scalars of one product (validated by the backend).
 #[derive(Clone, Copy, Debug)]
 pub struct Dims {
     pub m: usize,
@@ -12,8 +13,20 @@ pub struct Dims {
     pub k: usize,
     pub trans_a: bool,
     pub trans_b: bool,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
     pub alpha: f32,
     pub beta: f32,
+}
+
+/// Elements a strided `rows x cols` matrix with row stride `ld` spans.
+pub fn span(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
 }
 
 pub fn forward(
@@ -24,10 +37,10 @@ pub fn forward(
     bias: Option<&[f32]>,
     d: Dims,
 ) {
-    let out = &mut out[..d.m * d.n];
-    // a is [m,k] or, transposed, [k,m]; b is [k,n] or [n,k].
-    let a_view = Mat::row_major(a, if d.trans_a { d.m } else { d.k }, d.trans_a);
-    let b_view = Mat::row_major(b, if d.trans_b { d.k } else { d.n }, d.trans_b);
+    let out = &mut out[..span(d.m, d.n, d.ldc)];
+    // a is [m,k] or, transposed, [k,m]; b is [k,n] or [n,k]; rows `ld` apart.
+    let a_view = Mat::row_major(a, d.lda, d.trans_a);
+    let b_view = Mat::row_major(b, d.ldb, d.trans_b);
     // SAFETY: the backend checked that a, b and out hold at least the
     // elements these views address, and `out` is borrowed mutably here.
     unsafe {
@@ -40,17 +53,27 @@ pub fn forward(
             a_view,
             b_view,
             d.beta,
-            MatMut::row_major(out, d.n),
+            MatMut::row_major(out, d.ldc),
         )
     };
     if let Some(bias) = bias {
         let bias = &bias[..d.n];
-        out.par_chunks_mut(d.n).for_each(|row| {
-            for (o, b) in row.iter_mut().zip(bias) {
+        out.par_chunks_mut(d.ldc).for_each(|row| {
+            for (o, b) in row[..d.n].iter_mut().zip(bias) {
                 *o += b;
             }
         });
     }
+}
+
+/// The fused GELU epilogue: `out = gelu(pre)` over a strided `[m, n]`.
+pub fn gelu_epilogue(out: &mut [f32], pre: &[f32], d: Dims) {
+    if d.m == 0 || d.n == 0 {
+        return;
+    }
+    out.par_chunks_mut(d.ldc)
+        .zip(pre.par_chunks(d.ldc))
+        .for_each(|(o, p)| super::gelu::forward_chunk(&mut o[..d.n], &p[..d.n]));
 }
 
 /// Columns per task in [`bias_backward`].

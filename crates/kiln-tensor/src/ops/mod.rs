@@ -30,8 +30,10 @@ macro_rules! simd_fn {
     };
 }
 
+pub mod activation;
 pub mod adamw;
 pub mod attention;
+pub mod cast;
 pub mod crossentropy;
 pub mod elementwise;
 pub mod encoder;
@@ -39,6 +41,13 @@ pub mod fastmath;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod reduce;
+pub mod rmsnorm;
+pub mod rope;
+pub mod routing;
+pub mod rows;
+pub mod softmax;
+pub mod swiglu;
 
 /// Elements per parallel task in elementwise loops.
 pub(crate) const CHUNK: usize = 1 << 14;

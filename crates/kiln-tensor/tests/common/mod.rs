@@ -94,3 +94,252 @@ pub fn plus(base: &[f32], delta: &[f64]) -> Vec<f64> {
         .map(|(&b, &d)| b as f64 + d)
         .collect()
 }
+
+// ---- thin wrappers over the ABI-2 argument structs, for short call sites ----
+
+use kiln_abi::{
+    AttentionArgs, AttentionBackwardArgs, AttentionShape, EmbeddingArgs, EmbeddingBackwardArgs,
+    KvAttentionArgs, MatmulArgs, NormArgs, NormBackwardArgs, NormKind, RResult, RString,
+};
+
+pub type R = RResult<(), RString>;
+
+/// `out = alpha * op(a) @ op(b) + beta * out (+ bias)`, packed.
+#[allow(clippy::too_many_arguments)]
+pub fn mm_args(
+    out: BufId,
+    a: BufId,
+    b: BufId,
+    bias: Option<BufId>,
+    (m, n, k): (usize, usize, usize),
+    ta: bool,
+    tb: bool,
+    alpha: f32,
+    beta: f32,
+) -> MatmulArgs {
+    MatmulArgs {
+        bias: bias.into(),
+        trans_a: ta,
+        trans_b: tb,
+        alpha,
+        beta,
+        ..MatmulArgs::new(out, a, b, m, n, k)
+    }
+}
+
+/// Multi-head attention shape (`nkv == nh`, no window), as GPT-2 uses it.
+pub fn mha(b: usize, t: usize, c: usize, nh: usize) -> AttentionShape {
+    AttentionShape {
+        b,
+        t,
+        nh,
+        nkv: nh,
+        hd: c / nh,
+        window: 0,
+    }
+}
+
+pub fn scale_of(s: AttentionShape) -> f32 {
+    1.0 / (s.hd as f32).sqrt()
+}
+
+pub fn attn_fwd(
+    be: &mut BackendBox,
+    out: BufId,
+    ws: BufId,
+    qkv: BufId,
+    seg: Option<BufId>,
+    s: AttentionShape,
+) -> R {
+    be.attention_forward(AttentionArgs {
+        out,
+        workspace: ws,
+        qkv,
+        segments: seg.into(),
+        shape: s,
+        scale: scale_of(s),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attn_bwd(
+    be: &mut BackendBox,
+    dqkv: BufId,
+    dout: BufId,
+    qkv: BufId,
+    out: BufId,
+    ws: BufId,
+    seg: Option<BufId>,
+    s: AttentionShape,
+) -> R {
+    be.attention_backward(AttentionBackwardArgs {
+        dqkv,
+        dout,
+        qkv,
+        out,
+        workspace: ws,
+        segments: seg.into(),
+        shape: s,
+        scale: scale_of(s),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn kv_fwd(
+    be: &mut BackendBox,
+    out: BufId,
+    qkv: BufId,
+    kc: BufId,
+    vc: BufId,
+    s: AttentionShape,
+    t_past: usize,
+    t_max: usize,
+) -> R {
+    be.attention_kv_forward(KvAttentionArgs {
+        out,
+        qkv,
+        k_cache: kc,
+        v_cache: vc,
+        shape: s,
+        t_past,
+        t_max,
+        scale: scale_of(s),
+    })
+}
+
+/// Token + position embedding: `positions` given, or `pos0 + t`.
+#[allow(clippy::too_many_arguments)]
+pub fn embed(
+    be: &mut BackendBox,
+    out: BufId,
+    tokens: BufId,
+    wte: BufId,
+    wpe: Option<BufId>,
+    positions: Option<BufId>,
+    pos0: usize,
+    (b, t, c): (usize, usize, usize),
+) -> R {
+    be.embedding_forward(EmbeddingArgs {
+        out,
+        tokens,
+        wte,
+        wpe: wpe.into(),
+        positions: positions.into(),
+        pos0,
+        b,
+        t,
+        c,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn embed_bwd(
+    be: &mut BackendBox,
+    dwte: Option<BufId>,
+    dwpe: Option<BufId>,
+    dout: BufId,
+    tokens: BufId,
+    positions: Option<BufId>,
+    pos0: usize,
+    (b, t, c): (usize, usize, usize),
+) -> R {
+    be.embedding_backward(EmbeddingBackwardArgs {
+        dwte: dwte.into(),
+        dwpe: dwpe.into(),
+        dout,
+        tokens,
+        positions: positions.into(),
+        pos0,
+        b,
+        t,
+        c,
+    })
+}
+
+/// LayerNorm forward (no fused residual).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_fwd(
+    be: &mut BackendBox,
+    out: BufId,
+    mean: BufId,
+    rstd: BufId,
+    inp: BufId,
+    w: BufId,
+    b: BufId,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> R {
+    be.norm_forward(NormArgs {
+        kind: NormKind::LayerNorm,
+        out,
+        mean: Some(mean).into(),
+        rstd,
+        inp,
+        weight: w,
+        bias: Some(b).into(),
+        residual: None.into(),
+        residual_out: None.into(),
+        rows,
+        cols,
+        eps,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_bwd(
+    be: &mut BackendBox,
+    dinp: BufId,
+    dw: BufId,
+    db: BufId,
+    dout: BufId,
+    inp: BufId,
+    w: BufId,
+    mean: BufId,
+    rstd: BufId,
+    rows: usize,
+    cols: usize,
+) -> R {
+    be.norm_backward(NormBackwardArgs {
+        kind: NormKind::LayerNorm,
+        dinp,
+        dweight: Some(dw).into(),
+        dbias: Some(db).into(),
+        dout,
+        inp,
+        weight: w,
+        mean: Some(mean).into(),
+        rstd,
+        rows,
+        cols,
+    })
+}
+
+/// Downloads any float buffer as f32.
+pub fn widened(be: &mut BackendBox, id: BufId) -> Vec<f32> {
+    be.download_widened(id).expect("download")
+}
+
+/// Uploads `data` rounded into a new buffer of `dtype` (f32, bf16 or f16);
+/// returns the id and the values it holds.
+pub fn upload_as(be: &mut BackendBox, dtype: DType, data: &[f32]) -> (BufId, Vec<f32>) {
+    let id = be.alloc_buf(dtype, data.len()).unwrap();
+    let held: Vec<f32> = match dtype {
+        DType::F32 => {
+            be.upload_f32(id, data).unwrap();
+            data.to_vec()
+        }
+        DType::BF16 => {
+            let h: Vec<half::bf16> = data.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            be.upload_bf16(id, &h).unwrap();
+            h.iter().map(|x| x.to_f32()).collect()
+        }
+        DType::F16 => {
+            let h: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
+            be.upload_f16(id, &h).unwrap();
+            h.iter().map(|x| x.to_f32()).collect()
+        }
+        DType::U32 => panic!("upload_as: floats only"),
+    };
+    (id, held)
+}

@@ -71,34 +71,58 @@ pub fn matmul(
 
 /// Causal attention; returns (out [B,T,C], att [B,NH,T,T]).
 pub fn attention(qkv: &[f64], bsz: usize, t: usize, c: usize, nh: usize) -> (Vec<f64>, Vec<f64>) {
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f64).sqrt();
-    let mut out = vec![0.0; bsz * t * c];
+    attention_gqa(qkv, bsz, t, nh, nh, c / nh, 0, None)
+}
+
+/// Grouped-query causal attention over `qkv [B,T,(nh+2nkv)*hd]`, optionally
+/// windowed (`window > 0`: keys `s > t - window`) and packed (a query sees
+/// only keys of its own segment); returns (out [B,T,nh*hd], att [B,nh,T,T]).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_gqa(
+    qkv: &[f64],
+    bsz: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    window: usize,
+    segments: Option<&[u32]>,
+) -> (Vec<f64>, Vec<f64>) {
+    let row = (nh + 2 * nkv) * hd;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut out = vec![0.0; bsz * t * nh * hd];
     let mut att = vec![0.0; bsz * nh * t * t];
     for b in 0..bsz {
         for h in 0..nh {
+            let kvh = h / (nh / nkv);
             for i in 0..t {
-                let q = &qkv[(b * t + i) * 3 * c + h * hs..][..hs];
-                let mut scores: Vec<f64> = (0..=i)
+                let visible = |j: usize| {
+                    j <= i
+                        && (window == 0 || j + window > i)
+                        && segments.is_none_or(|s| s[b * t + j] == s[b * t + i])
+                };
+                let q = &qkv[(b * t + i) * row + h * hd..][..hd];
+                let scores: Vec<Option<f64>> = (0..t)
                     .map(|j| {
-                        let k = &qkv[(b * t + j) * 3 * c + c + h * hs..][..hs];
-                        q.iter().zip(k).map(|(x, y)| x * y).sum::<f64>() * scale
+                        visible(j).then(|| {
+                            let k = &qkv[(b * t + j) * row + (nh + kvh) * hd..][..hd];
+                            q.iter().zip(k).map(|(x, y)| x * y).sum::<f64>() * scale
+                        })
                     })
                     .collect();
-                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let s: f64 = scores
-                    .iter_mut()
-                    .map(|v| {
-                        *v = (*v - m).exp();
-                        *v
-                    })
-                    .sum();
-                for (j, p) in scores.iter().enumerate() {
-                    let p = p / s;
+                let m = scores
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let s: f64 = scores.iter().flatten().map(|v| (v - m).exp()).sum();
+                for (j, sc) in scores.iter().enumerate() {
+                    let Some(sc) = sc else { continue };
+                    let p = (sc - m).exp() / s;
                     att[((b * nh + h) * t + i) * t + j] = p;
-                    let v = &qkv[(b * t + j) * 3 * c + 2 * c + h * hs..][..hs];
-                    for d in 0..hs {
-                        out[(b * t + i) * c + h * hs + d] += p * v[d];
+                    let v = &qkv[(b * t + j) * row + (nh + nkv + kvh) * hd..][..hd];
+                    for d in 0..hd {
+                        out[(b * t + i) * nh * hd + h * hd + d] += p * v[d];
                     }
                 }
             }
@@ -117,7 +141,7 @@ pub fn encoder(tokens: &[u32], wte: &[f64], wpe: &[f64], t: usize, c: usize) -> 
     out
 }
 
-/// Returns (losses, probs).
+/// Returns (losses, probs); `lse` is `losses + logits[target]` or see [`logsumexp_rows`].
 pub fn crossentropy(
     logits: &[f64],
     targets: &[u32],
@@ -166,4 +190,80 @@ pub fn adamw(
         let vhat = v[i] / bc2;
         p[i] -= lr * mhat / (vhat.sqrt() + eps);
     }
+}
+
+/// Log-sum-exp of the first `v` columns of every row of `[rows, vp]`.
+pub fn logsumexp_rows(x: &[f64], rows: usize, v: usize, vp: usize) -> Vec<f64> {
+    (0..rows)
+        .map(|r| {
+            let x = &x[r * vp..][..v];
+            let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+        })
+        .collect()
+}
+
+/// RMSNorm: returns (out, rstd).
+pub fn rmsnorm(x: &[f64], w: &[f64], rows: usize, cols: usize, eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut out = vec![0.0; rows * cols];
+    let mut rstd = vec![0.0; rows];
+    for r in 0..rows {
+        let row = &x[r * cols..][..cols];
+        let s = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / cols as f64 + eps).sqrt();
+        for j in 0..cols {
+            out[r * cols + j] = row[j] * s * w[j];
+        }
+        rstd[r] = s;
+    }
+    (out, rstd)
+}
+
+pub fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+pub fn silu(x: f64) -> f64 {
+    x * sigmoid(x)
+}
+
+/// Half-split RoPE of `n_heads` heads at `col_offset` of rows `[B*T, width]`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    x: &[f64],
+    cos: &[f64],
+    sin: &[f64],
+    pos: &[usize],
+    width: usize,
+    col_offset: usize,
+    n_heads: usize,
+    hd: usize,
+    inverse: bool,
+) -> Vec<f64> {
+    let half = hd / 2;
+    let sign = if inverse { -1.0 } else { 1.0 };
+    let mut out = x.to_vec();
+    for (row, &p) in pos.iter().enumerate() {
+        for h in 0..n_heads {
+            let base = row * width + col_offset + h * hd;
+            for j in 0..half {
+                let (a, b) = (x[base + j], x[base + j + half]);
+                let (c, s) = (cos[p * half + j], sign * sin[p * half + j]);
+                out[base + j] = a * c - b * s;
+                out[base + j + half] = b * c + a * s;
+            }
+        }
+    }
+    out
+}
+
+/// Row softmax; returns (out, lse).
+pub fn softmax(x: &[f64], rows: usize, cols: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut out = vec![0.0; rows * cols];
+    let lse = logsumexp_rows(x, rows, cols, cols);
+    for r in 0..rows {
+        for j in 0..cols {
+            out[r * cols + j] = (x[r * cols + j] - lse[r]).exp();
+        }
+    }
+    (out, lse)
 }
