@@ -2,6 +2,7 @@
 //! module under `cmd/` with its clap arguments and a `run` function; this file
 //! only dispatches and maps errors to exit codes.
 
+mod backend;
 mod cmd;
 
 use clap::{Parser, Subcommand};

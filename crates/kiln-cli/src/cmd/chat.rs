@@ -44,6 +44,8 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    backend: crate::backend::BackendArg,
 }
 
 /// The model, its tokenizer and the conversation so far.
@@ -82,7 +84,7 @@ impl Session {
             .with_context(|| format!("tokenizer {}", tok_path.display()))?;
         let template = ChatTemplate::from_tokenizer(&tok)
             .with_context(|| format!("tokenizer {}", tok_path.display()))?;
-        let mut be = kiln_tensor::cpu_backend(args.threads);
+        let mut be = crate::backend::open(&args.backend, args.threads)?;
         let model = Gpt::load_pretrained(&mut be, &args.checkpoint)
             .with_context(|| format!("checkpoint {}", args.checkpoint.display()))?;
         if tok.vocab_size() > model.config.vocab_size {

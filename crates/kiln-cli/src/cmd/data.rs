@@ -64,6 +64,9 @@ pub struct CurateArgs {
     /// Remove documents whose perplexity under the model is below this.
     #[arg(long)]
     pub min_perplexity: Option<f64>,
+    /// The backend the perplexity model runs on.
+    #[command(flatten)]
+    pub backend: crate::backend::BackendArg,
 }
 
 #[derive(clap::Args)]
@@ -177,7 +180,7 @@ fn attach_perplexity_scorer(config: &mut CurateConfig, a: &CurateArgs) -> anyhow
     let (Some(model), Some(tokenizer)) = (&p.model, &p.tokenizer) else {
         bail!("the perplexity filter needs both --perplexity-model DIR and --perplexity-tokenizer FILE (or perplexity.model and perplexity.tokenizer in the config)");
     };
-    let scorer = perplexity::ModelScorer::load(model, tokenizer)?;
+    let scorer = perplexity::ModelScorer::load(model, tokenizer, &a.backend)?;
     p.scorer = ScorerHandle::new(std::sync::Arc::new(scorer));
     p.validate().map_err(|e| anyhow::anyhow!(e))?;
     Ok(())

@@ -47,6 +47,8 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: crate::backend::BackendArg,
     #[arg(long)]
     pub epochs: Option<u64>,
     /// Optimizer steps (overrides epochs).
@@ -120,7 +122,7 @@ pub fn run_dpo(args: &Args) -> Result<DpoSummary> {
     } else {
         OnBad::Error
     };
-    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut be = crate::backend::open(&args.backend, args.threads)?;
     let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let pairs = read_preferences(&args.data, on_bad)?;

@@ -22,10 +22,12 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    backend: crate::backend::BackendArg,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut be = crate::backend::open(&args.backend, args.threads)?;
     let mut model = Gpt::load_pretrained(&mut be, &args.checkpoint)?;
     let seq_len = args.seq_len.unwrap_or(model.config.max_seq_len);
     let r = kiln_train::eval::evaluate(&mut be, &mut model, &args.data, seq_len, args.batch_size)?;

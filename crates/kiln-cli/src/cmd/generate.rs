@@ -33,6 +33,8 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    backend: crate::backend::BackendArg,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -55,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("the prompt is empty; generation needs at least one token");
     }
-    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut be = crate::backend::open(&args.backend, args.threads)?;
     let mut model = Gpt::load_pretrained(&mut be, &args.checkpoint)?;
     let opts = SampleOptions {
         max_new_tokens: args.max_new_tokens,

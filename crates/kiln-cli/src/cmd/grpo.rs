@@ -44,6 +44,8 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: crate::backend::BackendArg,
     #[arg(long)]
     pub iterations: Option<u64>,
     #[arg(long)]
@@ -155,7 +157,7 @@ pub fn run(args: Args) -> Result<()> {
 /// The whole command as a function (the pipeline calls it).
 pub fn run_grpo(args: &Args) -> Result<RlSummary> {
     let cfg = config_of(args)?;
-    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut be = crate::backend::open(&args.backend, args.threads)?;
     let load = |be: &mut _| {
         Policy::load(be, &args.policy, None)
             .with_context(|| format!("loading policy {}", args.policy.display()))

@@ -1,10 +1,11 @@
-//! `kiln plugins list|check`: what backend plugins provide, or why one is
-//! refused.
+//! `kiln plugins list|check|test`: what backend plugins provide, why one is
+//! refused, and whether one passes the conformance suite.
 //!
 //! Plugins are code that runs with the user's privileges, so kiln loads them
 //! only from the folder the user chose (`--dir`, `$KILN_PLUGIN_DIR`) or
-//! kiln's own (`~/.kiln/plugins`, then `target/plugins` of a checkout), and
-//! prints every path before loading it.
+//! kiln's own (`~/.kiln/plugins`, then `target/plugins` of a checkout: the
+//! folders `--backend NAME` searches, see `crate::backend`), and prints every
+//! path before loading it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,8 +20,8 @@ pub enum Command {
     /// List the plugins in the plugin folder: name, ABI version and backend,
     /// or why each one is refused.
     List {
-        /// Plugin folder [default: $KILN_PLUGIN_DIR, else ~/.kiln/plugins,
-        /// else target/plugins]
+        /// Plugin folder [default: every folder --backend NAME searches:
+        /// $KILN_PLUGIN_DIR, ~/.kiln/plugins, target/plugins]
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Options passed to each plugin's backend (e.g. "threads=2").
@@ -36,37 +37,85 @@ pub enum Command {
         #[arg(long, default_value = "")]
         options: String,
     },
+    /// Run the backend conformance suite (every op against an f64
+    /// reference, finite differences, error contracts, views, each claimed
+    /// dtype, determinism) against a plugin and print the report: exit code
+    /// 0 when every check passes, 2 otherwise. Check yours before shipping it.
+    Test {
+        /// The plugin: a PATH to its library, a NAME in the plugin folder,
+        /// or `cpu` for the built-in backend.
+        plugin: String,
+        /// Options passed to the plugin's backend (e.g. "threads=2").
+        #[arg(long, default_value = "")]
+        options: String,
+    },
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
-        Command::List { dir, options } => {
-            let (dir, source) = plugin_dir(dir);
-            list(&dir, &source, &options, &mut out)
-        }
+        Command::List { dir, options } => match dir {
+            Some(dir) => list(&dir, "--dir", &options, &mut out),
+            None => {
+                let dirs = crate::backend::plugin_dirs();
+                if dirs.is_empty() {
+                    bail!(
+                        "no plugin folder exists: build kiln's plugins with `cargo xtask \
+                         plugins` (target/plugins), or name a folder with --dir or \
+                         $KILN_PLUGIN_DIR"
+                    );
+                }
+                for (dir, source) in dirs {
+                    list(&dir, &source, &options, &mut out)?;
+                }
+                Ok(())
+            }
+        },
         Command::Check { path, options } => check(&path, &options, &mut out),
+        Command::Test { plugin, options } => test(&plugin, &options, &mut out),
     }
 }
 
-/// The plugin folder and where the choice came from.
-fn plugin_dir(explicit: Option<PathBuf>) -> (PathBuf, String) {
-    if let Some(dir) = explicit {
-        return (dir, "--dir".into());
-    }
-    if let Some(dir) = std::env::var_os("KILN_PLUGIN_DIR").filter(|d| !d.is_empty()) {
-        return (PathBuf::from(dir), "$KILN_PLUGIN_DIR".into());
-    }
-    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        let dir = Path::new(&home).join(".kiln").join("plugins");
-        if dir.is_dir() {
-            return (dir, "~/.kiln/plugins".into());
+/// Runs the conformance suite on the plugin `spec` names (exit 2 on a failure).
+fn test(spec: &str, options: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let factory: Box<dyn Fn() -> BackendBox> = match crate::backend::resolve(spec)? {
+        crate::backend::Choice::BuiltIn => {
+            writeln!(out, "backend: cpu (built in)")?;
+            Box::new(|| kiln_tensor::cpu_backend(None))
         }
+        crate::backend::Choice::Plugin(path) => {
+            let plugin = load(&path, out)?;
+            writeln!(
+                out,
+                "plugin:  {} (kiln ABI {})",
+                plugin.name(),
+                plugin.abi_version()
+            )?;
+            let mut first = plugin
+                .new_backend(options)
+                .map_err(|e| anyhow!("plugin {}: cannot create a backend: {e}", path.display()))?;
+            writeln!(out, "backend: {}", describe_backend(&mut first))?;
+            let options = options.to_string();
+            Box::new(move || {
+                plugin
+                    .new_backend(&options)
+                    .unwrap_or_else(|e| panic!("cannot create another backend: {e}"))
+            })
+        }
+    };
+    out.flush()?;
+    let report = kiln_conformance::run(factory);
+    writeln!(out, "{report}")?;
+    if report.all_passed() {
+        Ok(())
+    } else {
+        bail!(
+            "{} of {} conformance checks failed (ops: {})",
+            report.failures().len(),
+            report.checks.len(),
+            report.failing_ops().join(", ")
+        )
     }
-    (
-        PathBuf::from("target").join("plugins"),
-        "default: no $KILN_PLUGIN_DIR, no ~/.kiln/plugins".into(),
-    )
 }
 
 /// Loads `path`, saying so first (plugins are code).
@@ -76,8 +125,11 @@ fn load(path: &Path, out: &mut impl Write) -> anyhow::Result<LoadedBackendPlugin
     Ok(load_backend_plugin(path)?)
 }
 
-fn describe_backend(be: &BackendBox) -> String {
-    let info = be.info();
+fn describe_backend(be: &mut BackendBox) -> String {
+    let info = match be.info().into_result() {
+        Ok(info) => info,
+        Err(e) => return format!("info() failed: {e}"),
+    };
     let dtypes: Vec<&str> = info.dtypes.iter().map(|d| d.name()).collect();
     format!(
         "{} on {}; dtypes {}",
@@ -109,8 +161,8 @@ fn list(dir: &Path, source: &str, options: &str, out: &mut impl Write) -> anyhow
                     plugin.abi_version()
                 )?;
                 match plugin.new_backend(options) {
-                    Ok(be) => {
-                        writeln!(out, "           backend: {}", describe_backend(&be))?;
+                    Ok(mut be) => {
+                        writeln!(out, "           backend: {}", describe_backend(&mut be))?;
                         usable += 1;
                     }
                     Err(e) => {
@@ -148,7 +200,7 @@ fn check(path: &Path, options: &str, out: &mut impl Write) -> anyhow::Result<()>
     let mut be = plugin
         .new_backend(options)
         .map_err(|e| anyhow!("plugin {}: cannot create a backend: {e}", path.display()))?;
-    writeln!(out, "backend: {}", describe_backend(&be))?;
+    writeln!(out, "backend: {}", describe_backend(&mut be))?;
     let report = smoke_test(&mut be)
         .map_err(|e| anyhow!("plugin {}: smoke test failed: {e}", path.display()))?;
     writeln!(out, "smoke test: {report}")?;
@@ -178,17 +230,9 @@ fn smoke_test(be: &mut BackendBox) -> anyhow::Result<String> {
         bail!("upload/download round trip changed the data");
     }
     be.matmul(MatmulArgs {
-        out: bo,
-        a: ba,
-        b: bw,
         bias: ROption::RSome(bb),
-        m,
-        n,
-        k,
-        trans_a: false,
         trans_b: true,
-        alpha: 1.0,
-        beta: 0.0,
+        ..MatmulArgs::new(bo, ba, bw, m, n, k)
     })
     .ok_or_err()?;
     be.synchronize().ok_or_err()?;
@@ -257,6 +301,13 @@ mod tests {
         assert!(err.to_string().contains("cargo xtask plugins"), "{err}");
         let err = check(&missing.join("libx.so"), "", &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("no such file"), "{err}");
+        let err = test(
+            &missing.join("libx.so").display().to_string(),
+            "",
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no such plugin file"), "{err}");
     }
 
     fn tempfile_dir() -> PathBuf {

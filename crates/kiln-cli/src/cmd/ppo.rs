@@ -50,6 +50,8 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: crate::backend::BackendArg,
     #[arg(long)]
     pub iterations: Option<u64>,
     #[arg(long)]
@@ -191,7 +193,7 @@ pub fn write_summary(out: &std::path::Path, summary: &RlSummary) -> Result<()> {
 /// The whole command as a function (the pipeline calls it).
 pub fn run_ppo(args: &Args) -> Result<RlSummary> {
     let cfg = config_of(args)?;
-    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut be = crate::backend::open(&args.backend, args.threads)?;
     let load = |be: &mut _, dir: &std::path::Path| {
         Policy::load(be, dir, None).with_context(|| format!("loading policy {}", dir.display()))
     };

@@ -42,6 +42,8 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: crate::backend::BackendArg,
     #[arg(long)]
     pub epochs: Option<u32>,
     #[arg(long)]
@@ -131,7 +133,7 @@ pub fn run_reward(args: &Args) -> Result<RewardSummary> {
     } else {
         OnBad::Error
     };
-    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut be = crate::backend::open(&args.backend, args.threads)?;
     let mut rm = load_start(&mut be, args, config.seed)?;
     let pairs = read_preferences(&args.data, on_bad)?;
     let encoded = encode_pairs(

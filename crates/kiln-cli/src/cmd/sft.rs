@@ -37,6 +37,8 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub backend: crate::backend::BackendArg,
     #[arg(long)]
     pub epochs: Option<u32>,
     #[arg(long)]
@@ -146,7 +148,7 @@ fn sft_with(args: &Args, packing: bool) -> Result<SftSummary> {
     } else {
         OnBad::Error
     };
-    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut be = crate::backend::open(&args.backend, args.threads)?;
     let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let chats = read_chats(&args.data, on_bad)?;

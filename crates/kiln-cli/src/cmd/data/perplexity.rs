@@ -27,6 +27,8 @@ struct Instance {
 
 pub struct ModelScorer {
     checkpoint: PathBuf,
+    /// Each scoring thread opens its own backend (one compute thread each).
+    backend: crate::backend::BackendArg,
     tokenizer: Tokenizer,
     eot: Option<u32>,
     pool: Mutex<Vec<Instance>>,
@@ -36,11 +38,15 @@ pub struct ModelScorer {
 impl ModelScorer {
     /// `model` is a checkpoint directory (config.json + model.safetensors)
     /// or a `kiln pretrain` run directory (its newest checkpoint is used).
-    pub fn load(model: &Path, tokenizer: &Path) -> Result<Self> {
+    pub fn load(
+        model: &Path,
+        tokenizer: &Path,
+        backend: &crate::backend::BackendArg,
+    ) -> Result<Self> {
         let checkpoint = resolve_checkpoint(model)?;
         let tok = kiln_tokenizer::formats::load(tokenizer)
             .with_context(|| format!("--perplexity-tokenizer {}", tokenizer.display()))?;
-        let first = load_instance(&checkpoint)?;
+        let first = load_instance(&checkpoint, backend)?;
         let model_vocab = first.model.config.vocab_size;
         if tok.vocab_size() > model_vocab {
             bail!(
@@ -61,6 +67,7 @@ impl ModelScorer {
         );
         Ok(ModelScorer {
             checkpoint,
+            backend: backend.clone(),
             eot: tok.special_id(kiln_tokenizer::ENDOFTEXT),
             tokenizer: tok,
             pool: Mutex::new(vec![first]),
@@ -74,7 +81,7 @@ impl ModelScorer {
         let popped = self.pool.lock().expect("scorer pool poisoned").pop();
         let mut inst = match popped {
             Some(i) => i,
-            None => load_instance(&self.checkpoint).map_err(|e| format!("{e:#}"))?,
+            None => load_instance(&self.checkpoint, &self.backend).map_err(|e| format!("{e:#}"))?,
         };
         let result = window_loss(&mut inst, ids);
         self.pool.lock().expect("scorer pool poisoned").push(inst);
@@ -138,8 +145,8 @@ fn window_loss(inst: &mut Instance, ids: &[u32]) -> Result<f64, String> {
     Ok(total / predicted as f64)
 }
 
-fn load_instance(checkpoint: &Path) -> Result<Instance> {
-    let mut be = kiln_tensor::cpu_backend(Some(1));
+fn load_instance(checkpoint: &Path, backend: &crate::backend::BackendArg) -> Result<Instance> {
+    let mut be = crate::backend::open(backend, Some(1))?;
     let model = Gpt::load_pretrained(&mut be, checkpoint)
         .with_context(|| format!("--perplexity-model {}", checkpoint.display()))?;
     Ok(Instance { be, model })

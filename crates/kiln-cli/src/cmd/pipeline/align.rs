@@ -332,6 +332,7 @@ pub(super) fn run(
             tokenizer: Some(paths.tokenizer.clone()),
             skip_bad: false,
             threads,
+            backend: Default::default(),
             epochs: None,
             max_steps: None,
             batch_size: None,
@@ -427,6 +428,7 @@ pub(super) fn run(
             tokenizer: None,
             skip_bad: false,
             threads,
+            backend: Default::default(),
             epochs: None,
             steps: None,
             batch_size: None,
@@ -462,6 +464,7 @@ pub(super) fn train_reward_stage(
         tokenizer: None,
         skip_bad: false,
         threads,
+        backend: Default::default(),
         epochs: None,
         max_steps: None,
         batch_size: None,
@@ -495,7 +498,7 @@ pub(super) fn sample_judged_pairs(
     Vec<kiln_eval::JudgedPair>,
     kiln_eval::preferences::PairStats,
 )> {
-    let mut be = kiln_tensor::cpu_backend(threads);
+    let mut be = crate::backend::open(&Default::default(), threads)?;
     let mut policy = Policy::load(&mut be, dir, None)?;
     let sampling = PairSampling {
         k: plan.pair_k,

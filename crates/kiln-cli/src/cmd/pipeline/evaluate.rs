@@ -37,7 +37,7 @@ pub(super) fn judge_models(
     max_new_tokens: usize,
     threads: Option<usize>,
 ) -> Result<Value> {
-    let mut be = kiln_tensor::cpu_backend(threads);
+    let mut be = crate::backend::open(&Default::default(), threads)?;
     let judged_opts = SampleOptions {
         max_new_tokens,
         temperature: EVAL_TEMPERATURE,

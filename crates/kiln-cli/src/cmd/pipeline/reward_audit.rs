@@ -27,7 +27,7 @@ pub(super) fn audit(
     truncated_share: f32,
     threads: Option<usize>,
 ) -> Result<Value> {
-    let mut be = kiln_tensor::cpu_backend(threads);
+    let mut be = crate::backend::open(&Default::default(), threads)?;
     let mut rm = RewardModel::load(&mut be, dir, None)?;
     let pairs = written_pairs(eval_tasks(n, 11), 11, truncated_share);
     let (scored, too_long) = score(&mut be, &mut rm, &pairs)?;

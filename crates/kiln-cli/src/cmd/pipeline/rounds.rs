@@ -107,6 +107,7 @@ pub(super) fn run(
                 skip_bad: false,
                 gold_judge: true,
                 threads,
+                backend: Default::default(),
                 iterations: None,
                 batch_size: None,
                 lr: None,
