@@ -180,6 +180,7 @@ fn ten_adamw_steps_match_pytorch_losses() {
         .map(|p| ParamRef {
             value: p.value,
             grad: p.grad,
+            value_16: None,
             len: p.len(),
             decay: p.decay,
         })
@@ -278,6 +279,7 @@ fn transformers_loads_a_kiln_checkpoint_with_the_same_logits() {
         .map(|p| ParamRef {
             value: p.value,
             grad: p.grad,
+            value_16: None,
             len: p.len(),
             decay: p.decay,
         })

@@ -24,6 +24,8 @@ pub struct Args {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: Settings,
+    #[command(flatten)]
+    backend: crate::backend::BackendArg,
     /// Start from the weights in this checkpoint directory.
     #[arg(long)]
     init: Option<PathBuf>,
@@ -80,6 +82,17 @@ struct Settings {
     /// Plain progress line every N steps when stderr is not a terminal.
     #[arg(long)]
     log_every: Option<u64>,
+    /// Precision policy: f32, bf16 or f16 (16-bit weights, activations and
+    /// gradients with f32 master weights and AdamW moments; f16 adds a
+    /// dynamic loss scale).
+    #[arg(long)]
+    precision: Option<String>,
+    /// Round the 16-bit working weights stochastically after each update.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    stochastic_rounding: Option<bool>,
+    /// f16: the initial loss scale (default 65536, as PyTorch's GradScaler).
+    #[arg(long)]
+    loss_scale_init: Option<f32>,
     #[arg(skip)]
     beta1: Option<f32>,
     #[arg(skip)]
@@ -110,6 +123,9 @@ impl Settings {
             vocab_size,
             grad_clip,
             log_every,
+            precision,
+            stochastic_rounding,
+            loss_scale_init,
             beta1,
             beta2,
             eps,
@@ -133,6 +149,9 @@ impl Settings {
             checkpoint_every,
             vocab_size,
             log_every,
+            precision,
+            stochastic_rounding,
+            loss_scale_init,
             beta1,
             beta2,
             eps,
@@ -163,7 +182,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let settings = file.overridden_by(std::mem::take(&mut args.settings));
     let threads = settings.threads;
-    let be = kiln_tensor::cpu_backend(threads);
+    let be = crate::backend::open(&args.backend, threads)?;
 
     let resume_from = if args.resume {
         let found = latest_checkpoint(&args.out)?;

@@ -22,6 +22,18 @@ pub(super) struct Plan {
     pub lr: f32,
     pub warmup: u64,
     pub sample_tokens: usize,
+    /// Pretraining's precision policy: "f32", "bf16" or "f16". Left out of
+    /// the fingerprint when f32, so earlier run directories keep their stages.
+    #[serde(default = "f32_precision", skip_serializing_if = "is_f32")]
+    pub precision: String,
+}
+
+fn f32_precision() -> String {
+    "f32".into()
+}
+
+fn is_f32(p: &str) -> bool {
+    p == "f32"
 }
 
 impl Plan {
@@ -36,6 +48,7 @@ impl Plan {
                 lr: 3e-3,
                 warmup: 10,
                 sample_tokens: 24,
+                precision: f32_precision(),
             }
         } else {
             Plan {
@@ -47,6 +60,7 @@ impl Plan {
                 lr: 2e-3,
                 warmup: 50,
                 sample_tokens: 48,
+                precision: f32_precision(),
             }
         }
     }
@@ -98,6 +112,8 @@ impl PipelineConfig {
             .align
             .validate()
             .map_err(|e| anyhow!("config {}: {e:#}", path.display()))?;
+        kiln_model::Precision::parse(&config.pretrain.precision)
+            .map_err(|e| anyhow!("config {}: [pretrain] precision: {e}", path.display()))?;
         Ok(config)
     }
 

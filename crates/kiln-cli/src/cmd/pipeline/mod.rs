@@ -76,10 +76,15 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Every stage runs on this backend.
+    #[command(flatten)]
+    backend: crate::backend::BackendArg,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
+    // Every stage below (and the commands it runs) opens this backend.
+    crate::backend::select(&args.backend);
     let settings = PipelineConfig::load(args.quick, args.config.as_deref())?;
     if args.print_config {
         print!("{}", settings.to_toml());
@@ -197,12 +202,13 @@ pub fn run(args: Args) -> Result<()> {
     config.min_lr = plan.lr / 10.0;
     config.warmup = plan.warmup;
     config.checkpoint_every = (plan.steps / 4).max(1);
+    config.precision = plan.precision.clone();
     let fp = format!(
         "{input_fp}:{}",
         serde_json::to_string(plan).expect("plan serialises")
     );
     let pre_figures = stage(&out, "pretrain", &fp, args.force, || {
-        let be = kiln_tensor::cpu_backend(args.threads);
+        let be = crate::backend::open(&args.backend, args.threads)?;
         let t0 = Instant::now();
         let mut trainer = match latest_checkpoint(&run_dir)? {
             Some((step, dir)) if !args.force => {
@@ -239,7 +245,7 @@ pub fn run(args: Args) -> Result<()> {
 
     // 6. Evaluate and sample (cheap: always rerun).
     let (_, ckpt) = latest_checkpoint(&run_dir)?.context("pretraining left no checkpoint")?;
-    let mut be = kiln_tensor::cpu_backend(args.threads);
+    let mut be = crate::backend::open(&args.backend, args.threads)?;
     let mut model = kiln_model::Gpt::load_pretrained(&mut be, &ckpt)?;
     let eval = kiln_train::eval::evaluate(&mut be, &mut model, &val_shard, plan.seq_len, 16)?;
     let unigram = unigram_entropy(&train_shard)?;
