@@ -1,6 +1,8 @@
 //! Backend plugins through the stable ABI: the CPU backend loaded as a
-//! plugin trains bit for bit like the built-in one; a panicking plugin, a
-//! non-plugin file and an older host are refused with short messages.
+//! plugin passes the conformance suite and trains bit for bit like the
+//! built-in one (in-process and through the `kiln` binary's `--backend`);
+//! a panicking plugin, a non-plugin file and an older host are refused with
+//! short messages.
 //!
 //! Where the plugin libraries come from (first hit wins):
 //! 1. next to this test binary (`target/<profile>/deps/`): the plugins are
@@ -15,7 +17,6 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use kiln_abi::abi_stable::library::lib_header_from_path;
-use kiln_abi::abi_stable::std_types::ROption;
 use kiln_abi::loader::{explain, load_backend_plugin, LoadedBackendPlugin};
 use kiln_abi::{BackendBox, BackendExt, DType, IntoBResult, MatmulArgs, KILN_ABI_VERSION};
 use kiln_model::{Gpt, GptConfig};
@@ -107,19 +108,13 @@ fn load_cpu_plugin() -> LoadedBackendPlugin {
 }
 
 fn matmul_args(out: kiln_abi::BufId, a: kiln_abi::BufId, b: kiln_abi::BufId) -> MatmulArgs {
-    MatmulArgs {
-        out,
-        a,
-        b,
-        bias: ROption::RNone,
-        m: 2,
-        n: 2,
-        k: 2,
-        trans_a: false,
-        trans_b: false,
-        alpha: 1.0,
-        beta: 0.0,
-    }
+    MatmulArgs::new(out, a, b, 2, 2, 2)
+}
+
+#[test]
+fn cpu_plugin_passes_the_conformance_suite() {
+    let plugin = load_cpu_plugin();
+    kiln_conformance::assert_conforms(|| plugin.new_backend("threads=2").unwrap());
 }
 
 #[test]
@@ -131,8 +126,8 @@ fn cpu_plugin_loads_and_describes_itself() {
         "{}",
         plugin.name()
     );
-    let be = plugin.new_backend("threads=2").unwrap();
-    let info = be.info();
+    let mut be = plugin.new_backend("threads=2").unwrap();
+    let info = be.info().unwrap();
     assert_eq!(info.name.as_str(), "cpu");
     assert!(
         info.device.as_str().contains("2 threads"),
@@ -279,6 +274,7 @@ fn train_tiny_gpt(be: &mut BackendBox, steps: usize) -> (Vec<f32>, Vec<Vec<f32>>
         .map(|p| ParamRef {
             value: p.value,
             grad: p.grad,
+            value_16: None,
             len: p.len(),
             decay: p.decay,
         })
@@ -326,5 +322,216 @@ fn training_through_the_plugin_matches_the_builtin_backend_bit_for_bit() {
             bits(p) == bits(q),
             "parameter {i} differs after {steps} steps"
         );
+    }
+}
+
+// ---- the same through the binary: --backend PATH / NAME / $KILN_BACKEND ----
+
+mod binary {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    use kiln_train::metrics::read_metrics;
+
+    use super::{plugin_library, CPU_PLUGIN};
+    use crate::cli::{kiln, kiln_bin, s};
+    use crate::train::{byte_shards, loss_bits};
+
+    fn stderr(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    fn pretrain(data: &Path, out: &Path, backend: &str) -> Output {
+        kiln(&[
+            "pretrain",
+            "--data",
+            s(data),
+            "--out",
+            s(out),
+            "--model",
+            "tiny",
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "32",
+            "--lr",
+            "3e-3",
+            "--warmup",
+            "1",
+            "--seed",
+            "7",
+            "--threads",
+            "2",
+            "--backend",
+            backend,
+        ])
+    }
+
+    fn bytes(path: &Path) -> Vec<u8> {
+        std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn pretrain_and_sft_through_the_plugin_are_bit_identical_to_the_builtin_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, _) = byte_shards(dir.path());
+        let plugin = plugin_library(CPU_PLUGIN);
+        let (cpu_run, plugin_run) = (dir.path().join("cpu"), dir.path().join("plugin"));
+        let o = pretrain(&data, &cpu_run, "cpu");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("backend: cpu (built in, kiln ABI 2)"),
+            "{}",
+            stderr(&o)
+        );
+        let o = pretrain(&data, &plugin_run, s(&plugin));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let said = stderr(&o);
+        assert!(
+            said.contains("backend: kiln-cpu-plugin") && said.contains("kiln ABI 2"),
+            "{said}"
+        );
+        assert!(
+            said.contains(&plugin.display().to_string()),
+            "the path loaded is not printed: {said}"
+        );
+        let (a, b) = (
+            read_metrics(&cpu_run.join("metrics.jsonl")).unwrap(),
+            read_metrics(&plugin_run.join("metrics.jsonl")).unwrap(),
+        );
+        assert_eq!(a.len(), 4);
+        assert_eq!(
+            loss_bits(&a),
+            loss_bits(&b),
+            "pretrain losses differ between backends"
+        );
+        let ck = "checkpoints/step_00000004/model.safetensors";
+        assert!(
+            bytes(&cpu_run.join(ck)) == bytes(&plugin_run.join(ck)),
+            "pretrained weights differ"
+        );
+
+        // A post-training stage: SFT of a tiny chat model, the plugin named
+        // through $KILN_BACKEND this time.
+        let (base, chats) = sft_inputs(dir.path());
+        let sft = |out: &Path, env_backend: Option<&Path>| {
+            let mut cmd = Command::new(kiln_bin());
+            cmd.args([
+                "sft",
+                "--model",
+                s(&base),
+                "--data",
+                s(&chats),
+                "--out",
+                s(out),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "2",
+                "--lr",
+                "1e-3",
+                "--seed",
+                "3",
+                "--threads",
+                "2",
+            ])
+            .env("RAYON_NUM_THREADS", "2")
+            .env_remove("KILN_BACKEND");
+            if let Some(p) = env_backend {
+                cmd.env("KILN_BACKEND", p);
+            }
+            cmd.output().unwrap()
+        };
+        let (sft_cpu, sft_plugin) = (dir.path().join("sft_cpu"), dir.path().join("sft_plugin"));
+        let o = sft(&sft_cpu, None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = sft(&sft_plugin, Some(&plugin));
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("backend: kiln-cpu-plugin"),
+            "{}",
+            stderr(&o)
+        );
+        let metrics = |d: &PathBuf| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+        let losses = |text: String| -> Vec<String> {
+            text.lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    format!("{} {} {}", v["split"], v["step"], v["loss"])
+                })
+                .collect()
+        };
+        assert_eq!(
+            losses(metrics(&sft_cpu)),
+            losses(metrics(&sft_plugin)),
+            "SFT losses differ"
+        );
+        let model = "model/model.safetensors";
+        assert!(
+            bytes(&sft_cpu.join(model)) == bytes(&sft_plugin.join(model)),
+            "SFT weights differ"
+        );
+    }
+
+    /// A tiny chat model (policy directory with its tokenizer) and a few chats.
+    fn sft_inputs(root: &Path) -> (PathBuf, PathBuf) {
+        let specials = kiln_tokenizer::chat::default_special_tokens();
+        let refs: Vec<&str> = specials.iter().map(String::as_str).collect();
+        let corpus = [
+            "Say hello. Hello there!",
+            "Name a fruit. An apple is a fruit.",
+        ];
+        let tok =
+            kiln_tokenizer::train(&corpus, 300, kiln_tokenizer::Pattern::Gpt2, &refs, 0).unwrap();
+        let mut be = kiln_tensor::cpu_backend(Some(1));
+        let cfg = kiln_model::GptConfig::new(tok.vocab_size(), 48, 1, 2, 32);
+        let model = kiln_model::Gpt::new(&mut be, cfg, 1).unwrap();
+        let base = root.join("base");
+        kiln_align::policy::Policy::new(model, tok)
+            .unwrap()
+            .save(&mut be, &base)
+            .unwrap();
+        let line = |q: &str, a: &str| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a}
+            ]})
+            .to_string()
+        };
+        let lines = [
+            line("Say hello.", "Hello there!"),
+            line("Name a fruit.", "An apple."),
+            line("Say hi.", "Hi!"),
+            line("Name a color.", "Red."),
+        ];
+        let chats = root.join("chats.jsonl");
+        std::fs::write(&chats, lines.join("\n") + "\n").unwrap();
+        (base, chats)
+    }
+
+    #[test]
+    fn plugins_test_runs_the_suite_and_a_bad_backend_exits_2_with_the_fix() {
+        let plugin = plugin_library(CPU_PLUGIN);
+        let o = kiln(&["plugins", "test", s(&plugin), "--options", "threads=2"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+        assert!(out.contains(" 0 failed"), "{out}");
+        assert!(out.contains("plugin:  kiln-cpu-plugin"), "{out}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (data, _) = byte_shards(dir.path());
+        let o = pretrain(&data, &dir.path().join("r"), "no-such-backend");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("no plugin of that name") && err.contains("--backend cpu"),
+            "{err}"
+        );
+        let o = pretrain(&data, &dir.path().join("r"), "./missing/libnone.so");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("no such plugin file"), "{err}");
     }
 }
