@@ -940,8 +940,9 @@ fn views_of_a_freed_buffer_are_errors_naming_it() {
     be.free_buf(v).unwrap();
     // Freeing a view leaves its parent and the views made from it usable.
     assert_eq!(be.download_f32(vv).unwrap(), vec![1.0, 1.0]);
+    let direct = be.view_of(buf, 0, 4).unwrap();
     be.free_buf(buf).unwrap();
-    for id in [vv] {
+    for id in [vv, direct] {
         let err = be.scale(id, 1, 2.0).ok_or_err().unwrap_err().0;
         assert!(
             err.contains("scale")

@@ -385,8 +385,9 @@ impl CpuBackend {
                 }
             }
             dinp.finish();
-            dw.map(|d| d.finish());
-            db.map(|d| d.finish());
+            for d in [dw, db].into_iter().flatten() {
+                d.finish();
+            }
             Ok(())
         })
     }
@@ -415,13 +416,15 @@ impl CpuBackend {
         ];
         self.exec(op, &[("buf", Some(a.buf))], &ins, |o| {
             let positions = o.u32_opt("positions", bt)?;
-            let rows = rows_of(o.len("cos").min(o.len("sin")), half);
+            let (rows_cos, rows_sin) = (rows_of(o.len("cos"), half), rows_of(o.len("sin"), half));
+            let rows = rows_cos.min(rows_sin);
             let (cos, sin) = (o.f32("cos", rows * half)?, o.f32("sin", rows * half)?);
             let mut buf = o.float_mut("buf", n)?;
             if n == 0 || a.n_heads == 0 {
                 return Ok(());
             }
-            check_positions(o, "cos", rows, positions, a.pos0, a.t)?;
+            check_positions(o, "cos", rows_cos, positions, a.pos0, a.t)?;
+            check_positions(o, "sin", rows_sin, positions, a.pos0, a.t)?;
             let pos = positions.map_or(Positions::From(a.pos0), Positions::Given);
             let layout = ops::rope::Layout {
                 t: a.t,

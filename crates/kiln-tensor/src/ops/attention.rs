@@ -346,6 +346,7 @@ pub fn backward(
 /// Stores the new keys/values (`shape.t` = Tn new positions from `t_past`)
 /// into the caches `[B, nkv, t_max, hd]`, then attends each new query to
 /// cache positions `0..=its own` (within the window).
+#[allow(clippy::too_many_arguments)]
 pub fn kv_forward(
     out: &mut [f32],
     qkv: &[f32],

@@ -170,6 +170,9 @@ mod tests {
             }
         }
         eprintln!("crossentropy backward: worst difference to stored probabilities {worst:.1} ulp");
-        assert!(worst <= 16.0, "{worst} ulp");
+        // exp(x - lse) inherits lse's own rounding (|lse| ~ 21 here, so
+        // ~2e-6 absolute in the exponent, ~16 ulp of the result) plus exp's
+        // few ulp: measured 27 ulp at worst for logits in +-12, V = 5000.
+        assert!(worst <= 40.0, "{worst} ulp");
     }
 }
