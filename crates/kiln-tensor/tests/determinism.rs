@@ -149,3 +149,101 @@ fn same_bits_for_one_and_several_threads() {
     assert_eq!(one, chain(3));
     assert_eq!(one, chain(2));
 }
+
+/// The ops ABI 2 added, with parallel work, on `threads` threads.
+fn chain_new_ops(threads: usize) -> Vec<Vec<u32>> {
+    use kiln_abi::{AttentionShape, BackendExt, NormArgs, NormBackwardArgs, NormKind, Rounding};
+    let mut rng = Rng::new(7);
+    let mut be = backend(threads);
+    let mut out = Vec::new();
+    let s = AttentionShape {
+        b: 2,
+        t: 130,
+        nh: 4,
+        nkv: 2,
+        hd: 8,
+        window: 50,
+    };
+    let (rows, row) = (s.b * s.t, (s.nh + 2 * s.nkv) * s.hd);
+    let qkv = upload(&mut be, &rng.vec(rows * row, 1.0));
+    let ws_len = be.attention_workspace_len(s).unwrap();
+    let ws = zeros(&mut be, ws_len);
+    let (o, dout, dqkv) = (
+        zeros(&mut be, rows * 32),
+        upload(&mut be, &rng.vec(rows * 32, 1.0)),
+        zeros(&mut be, rows * row),
+    );
+    attn_fwd(&mut be, o, ws, qkv, None, s).ok_or_err().unwrap();
+    attn_bwd(&mut be, dqkv, dout, qkv, o, ws, None, s)
+        .ok_or_err()
+        .unwrap();
+    let (w, rstd, y, dx, dw) = (
+        upload(&mut be, &rng.vec(32, 1.0)),
+        zeros(&mut be, rows),
+        zeros(&mut be, rows * 32),
+        zeros(&mut be, rows * 32),
+        zeros(&mut be, 32),
+    );
+    let n = NormArgs {
+        kind: NormKind::RmsNorm,
+        out: y,
+        mean: None.into(),
+        rstd,
+        inp: o,
+        weight: w,
+        bias: None.into(),
+        residual: None.into(),
+        residual_out: None.into(),
+        rows,
+        cols: 32,
+        eps: 1e-5,
+    };
+    be.norm_forward(n).ok_or_err().unwrap();
+    let nb = NormBackwardArgs {
+        kind: NormKind::RmsNorm,
+        dinp: dx,
+        dweight: Some(dw).into(),
+        dbias: None.into(),
+        dout,
+        inp: o,
+        weight: w,
+        mean: None.into(),
+        rstd,
+        rows,
+        cols: 32,
+    };
+    be.norm_backward(nb).ok_or_err().unwrap();
+    let sw = zeros(&mut be, rows * 16);
+    be.swiglu_forward(sw, y, rows, 16).ok_or_err().unwrap();
+    let idx: Vec<u32> = (0..rows).map(|_| rng.below(9)).collect();
+    let ii = be.from_u32(&idx).unwrap();
+    let dst = zeros(&mut be, 9 * 32);
+    be.scatter_add_rows(dst, dx, ii, None.into(), rows, 32)
+        .ok_or_err()
+        .unwrap();
+    let b16 = be.alloc_buf(kiln_abi::DType::BF16, rows * row).unwrap();
+    be.cast(b16, dqkv, rows * row, Rounding::Stochastic, 3)
+        .ok_or_err()
+        .unwrap();
+    let stats = zeros(&mut be, 2);
+    be.reduce(Reduce::SumSquares, stats, 0, b16, rows * row)
+        .ok_or_err()
+        .unwrap();
+    for id in [o, dqkv, y, dx, dw, sw, dst, stats] {
+        out.push(download(&mut be, id).iter().map(|x| x.to_bits()).collect());
+    }
+    out.push(
+        be.download_bf16(b16)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits() as u32)
+            .collect(),
+    );
+    out
+}
+
+#[test]
+fn new_ops_same_bits_for_one_and_several_threads() {
+    let one = chain_new_ops(1);
+    assert_eq!(one, chain_new_ops(3));
+}
