@@ -133,9 +133,10 @@ impl Gpt {
 
     /// Switches the precision policy. Mixed precision keeps `value` (f32)
     /// as the master copy and adds a 16-bit working copy of every weight
-    /// (`Param::value_16`, rounded to nearest even); gradients and the
-    /// activations (reallocated on the next forward) take the 16-bit dtype.
-    /// Gradients restart at zero.
+    /// (`Param::value_16`, rounded to nearest even); the activations
+    /// (reallocated on the next forward) take the 16-bit dtype; parameter
+    /// gradients stay f32 (they accumulate over micro-batches). Gradients
+    /// restart at zero.
     pub fn set_precision(
         &mut self,
         be: &mut BackendBox,
@@ -158,8 +159,7 @@ impl Gpt {
             if precision.is_mixed() {
                 p.value_16 = Some(be.alloc_buf(dtype, n)?);
             }
-            be.free(p.grad).ok_or_err()?;
-            p.grad = be.alloc_buf(dtype, n)?;
+            be.zero(p.grad).ok_or_err()?;
         }
         self.precision = precision;
         self.refresh_compute_weights(be)

@@ -13,7 +13,7 @@ pub struct Param {
     pub shape: Vec<usize>,
     /// The f32 values (the master copy under mixed precision).
     pub value: BufId,
-    /// The gradient, in the precision policy's compute dtype.
+    /// The gradient (f32 in every precision policy: it accumulates).
     pub grad: BufId,
     /// Mixed precision: the 16-bit copy the forward and backward compute
     /// with, rewritten from `value` after every optimizer update.
