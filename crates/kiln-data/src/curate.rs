@@ -90,10 +90,14 @@ fn shard_name(k: usize) -> String {
     format!("shard-{k:05}")
 }
 
+/// Bumped when the same settings decide differently (2: datatrove's
+/// segmentation, lid.176 language ID), so a resumed run redoes old shards.
+const FILTERS_VERSION: u32 = 2;
+
 fn config_hash(cfg: &CurateConfig) -> String {
     format!(
         "{:016x}",
-        xxhash_rust::xxh3::xxh3_64(format!("{cfg:?}").as_bytes())
+        xxhash_rust::xxh3::xxh3_64(format!("{FILTERS_VERSION} {cfg:?}").as_bytes())
     )
 }
 
