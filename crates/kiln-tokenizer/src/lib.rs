@@ -13,12 +13,14 @@ pub mod bpe;
 pub mod byte_unicode;
 pub mod char_class;
 pub mod chat;
+mod chunks;
 pub mod error;
 pub mod formats;
 pub mod lexer;
 pub mod pattern;
 pub mod special;
 pub mod stream;
+mod token_map;
 pub mod tokenizer;
 pub mod train;
 

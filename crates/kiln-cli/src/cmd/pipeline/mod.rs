@@ -236,6 +236,8 @@ pub fn run(args: Args) -> Result<()> {
             "model": plan.model,
             "parameters": params,
             "steps": result.steps,
+            // For the report's "tokens trained".
+            "tokens_per_step": config.tokens_per_step(),
             "final_train_loss": result.last_loss,
             "checkpoint": result.checkpoint,
             "wall_s": t0.elapsed().as_secs_f64(),
