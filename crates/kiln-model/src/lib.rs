@@ -22,7 +22,11 @@ mod packing;
 mod params;
 pub mod rng;
 pub mod sample;
+mod special_ids;
 
+pub use checkpoint::{
+    HfExtras, LoadedDir, SpecialTokenIds, CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE,
+};
 pub use config::{padded_vocab, GptConfig, PRESETS};
 pub use error::ModelError;
 pub use model::Gpt;
