@@ -7,6 +7,7 @@ mod data_cli;
 mod dpo;
 mod dpo_cli;
 mod gpt2_reference;
+mod hf_models;
 mod perplexity_filter;
 mod pipeline;
 mod precision;

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use kiln_abi::BackendBox;
 use safetensors::{Dtype, SafeTensors};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::params::{self, ParamSpec, WTE};
+pub use crate::special_ids::{SpecialTokenIds, GENERATION_CONFIG_FILE};
 use crate::{Gpt, GptConfig, ModelError};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -21,19 +22,106 @@ pub const CONFIG_FILE: &str = "config.json";
 /// buffers of old transformers versions).
 const IGNORED_SUFFIXES: [&str; 2] = [".attn.bias", ".attn.masked_bias"];
 
+/// What a model directory holds beside the transformer, in the layouts
+/// transformers loads: special-token ids, the architecture and further
+/// `config.json` keys, extra tensors in `model.safetensors` (a
+/// classification head) and extra files (tokenizer files).
+#[derive(Debug, Clone, Default)]
+pub struct HfExtras {
+    pub special: SpecialTokenIds,
+    /// `config.json`'s `architectures` entry; `GPT2LMHeadModel` if `None`.
+    pub architecture: Option<String>,
+    /// Further `config.json` keys (e.g. `num_labels`); they win over kiln's.
+    pub config: Map<String, Value>,
+    /// Extra tensors `(name, shape, row-major values)` saved as F32.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// Parameters saved with these values (kiln layout) instead of the
+    /// backend's: `(HF name, values)`.
+    pub param_overrides: Vec<(String, Vec<f32>)>,
+    /// Further files `(name, bytes)` written into the directory.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// A directory read by [`Gpt::load_pretrained_with`]: the model, its
+/// special-token ids and the extra tensors asked for.
+pub struct LoadedDir {
+    pub model: Gpt,
+    pub special: SpecialTokenIds,
+    /// `name -> (shape, values)` of each requested extra tensor present.
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
 impl Gpt {
-    /// Writes `dir/model.safetensors` and `dir/config.json` atomically
-    /// (replacing an existing directory of that name).
+    /// Writes `dir/model.safetensors`, `dir/config.json` and
+    /// `dir/generation_config.json` atomically (replacing an existing
+    /// directory of that name). No special-token ids are known here: they
+    /// are written as `null` (see [`Gpt::save_pretrained_with`]).
     pub fn save_pretrained(&self, be: &mut BackendBox, dir: &Path) -> Result<(), ModelError> {
-        let values = self.read_params(be)?;
+        self.save_pretrained_with(be, dir, &HfExtras::default())
+    }
+
+    /// [`Gpt::save_pretrained`] with the ids, head and files of `extras`.
+    pub fn save_pretrained_with(
+        &self,
+        be: &mut BackendBox,
+        dir: &Path,
+        extras: &HfExtras,
+    ) -> Result<(), ModelError> {
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let vocab = self.config.vocab_size;
+        for (key, id) in [("bos", extras.special.bos), ("pad", extras.special.pad)]
+            .into_iter()
+            .chain(extras.special.eos.iter().map(|&e| ("eos", Some(e))))
+        {
+            if id.is_some_and(|id| id as usize >= vocab) {
+                return Err(ModelError::format(
+                    dir,
+                    format!("{key}_token_id {id:?} is outside the vocabulary of {vocab} tokens"),
+                ));
+            }
+        }
+        let mut values = self.read_params(be)?;
         let specs = params::specs(&self.config);
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(specs.len());
+        for (name, v) in &extras.param_overrides {
+            let k = specs.iter().position(|s| &s.name == name).ok_or_else(|| {
+                ModelError::format(&weights_path, format!("no parameter {name} to override"))
+            })?;
+            if v.len() != values[k].len() {
+                return Err(ModelError::format(
+                    &weights_path,
+                    format!(
+                        "override of {name} has {} values, not {}",
+                        v.len(),
+                        values[k].len()
+                    ),
+                ));
+            }
+            values[k] = v.clone();
+        }
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+            Vec::with_capacity(specs.len() + extras.tensors.len());
         for (spec, v) in specs.iter().zip(&values) {
             let (shape, data) = to_hf(spec, v, &self.config);
             tensors.push((
                 spec.name.clone(),
                 shape,
                 bytemuck::cast_slice(&data).to_vec(),
+            ));
+        }
+        for (name, shape, v) in &extras.tensors {
+            if specs.iter().any(|s| &s.name == name) || shape.iter().product::<usize>() != v.len() {
+                return Err(ModelError::format(
+                    &weights_path,
+                    format!(
+                        "extra tensor {name}: a parameter's name, or {} values for shape {shape:?}",
+                        v.len()
+                    ),
+                ));
+            }
+            tensors.push((
+                name.clone(),
+                shape.clone(),
+                bytemuck::cast_slice(v).to_vec(),
             ));
         }
         let views = tensors
@@ -43,20 +131,48 @@ impl Gpt {
                     .map(|v| (name.clone(), v))
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ModelError::format(dir.join(WEIGHTS_FILE), e.to_string()))?;
+            .map_err(|e| ModelError::format(&weights_path, e.to_string()))?;
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         let weights = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| ModelError::format(dir.join(WEIGHTS_FILE), e.to_string()))?;
-        let config = serde_json::to_vec_pretty(&hf_config_json(&self.config))
-            .expect("a JSON value always serialises");
-        write_dir_atomic(dir, &[(WEIGHTS_FILE, &weights), (CONFIG_FILE, &config)])
+            .map_err(|e| ModelError::format(&weights_path, e.to_string()))?;
+        let mut config = hf_config_json(&self.config);
+        let obj = config.as_object_mut().expect("the config is an object");
+        obj.extend(extras.special.config_entries());
+        if let Some(arch) = &extras.architecture {
+            obj.insert("architectures".into(), json!([arch]));
+        }
+        obj.extend(extras.config.clone());
+        let pretty =
+            |v: &Value| serde_json::to_vec_pretty(v).expect("a JSON value always serialises");
+        let config = pretty(&config);
+        let generation = pretty(&extras.special.generation_config());
+        let mut files: Vec<(&str, &[u8])> = vec![
+            (WEIGHTS_FILE, &weights),
+            (CONFIG_FILE, &config),
+            (GENERATION_CONFIG_FILE, &generation),
+        ];
+        files.extend(extras.files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+        write_dir_atomic(dir, &files)
     }
 
     /// Loads a directory written by [`Gpt::save_pretrained`] or by HF
     /// `save_pretrained` (any vocabulary size; names with or without the
     /// `transformer.` prefix; an `lm_head.weight` must equal `wte`).
+    /// Special-token ids outside the vocabulary are an error naming the key.
     pub fn load_pretrained(be: &mut BackendBox, dir: &Path) -> Result<Gpt, ModelError> {
+        Ok(Self::load_pretrained_with(be, dir, &[])?.model)
+    }
+
+    /// [`Gpt::load_pretrained`] that also returns the special-token ids and
+    /// the tensors named in `extra` (e.g. a `score.weight` head) where the
+    /// file has them; other unknown tensors are still an error.
+    pub fn load_pretrained_with(
+        be: &mut BackendBox,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<LoadedDir, ModelError> {
         let config = read_hf_config(&dir.join(CONFIG_FILE))?;
+        let special = SpecialTokenIds::read(dir, config.vocab_size)?;
         let path = dir.join(WEIGHTS_FILE);
         if !path.exists() && dir.join("model.safetensors.index.json").exists() {
             return Err(ModelError::format(
@@ -66,8 +182,13 @@ impl Gpt {
             ));
         }
         let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
-        let values = read_weights(&path, &bytes, &config)?;
-        Gpt::from_values(be, config, &values)
+        let (values, tensors) = read_weights(&path, &bytes, &config, extra)?;
+        let model = Gpt::from_values(be, config, &values)?;
+        Ok(LoadedDir {
+            model,
+            special,
+            tensors,
+        })
     }
 }
 
@@ -199,15 +320,31 @@ fn read_hf_config(path: &Path) -> Result<GptConfig, ModelError> {
 }
 
 /// Reads every parameter of `cfg` from a safetensors file into kiln layout.
-fn read_weights(path: &Path, bytes: &[u8], cfg: &GptConfig) -> Result<Vec<Vec<f32>>, ModelError> {
+/// Also returns the tensors named in `extra` that the file holds.
+#[allow(clippy::type_complexity)]
+fn read_weights(
+    path: &Path,
+    bytes: &[u8],
+    cfg: &GptConfig,
+    extra: &[&str],
+) -> Result<(Vec<Vec<f32>>, HashMap<String, (Vec<usize>, Vec<f32>)>), ModelError> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| ModelError::format(path, format!("not a valid safetensors file: {e}")))?;
     let specs = params::specs(cfg);
     // Map each stored name to the canonical HF name ("transformer." optional).
     let mut stored: HashMap<String, String> = HashMap::new();
     let mut unknown = Vec::new();
+    let mut extras = HashMap::new();
     let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for name in st.names() {
+        if extra.contains(&name) {
+            let t = st
+                .tensor(name)
+                .map_err(|e| ModelError::format(path, format!("tensor {name}: {e}")))?;
+            let data = to_f32(path, name, t.dtype(), t.data())?;
+            extras.insert(name.to_string(), (t.shape().to_vec(), data));
+            continue;
+        }
         let canonical = if name.starts_with("transformer.") || name.starts_with("lm_head.") {
             name.to_string()
         } else {
@@ -267,7 +404,7 @@ fn read_weights(path: &Path, bytes: &[u8], cfg: &GptConfig) -> Result<Vec<Vec<f3
             ));
         }
     }
-    Ok(values)
+    Ok((values, extras))
 }
 
 fn describe(cfg: &GptConfig) -> String {

@@ -23,7 +23,11 @@ mod params;
 mod precision;
 pub mod rng;
 pub mod sample;
+mod special_ids;
 
+pub use checkpoint::{
+    HfExtras, LoadedDir, SpecialTokenIds, CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE,
+};
 pub use config::{padded_vocab, GptConfig, PRESETS};
 pub use error::ModelError;
 pub use model::Gpt;

@@ -16,6 +16,7 @@ pub mod chat;
 mod chunks;
 pub mod error;
 pub mod formats;
+pub mod hf_template;
 pub mod lexer;
 pub mod pattern;
 pub mod special;
@@ -26,6 +27,7 @@ pub mod train;
 
 pub use chat::{ChatError, ChatTemplate, EncodedChat, Message, Role};
 pub use error::{DecodeError, EncodeError, Error, LoadError};
+pub use hf_template::{HfChatTemplate, TemplateError, TemplateTokens};
 pub use lexer::Lexer;
 pub use pattern::{Pattern, PreTokenizer};
 pub use special::{SpecialMode, SpecialPolicy};

@@ -406,6 +406,11 @@ impl Tokenizer {
         self.specials.id(token)
     }
 
+    /// The special tokens with their matcher.
+    pub(crate) fn specials(&self) -> &crate::special::Specials {
+        &self.specials
+    }
+
     /// Special tokens and their ids, sorted by id.
     pub fn special_tokens(&self) -> &[(String, u32)] {
         self.specials.tokens()

@@ -1,7 +1,8 @@
 //! `kiln reward`: trains a reward model (transformer + scalar head read at
 //! the last token) on preference pairs with the Bradley-Terry loss. Writes
-//! OUT/metrics.jsonl, OUT/summary.json and OUT/model/ (model, tokenizer.json,
-//! score_head.safetensors), the input of PPO's reward and value models.
+//! OUT/metrics.jsonl, OUT/summary.json and OUT/model/ (a transformers
+//! `GPT2ForSequenceClassification` with its tokenizer files), the input of
+//! PPO's reward and value models.
 
 use std::path::PathBuf;
 
