@@ -68,9 +68,8 @@ pub fn is_temp_name(name: &str) -> bool {
         return true;
     }
     ["tmp-", "old-", "saving-"].iter().any(|tag| {
-        name.rsplit_once(&format!(".{tag}")).is_some_and(|(_, pid)| {
-            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
-        })
+        name.rsplit_once(&format!(".{tag}"))
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
     })
 }
 

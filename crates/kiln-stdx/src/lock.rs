@@ -113,7 +113,10 @@ mod tests {
         let e = DirLock::acquire(&out).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         let msg = e.to_string();
-        assert!(msg.contains(&format!("process {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("process {}", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.contains(&out.display().to_string()), "{msg}");
         drop(first);
         let again = DirLock::acquire(&out).unwrap();
