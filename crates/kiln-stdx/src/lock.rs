@@ -26,6 +26,17 @@ impl DirLock {
     /// process holds it: the error (kind `WouldBlock`) names the directory
     /// and the holder's PID.
     pub fn acquire(dir: &Path) -> io::Result<DirLock> {
+        DirLock::lock(dir, true)
+    }
+
+    /// A shared lock: any number of shared holders (e.g. `curate --shard`
+    /// parts writing disjoint files) may run together, never beside an
+    /// exclusive one.
+    pub fn acquire_shared(dir: &Path) -> io::Result<DirLock> {
+        DirLock::lock(dir, false)
+    }
+
+    fn lock(dir: &Path, exclusive: bool) -> io::Result<DirLock> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
@@ -34,7 +45,7 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        if let Err(e) = flock_exclusive_now(&file) {
+        if let Err(e) = flock_now(&file, exclusive) {
             if e.kind() != io::ErrorKind::WouldBlock {
                 return Err(e);
             }
@@ -54,9 +65,11 @@ impl DirLock {
                 ),
             ));
         }
-        file.set_len(0)?;
-        file.rewind()?;
-        writeln!(file, "{}", std::process::id())?;
+        if exclusive {
+            file.set_len(0)?;
+            file.rewind()?;
+            writeln!(file, "{}", std::process::id())?;
+        }
         Ok(DirLock {
             _file: file,
             dir: dir.to_path_buf(),
@@ -79,11 +92,16 @@ impl DirLock {
 }
 
 #[cfg(unix)]
-fn flock_exclusive_now(file: &File) -> io::Result<()> {
+fn flock_now(file: &File, exclusive: bool) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;
+    let mode = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
     loop {
         // SAFETY: flock on a file descriptor we own; no memory is shared.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let r = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
         if r == 0 {
             return Ok(());
         }
@@ -95,7 +113,7 @@ fn flock_exclusive_now(file: &File) -> io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn flock_exclusive_now(_file: &File) -> io::Result<()> {
+fn flock_now(_file: &File, _exclusive: bool) -> io::Result<()> {
     // No advisory locks here: runs are not protected from each other.
     Ok(())
 }
@@ -121,5 +139,12 @@ mod tests {
         drop(first);
         let again = DirLock::acquire(&out).unwrap();
         assert_eq!(again.dir(), out);
+        assert!(DirLock::acquire_shared(&out).is_err());
+        drop(again);
+        let a = DirLock::acquire_shared(&out).unwrap();
+        let b = DirLock::acquire_shared(&out).unwrap();
+        assert!(DirLock::acquire(&out).is_err());
+        drop((a, b));
+        DirLock::acquire(&out).unwrap();
     }
 }
