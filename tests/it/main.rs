@@ -11,6 +11,7 @@ mod perplexity_filter;
 mod pipeline;
 mod plugins;
 mod report;
+mod rerun_safety;
 mod resume;
 mod rl_cli;
 mod train;

@@ -21,6 +21,7 @@ mod ops;
 mod packing;
 mod params;
 pub mod rng;
+pub mod safetensors_stream;
 pub mod sample;
 
 pub use config::{padded_vocab, GptConfig, PRESETS};

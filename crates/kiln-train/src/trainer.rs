@@ -63,6 +63,40 @@ pub struct Trainer {
     rng: Rng,
     started: Instant,
     last_checkpoint: Option<PathBuf>,
+    /// Complete checkpoints kept (0 = all); see [`Trainer::set_keep_last`].
+    keep_last: usize,
+    /// The run directory's exclusive lock, held for the trainer's life.
+    _lock: kiln_stdx::lock::DirLock,
+}
+
+/// Takes `run_dir`'s exclusive lock (a second run into it is refused with
+/// the holder's PID) and removes what killed runs left there.
+fn claim_run_dir(run_dir: &Path) -> Result<kiln_stdx::lock::DirLock, TrainError> {
+    kiln_stdx::lock::DirLock::claim(run_dir).map_err(|e| TrainError::RunDir {
+        path: run_dir.to_path_buf(),
+        problem: e.to_string(),
+    })
+}
+
+/// Refuses a run that would reach a step whose `step_*` directory exists
+/// but misses a file (in `after+1..=until`): it could neither be resumed
+/// from nor rewritten.
+fn refuse_incomplete_checkpoints(run_dir: &Path, after: u64, until: u64) -> Result<(), TrainError> {
+    let bad = checkpoint::incomplete_checkpoints(run_dir)?;
+    let Some((step, dir)) = bad.into_iter().find(|(s, _)| *s > after && *s <= until) else {
+        return Ok(());
+    };
+    Err(TrainError::RunDir {
+        path: run_dir.to_path_buf(),
+        problem: format!(
+            "{} (step {step}) is not a complete checkpoint (it lacks model.safetensors, \
+             config.json or {}), so it cannot be resumed from and this run would collide \
+             with it; remove it (rm -r {}) and rerun",
+            dir.display(),
+            checkpoint::STATE_FILE,
+            dir.display()
+        ),
+    })
 }
 
 impl Trainer {
@@ -86,11 +120,19 @@ impl Trainer {
                 ),
             });
         }
+        let lock = claim_run_dir(run_dir)?;
+        refuse_incomplete_checkpoints(run_dir, 0, config.steps)?;
         let loader = open_loader(data, &config)?;
         let model = match init {
             Init::Preset => {
-                let mut mc = GptConfig::preset(&config.model, config.vocab_size)?;
-                mc.max_seq_len = mc.max_seq_len.max(config.seq_len);
+                let mc = GptConfig::preset(&config.model, config.vocab_size)?;
+                if config.seq_len > mc.max_seq_len {
+                    return Err(TrainError::Config(format!(
+                        "--seq-len {} is longer than model {}'s {} positions; use --seq-len {} \
+                         or less, or a larger model",
+                        config.seq_len, config.model, mc.max_seq_len, mc.max_seq_len
+                    )));
+                }
                 Gpt::new(&mut be, mc, config.seed)?
             }
             Init::Checkpoint(dir) => {
@@ -121,6 +163,8 @@ impl Trainer {
             metrics,
             started: Instant::now(),
             last_checkpoint: None,
+            keep_last: 0,
+            _lock: lock,
         })
     }
 
@@ -147,6 +191,8 @@ impl Trainer {
                 ckpt_dir.display()
             )));
         }
+        let lock = claim_run_dir(run_dir)?;
+        refuse_incomplete_checkpoints(run_dir, state.step, config.steps)?;
         let mut loader = open_loader(data, &config)?;
         loader.seek(&state.loader)?;
         let model = Gpt::load_pretrained(&mut be, ckpt_dir)?;
@@ -184,7 +230,15 @@ impl Trainer {
             metrics,
             started: Instant::now(),
             last_checkpoint: Some(ckpt_dir.to_path_buf()),
+            keep_last: 0,
+            _lock: lock,
         })
+    }
+
+    /// Keep only the newest `n` complete checkpoints (0 keeps all): older
+    /// ones are removed after each new one is written.
+    pub fn set_keep_last(&mut self, n: usize) {
+        self.keep_last = n;
     }
 
     pub fn config(&self) -> &TrainConfig {
@@ -324,16 +378,18 @@ impl Trainer {
             rng: self.rng.state(),
             param_names: self.model.params().iter().map(|p| p.name.clone()).collect(),
         };
-        let moments = self.opt.export_state(&mut self.be)?;
         let dir = checkpoint::write_checkpoint(
             &mut self.be,
             &self.run_dir,
             &self.model,
             &state,
-            &moments,
+            &self.opt,
         )?;
         obs.on_checkpoint(self.step, &dir);
         self.last_checkpoint = Some(dir.clone());
+        if self.keep_last > 0 {
+            checkpoint::prune_checkpoints(&self.run_dir, self.keep_last)?;
+        }
         Ok(dir)
     }
 }
