@@ -4,14 +4,15 @@
 //! loads. A directory is written under a temporary name and renamed into
 //! place, so it is complete or absent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use kiln_abi::BackendBox;
+use kiln_abi::{BackendBox, BackendExt};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Map, Value};
 
 use crate::params::{self, ParamSpec, WTE};
+use crate::safetensors_stream::{write_f32_tensors, StreamError, TensorSpec};
 pub use crate::special_ids::{SpecialTokenIds, GENERATION_CONFIG_FILE};
 use crate::{Gpt, GptConfig, ModelError};
 
@@ -61,6 +62,10 @@ impl Gpt {
     }
 
     /// [`Gpt::save_pretrained`] with the ids, head and files of `extras`.
+    ///
+    /// The weights stream to the file one tensor at a time (downloaded,
+    /// laid out as HF stores it, written, dropped): saving adds about one
+    /// tensor to the process's memory, not a copy of the model.
     pub fn save_pretrained_with(
         &self,
         be: &mut BackendBox,
@@ -80,33 +85,20 @@ impl Gpt {
                 ));
             }
         }
-        let mut values = self.read_params(be)?;
         let specs = params::specs(&self.config);
+        let mut overrides: HashMap<usize, &Vec<f32>> = HashMap::new();
         for (name, v) in &extras.param_overrides {
             let k = specs.iter().position(|s| &s.name == name).ok_or_else(|| {
                 ModelError::format(&weights_path, format!("no parameter {name} to override"))
             })?;
-            if v.len() != values[k].len() {
+            let len: usize = specs[k].shape.iter().product();
+            if v.len() != len {
                 return Err(ModelError::format(
                     &weights_path,
-                    format!(
-                        "override of {name} has {} values, not {}",
-                        v.len(),
-                        values[k].len()
-                    ),
+                    format!("override of {name} has {} values, not {len}", v.len()),
                 ));
             }
-            values[k] = v.clone();
-        }
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
-            Vec::with_capacity(specs.len() + extras.tensors.len());
-        for (spec, v) in specs.iter().zip(&values) {
-            let (shape, data) = to_hf(spec, v, &self.config);
-            tensors.push((
-                spec.name.clone(),
-                shape,
-                bytemuck::cast_slice(&data).to_vec(),
-            ));
+            overrides.insert(k, v);
         }
         for (name, shape, v) in &extras.tensors {
             if specs.iter().any(|s| &s.name == name) || shape.iter().product::<usize>() != v.len() {
@@ -118,23 +110,17 @@ impl Gpt {
                     ),
                 ));
             }
-            tensors.push((
-                name.clone(),
-                shape.clone(),
-                bytemuck::cast_slice(v).to_vec(),
-            ));
         }
-        let views = tensors
+        let tensors: Vec<TensorSpec> = specs
             .iter()
-            .map(|(name, shape, bytes)| {
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
-                    .map(|v| (name.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ModelError::format(&weights_path, e.to_string()))?;
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let weights = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| ModelError::format(&weights_path, e.to_string()))?;
+            .map(|spec| TensorSpec::new(spec.name.clone(), hf_shape(spec, &self.config)))
+            .chain(
+                extras
+                    .tensors
+                    .iter()
+                    .map(|(name, shape, _)| TensorSpec::new(name.clone(), shape.clone())),
+            )
+            .collect();
         let mut config = hf_config_json(&self.config);
         let obj = config.as_object_mut().expect("the config is an object");
         obj.extend(extras.special.config_entries());
@@ -146,13 +132,33 @@ impl Gpt {
             |v: &Value| serde_json::to_vec_pretty(v).expect("a JSON value always serialises");
         let config = pretty(&config);
         let generation = pretty(&extras.special.generation_config());
-        let mut files: Vec<(&str, &[u8])> = vec![
-            (WEIGHTS_FILE, &weights),
-            (CONFIG_FILE, &config),
-            (GENERATION_CONFIG_FILE, &generation),
-        ];
-        files.extend(extras.files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
-        write_dir_atomic(dir, &files)
+        let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        write_dir_atomic(dir, |tmp| {
+            let path = tmp.join(WEIGHTS_FILE);
+            write_f32_tensors(&path, &tensors, &metadata, |i| -> Result<_, ModelError> {
+                if i >= specs.len() {
+                    return Ok(extras.tensors[i - specs.len()].2.clone());
+                }
+                let v = match overrides.get(&i) {
+                    Some(v) => (*v).clone(),
+                    None => be.download_f32(self.params()[i].value)?,
+                };
+                Ok(to_hf(&specs[i], v, &self.config))
+            })
+            .map_err(|e| match e {
+                StreamError::Io(e) => ModelError::io(&path, e),
+                StreamError::Produce(e) => e,
+            })?;
+            let small: Vec<(&str, &[u8])> = [(CONFIG_FILE, config.as_slice()), (GENERATION_CONFIG_FILE, generation.as_slice())]
+                .into_iter()
+                .chain(extras.files.iter().map(|(n, b)| (n.as_str(), b.as_slice())))
+                .collect();
+            for (name, bytes) in small {
+                let p = tmp.join(name);
+                kiln_stdx::fs::write_atomic(&p, bytes).map_err(|e| ModelError::io(&p, e))?;
+            }
+            Ok(())
+        })
     }
 
     /// Loads a directory written by [`Gpt::save_pretrained`] or by HF
@@ -192,16 +198,19 @@ impl Gpt {
     }
 }
 
-/// A kiln-layout parameter as HF stores it: (shape, row-major values).
-fn to_hf(spec: &ParamSpec, v: &[f32], cfg: &GptConfig) -> (Vec<usize>, Vec<f32>) {
+/// A kiln-layout parameter's values as HF stores them (row-major, in
+/// [`hf_shape`]'s shape).
+fn to_hf(spec: &ParamSpec, mut v: Vec<f32>, cfg: &GptConfig) -> Vec<f32> {
     if spec.hf_transposed {
         let (rows, cols) = (spec.shape[0], spec.shape[1]);
-        (vec![cols, rows], transpose(v, rows, cols))
-    } else if spec.name == params::specs_name_wte() {
-        let c = cfg.n_embd;
-        (vec![cfg.vocab_size, c], v[..cfg.vocab_size * c].to_vec())
+        transpose(&v, rows, cols)
     } else {
-        (spec.shape.clone(), v.to_vec())
+        if spec.name == params::specs_name_wte() {
+            // In place: a copy of the largest tensor would double what
+            // saving adds to peak memory.
+            v.truncate(cfg.vocab_size * cfg.n_embd);
+        }
+        v
     }
 }
 
@@ -438,7 +447,26 @@ fn from_hf(spec: &ParamSpec, data: Vec<f32>, cfg: &GptConfig) -> Vec<f32> {
     }
 }
 
+/// A tensor's values as f32; a NaN or infinity is an error naming the
+/// tensor (a diverged run's weights would evaluate to `null` and generate
+/// garbage without a word).
 fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
+    let values = decode_f32(path, name, dtype, bytes)?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        return Err(ModelError::format(
+            path,
+            format!(
+                "tensor {name} holds {bad} non-finite values (the first, at index {i}, is {}); \
+                 the weights are broken, e.g. saved by a diverged run: use an earlier checkpoint",
+                values[i]
+            ),
+        ));
+    }
+    Ok(values)
+}
+
+fn decode_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
     Ok(match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)
@@ -461,9 +489,13 @@ fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32
     })
 }
 
-/// Writes `files` into a fresh temporary directory next to `dir`, then swaps
-/// it into place: readers see the old directory, nothing, or the new one.
-fn write_dir_atomic(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), ModelError> {
+/// `fill` writes into a fresh temporary directory next to `dir`, which is
+/// then swapped into place: readers see the old directory, nothing, or the
+/// new one.
+fn write_dir_atomic(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
     let name = dir
         .file_name()
         .ok_or_else(|| ModelError::format(dir, "checkpoint path has no directory name"))?
@@ -480,10 +512,7 @@ fn write_dir_atomic(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), ModelErro
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| {
         std::fs::create_dir(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-        for (file, bytes) in files {
-            let p = tmp.join(file);
-            kiln_stdx::fs::write_atomic(&p, bytes).map_err(|e| ModelError::io(&p, e))?;
-        }
+        fill(&tmp)?;
         if dir.exists() {
             std::fs::rename(dir, &old).map_err(|e| ModelError::io(dir, e))?;
         }

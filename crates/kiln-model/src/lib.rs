@@ -22,6 +22,7 @@ mod packing;
 mod params;
 mod precision;
 pub mod rng;
+pub mod safetensors_stream;
 pub mod sample;
 mod special_ids;
 

@@ -92,6 +92,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     let plan = &settings.pretrain;
     let out = args.out.clone();
+    // One pipeline per run directory; each stage also locks its own.
+    let _lock = kiln_stdx::lock::DirLock::claim(&out)
+        .with_context(|| format!("{}: cannot claim the run directory", out.display()))?;
     std::fs::create_dir_all(out.join("configs"))
         .and_then(|()| std::fs::create_dir_all(out.join("stages")))
         .with_context(|| format!("{}: cannot create the run directory", out.display()))?;
