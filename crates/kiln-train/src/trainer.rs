@@ -88,6 +88,7 @@ impl StepStats {
         let loss_slot = be.view_of(block, STAT_LOSS, 1)?;
         Ok(StepStats { block, loss_slot })
     }
+}
 
 /// Takes `run_dir`'s exclusive lock (a second run into it is refused with
 /// the holder's PID) and removes what killed runs left there.
