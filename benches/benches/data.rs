@@ -12,7 +12,10 @@ use kiln_data::dedup::exact::text_hash;
 use kiln_data::dedup::lines::{LineDedupConfig, LineDedupOutcome, LineDeduper};
 use kiln_data::dedup::minhash::{MinHashConfig, MinHasher};
 use kiln_data::filters::{c4::C4Outcome, c4::C4, fineweb::FineWeb, gopher_quality::GopherQuality};
-use kiln_data::filters::{gopher_repetition::GopherRepetition, language::Language};
+use kiln_data::filters::{
+    gopher_repetition::GopherRepetition,
+    language::{Backend, Language},
+};
 use kiln_data::normalize::normalize;
 use kiln_data::process::Processor;
 use kiln_data::words::split_words;
@@ -87,14 +90,27 @@ fn bench(c: &mut Criterion) {
             b.iter(|| docs.iter().filter(|d| f(&d.text)).count())
         });
     }
-    let lang = Language::default();
-    g.bench_function("language", |b| {
-        b.iter(|| {
-            docs.iter()
-                .filter(|d| lang.check(&d.text).1.is_none())
-                .count()
-        })
-    });
+    // The default (lid.176 on prose words) and the former default.
+    let whatlang = Language {
+        backend: Backend::Whatlang,
+        languages: vec!["eng".into()],
+        threshold: 0.5,
+        max_chars: 1000,
+        prose_only: false,
+        ..Default::default()
+    };
+    for (name, lang) in [
+        ("language", Language::default()),
+        ("language_whatlang", whatlang),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                docs.iter()
+                    .filter(|d| lang.check(&d.text).1.is_none())
+                    .count()
+            })
+        });
+    }
     let mh = MinHasher::new(MinHashConfig::default());
     g.bench_function("minhash_signature", |b| {
         b.iter(|| docs.iter().filter_map(|d| mh.doc_keys(&d.text)).count())

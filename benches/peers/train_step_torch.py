@@ -6,7 +6,9 @@ embeddings, vocab padded like kiln), fp32, AdamW (betas 0.9/0.95, wd 0.1 on
 2-D weights), global-norm clip 1.0, the same thread count. Times full steps
 (forward + backward + clip + AdamW) after warm-up steps and prints one JSON
 line: {"config", "batch", "seq", "threads", "step_s", "tokens_per_s",
-"peak_rss_mib"}.
+"peak_rss_mib"}. With --save PATH it then writes a checkpoint the usual
+PyTorch way (`torch.save` of the model's and the optimizer's state_dict)
+and adds "peak_rss_after_save_mib" (issue 17's checkpoint-memory peer).
 """
 import argparse
 import json
@@ -91,6 +93,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--precision", default="f32", choices=["f32", "bf16"],
                     help="bf16: torch.autocast(cpu, bfloat16) around forward (f32 weights)")
+    ap.add_argument("--save", default=None, help="torch.save model + optimizer here at the end")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -123,13 +126,17 @@ def main():
         times.append(time.perf_counter() - t0)
     assert math.isfinite(loss)
     med = sorted(times)[len(times) // 2]
-    print(json.dumps({
+    out = {
         "config": a.config, "batch": a.batch, "seq": a.seq, "threads": a.threads,
         "precision": a.precision,
         "step_s": med, "tokens_per_s": a.batch * a.seq / med,
         "peak_rss_mib": peak_rss_mib(),
         "torch": torch.__version__,
-    }))
+    }
+    if a.save:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, a.save)
+        out["peak_rss_after_save_mib"] = peak_rss_mib()
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ const CORPUS: &[&str] = &[
 ];
 
 /// A tiny model + chat tokenizer saved as a policy directory.
-fn tiny_model_dir(root: &Path) -> PathBuf {
+pub(crate) fn tiny_model_dir(root: &Path) -> PathBuf {
     let specials = chat::default_special_tokens();
     let refs: Vec<&str> = specials.iter().map(String::as_str).collect();
     let tok = kiln_tokenizer::train(CORPUS, 300, Pattern::Gpt2, &refs, 0).unwrap();
@@ -34,7 +34,7 @@ fn tiny_model_dir(root: &Path) -> PathBuf {
     dir
 }
 
-fn chat_line(q: &str, a: &str) -> String {
+pub(crate) fn chat_line(q: &str, a: &str) -> String {
     serde_json::json!({"messages": [
         {"role": "user", "content": q},
         {"role": "assistant", "content": a}
@@ -42,11 +42,11 @@ fn chat_line(q: &str, a: &str) -> String {
     .to_string()
 }
 
-fn pref_line(q: &str, good: &str, bad: &str) -> String {
+pub(crate) fn pref_line(q: &str, good: &str, bad: &str) -> String {
     serde_json::json!({"prompt": q, "chosen": good, "rejected": bad}).to_string()
 }
 
-fn write_lines(path: &Path, lines: &[String]) {
+pub(crate) fn write_lines(path: &Path, lines: &[String]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 

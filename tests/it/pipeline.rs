@@ -84,6 +84,9 @@ fn quick_pipeline_runs_every_stage_then_skips_them() {
             "{stage}: no metrics"
         );
     }
+    // The models are Hugging Face models: they chat and score in transformers.
+    crate::hf_models::check_quick_run(&out);
+
     // Every model was judged on the same held-out tasks; the SFT model ties itself.
     let models = &sum["judge"]["models"];
     for stage in ["pretrain", "sft", "dpo", "ppo_round1", "ppo"] {

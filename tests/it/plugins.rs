@@ -66,7 +66,7 @@ fn candidate_paths(crate_name: &str) -> Vec<PathBuf> {
 }
 
 /// The shared library of plugin crate `crate_name`, building it if needed.
-fn plugin_library(crate_name: &str) -> PathBuf {
+pub(crate) fn plugin_library(crate_name: &str) -> PathBuf {
     // One build at a time: tests run in parallel threads.
     static BUILD: Mutex<()> = Mutex::new(());
     let _lock = BUILD.lock().unwrap_or_else(|p| p.into_inner());

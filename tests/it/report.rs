@@ -1,7 +1,10 @@
-//! `kiln report` end to end: a synthetic run directory in, report.html out,
-//! then the page opened in a real headless Chromium (where one is
-//! installed): it must render (a screenshot that is not blank) and its DOM
-//! must hold every section, the charts, and model outputs as text.
+//! `kiln report` end to end: a synthetic run directory in (shaped like
+//! `kiln pipeline`'s), report.html out, then the page opened in a real
+//! headless Chromium (where one is installed): the first 1280x800 screen
+//! must hold the results (the judge chart among them), no element may
+//! stick out of its card (scrollWidth against clientWidth, measured in the
+//! DOM at two widths), and the DOM must hold every section, the charts, and
+//! model outputs as text.
 //!
 //! Set KILN_REPORT_SCREENSHOT=/some/file.png to keep the screenshot.
 
@@ -129,15 +132,34 @@ fn synthetic_run(dir: &Path) {
             )
         }),
     );
+    // The stage's own summary.json, as `kiln reward` writes it: the same
+    // figures as summary.json's section, and long nested keys.
+    write(
+        dir,
+        "reward/summary.json",
+        r#"{"steps": 150, "eval": {"accuracy": 0.928, "loss": 0.31},
+            "held_out_tasks": {"accuracy": 0.93, "by_flaw": {"wrong_list_category_with_a_deliberately_long_name": {"pairs": 40, "accuracy": 0.65}}},
+            "pairs_per_s": 41.5}"#,
+    );
+    write(
+        dir,
+        "curated/stats.json",
+        r#"{"input_docs": 1200, "input_bytes": 3100000, "kept_docs": 1043, "kept_bytes": 2800000,
+            "filters": {"dedup": {"docs_removed": 61, "bytes_removed": 120000, "line_bytes_removed": 0},
+                        "lang": {"docs_removed": 96, "bytes_removed": 180000, "line_bytes_removed": 0},
+                        "line_filters": {"docs_removed": 0, "bytes_removed": 0, "line_bytes_removed": 4000}}}"#,
+    );
     write(
         dir,
         "summary.json",
         r#"{
-  "curate": {"input_docs": 1200, "kept_docs": 1043, "removed_docs_by_filter": {"dedup": 61, "lang": 96}},
+  "curate": {"input_docs": 1200, "input_bytes": 3100000, "kept_docs": 1043, "kept_bytes": 2800000, "removed_docs_by_filter": {"dedup": 61, "lang": 96}},
   "tokenizer": {"vocab_size": 4096},
   "tokenize": {"train_tokens": 2100000, "val_tokens": 43000},
-  "pretrain": {"model": "mini", "parameters": 2610432, "steps": 600, "final_train_loss": 3.21, "wall_s": 412.5},
+  "pretrain": {"model": "mini", "parameters": 2610432, "steps": 600, "tokens_per_step": 4096, "final_train_loss": 3.21, "wall_s": 412.5},
   "eval": {"val_loss": 3.41, "val_ppl": 30.3, "unigram_entropy": 6.02},
+  "reward": {"steps": 150, "eval": {"accuracy": 0.928, "loss": 0.31},
+             "held_out_tasks": {"accuracy": 0.93, "by_flaw": {"wrong_list_category_with_a_deliberately_long_name": {"pairs": 40, "accuracy": 0.65}}}},
   "samples": [
     {"prompt": "In the beginning", "completion": " God created the heaven and the earth, and the light was good."},
     {"prompt": "The king said", "completion": " unto his servants, Go ye and <em>make</em> ready."}
@@ -158,7 +180,8 @@ fn synthetic_run(dir: &Path) {
                 "Three words are three words",
                 "Sure thing, friend.",
                 "Happy to help",
-                "Happy to help.",
+                // One long unbroken word: it must wrap inside its cell.
+                "Happy_to_help_and_then_some_more_text_without_any_space_at_all_to_break_the_line_xxxxxxxxxxxxxxxxxxxx",
             ],
         ),
         (
@@ -194,16 +217,18 @@ fn synthetic_run(dir: &Path) {
             responses.join(",")
         ));
     }
+    // `kiln pipeline`'s shape: models by name, `judge`, `win_rate_vs_sft`,
+    // `kl_to_sft`, `by_kind` as {kind: mean}.
     let models: Vec<String> = MODELS
         .iter()
         .enumerate()
         .map(|(k, m)| {
             let s = 0.1 + 0.2 * k as f64;
             format!(
-                "{{\"name\":{},\"judge_score\":{s},\"win_rate\":{},\"kl\":{},\"by_task\":{{\"arithmetic\":{{\"judge_score\":{}}},\"format\":{{\"judge_score\":{}}},\"sentiment\":{{\"judge_score\":{}}}}}}}",
+                "{}:{{\"judge\":{s},\"win_rate_vs_sft\":{},\"kl_to_sft\":{},\"ended_rate\":0.9,\"mean_reply_tokens\":21.5,\"by_kind\":{{\"arithmetic\":{},\"format\":{},\"sentiment\":{}}}}}",
                 json_str(m),
-                if k == 0 { 0.5 } else { 0.5 + 0.1 * k as f64 },
-                0.15 * k as f64,
+                [0.05, 0.5, 0.652, 0.623][k],
+                [6.2, 0.0, 0.97, 1.46][k],
                 s + 0.1,
                 s - 0.05,
                 s
@@ -214,7 +239,7 @@ fn synthetic_run(dir: &Path) {
         dir,
         "eval/results.json",
         &format!(
-            "{{\"models\":[{}],\"samples\":[{}]}}",
+            "{{\"tasks\":300,\"models\":{{{}}},\"samples\":[{}]}}",
             models.join(","),
             samples.join(",")
         ),
@@ -259,14 +284,15 @@ fn report_of_a_full_run_renders_in_a_headless_browser() {
     };
     let url = format!("file://{}", report.display());
     let profile = dir.path().join("chromium-profile");
-    let shot = dir.path().join("report.png");
 
+    // What a user opening the page sees first: a 1280x800 screen.
+    let shot = dir.path().join("report.png");
     let out = run_browser(
         &browser,
         &profile,
         &[
             format!("--screenshot={}", shot.display()),
-            "--window-size=1280,2400".into(),
+            "--window-size=1280,800".into(),
             "--hide-scrollbars".into(),
             url.clone(),
         ],
@@ -283,18 +309,52 @@ fn report_of_a_full_run_renders_in_a_headless_browser() {
         eprintln!("screenshot kept at {keep}");
     }
     let image = decode_png(&shot);
-    assert_eq!((image.width, image.height), (1280, 2400));
+    assert_eq!((image.width, image.height), (1280, 800));
     let (variance, colours) = pixel_stats(&image);
     assert!(
         variance > 200.0,
         "screenshot looks blank: luminance variance {variance:.1}"
     );
     assert!(colours > 50, "screenshot has only {colours} colours");
-    // The plots' colours are on screen (not just text on white).
-    assert!(
-        image.has_colour([0x4e, 0x79, 0xa7]),
-        "no pixel of the first series colour"
-    );
+    // The judge chart's bars (the first models' colours) and the funnel's
+    // kept bar are on the first screen.
+    for c in [[0x4e, 0x79, 0xa7], [0xf2, 0x8e, 0x2b], [0x59, 0xa1, 0x4f]] {
+        assert!(
+            image.has_colour(c),
+            "no pixel of colour {c:?} on the first screen"
+        );
+    }
+
+    // Measured in the DOM, wide and narrow: no element sticks out of its
+    // card (every <details> opened), and the judge chart is on the first
+    // screen.
+    for (width, height) in [(1280, 800), (760, 1000)] {
+        let m = measure(&browser, &profile, &report, dir.path(), width, height);
+        let overflow: Vec<String> = serde_json::from_value(m["overflow"].clone()).unwrap();
+        assert!(
+            overflow.is_empty(),
+            "at {width}x{height}, elements overflow their cards:\n{}",
+            overflow.join("\n")
+        );
+        assert!(
+            m["checked"].as_u64().unwrap() > 500,
+            "measured too few elements: {m}"
+        );
+        if width == 1280 {
+            let bottom = m["judge"]["bottom"].as_f64().unwrap();
+            let top = m["judge"]["top"].as_f64().unwrap();
+            let screen = m["h"].as_f64().unwrap();
+            assert!(
+                top >= 0.0 && bottom <= screen,
+                "the judge chart ({top}..{bottom} px) is not on the first {screen} px"
+            );
+            // As are the verdict, the funnel and the pretraining card.
+            for id in ["verdict", "funnel", "pretraining"] {
+                let b = m["cards"][id].as_f64().unwrap();
+                assert!(b <= screen, "#{id} ends at {b} px, below the first screen");
+            }
+        }
+    }
 
     let out = run_browser(&browser, &profile, &["--dump-dom".into(), url]);
     assert!(
@@ -304,22 +364,35 @@ fn report_of_a_full_run_renders_in_a_headless_browser() {
         String::from_utf8_lossy(&out.stderr)
     );
     let dom = String::from_utf8_lossy(&out.stdout);
-    for id in ["overview", "training", "evaluation", "samples"] {
+    for id in ["results", "training", "samples", "figures"] {
         assert!(
             dom.contains(&format!("<section id=\"{id}\">")),
             "DOM lacks section {id}"
         );
     }
     // pretrain 4 + sft 3 (loss, lr, grad norm) + reward 3 + dpo 4 + ppo 7 line
-    // charts, 2 bar charts.
-    assert_eq!(dom.matches("<svg class=\"chart line-chart\"").count(), 21);
-    assert_eq!(dom.matches("<svg class=\"chart bar-chart\"").count(), 2);
-    assert_eq!(dom.matches("<rect class=\"bar\"").count(), 2 * MODELS.len());
+    // charts, and the pretraining loss on the first screen; one judge chart.
+    assert_eq!(dom.matches("<svg class=\"chart line-chart\"").count(), 22);
+    assert_eq!(dom.matches("<svg class=\"chart panel-chart\"").count(), 1);
+    // Judge score, win rate and KL for every model.
+    assert_eq!(dom.matches("<rect class=\"bar\"").count(), 3 * MODELS.len());
+    for v in [
+        ">65.2%</text>",
+        ">62.3%</text>",
+        ">0.97</text>",
+        ">0.7</text>",
+    ] {
+        assert!(dom.contains(v), "the judge chart lacks {v}");
+    }
     // One series path per plotted metric.
     assert_eq!(
         dom.matches("<path class=\"series\"").count(),
-        4 + 4 + 3 + 5 + 7
+        4 + 4 + 3 + 5 + 7 + 1
     );
+    // Every table is folded; the full figures use readable labels.
+    assert_eq!(dom.matches("<details class=\"card fold\"").count(), 2 + 7);
+    assert!(dom.contains("Held out tasks › by flaw › wrong list category"));
+    assert!(!dom.contains("<td>held_out_tasks."));
     // The injected markup is text in the DOM, not an element.
     assert!(
         !dom.contains("<img"),
@@ -327,6 +400,91 @@ fn report_of_a_full_run_renders_in_a_headless_browser() {
     );
     assert!(dom.contains("&lt;img src=x onerror=alert(1)&gt;"));
     assert!(dom.contains("What is 17 + 25?") && dom.contains("The answer is 42."));
+}
+
+/// Script measuring the page, injected into a copy of it (the report
+/// itself has none): the judge chart's place, each first-screen card's
+/// bottom, and every element wider than its box or sticking out of its
+/// card, after opening every <details>.
+const MEASURE_JS: &str = r#"
+(function () {
+  function desc(el) {
+    var s = el.tagName.toLowerCase();
+    if (el.id) s += '#' + el.id;
+    var c = el.getAttribute('class');
+    if (c) s += '.' + c.trim().split(/\s+/).join('.');
+    return s;
+  }
+  var out = { w: innerWidth, h: innerHeight, cards: {}, overflow: [], checked: 0 };
+  var j = document.getElementById('judge-chart').getBoundingClientRect();
+  out.judge = { top: j.top, bottom: j.bottom };
+  ['verdict', 'funnel', 'pretraining'].forEach(function (id) {
+    out.cards[id] = document.getElementById(id).getBoundingClientRect().bottom;
+  });
+  document.querySelectorAll('details').forEach(function (d) { d.open = true; });
+  document.querySelectorAll('.card, .chart-card').forEach(function (card) {
+    var cr = card.getBoundingClientRect();
+    if (card.scrollWidth > card.clientWidth + 1)
+      out.overflow.push(desc(card) + ': scrollWidth ' + card.scrollWidth + ' > clientWidth ' + card.clientWidth);
+    card.querySelectorAll('*').forEach(function (el) {
+      out.checked++;
+      if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1)
+        out.overflow.push(desc(el) + ' in ' + desc(card) + ': scrollWidth ' + el.scrollWidth + ' > clientWidth ' + el.clientWidth);
+      var r = el.getBoundingClientRect();
+      if (r.width > 0 && (r.right > cr.right + 1 || r.left < cr.left - 1))
+        out.overflow.push(desc(el) + ' sticks out of ' + desc(card) + ': ' + r.left + '..' + r.right + ' outside ' + cr.left + '..' + cr.right);
+    });
+  });
+  out.overflow = out.overflow.slice(0, 30);
+  var pre = document.createElement('pre');
+  pre.id = 'measure';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+"#;
+
+/// Opens a copy of `report` with [`MEASURE_JS`] at a `width` x `height`
+/// window and returns what it measured.
+fn measure(
+    browser: &Path,
+    profile: &Path,
+    report: &Path,
+    dir: &Path,
+    width: u32,
+    height: u32,
+) -> serde_json::Value {
+    let html = std::fs::read_to_string(report).unwrap();
+    let page = html.replace("</body>", &format!("<script>{MEASURE_JS}</script></body>"));
+    assert_ne!(page, html, "the report has no </body>");
+    let copy = dir.join(format!("measure-{width}.html"));
+    std::fs::write(&copy, page).unwrap();
+    let out = run_browser(
+        browser,
+        profile,
+        &[
+            format!("--window-size={width},{height}"),
+            "--hide-scrollbars".into(),
+            "--dump-dom".into(),
+            format!("file://{}", copy.display()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{} --dump-dom failed: {}",
+        browser.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let start = dom
+        .find("<pre id=\"measure\">")
+        .unwrap_or_else(|| panic!("the measuring script wrote nothing (did it fail?)"))
+        + "<pre id=\"measure\">".len();
+    let end = start + dom[start..].find("</pre>").unwrap();
+    let json = dom[start..end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("measurements {json}: {e}"))
 }
 
 #[test]
@@ -391,6 +549,10 @@ fn run_browser(browser: &Path, profile: &Path, args: &[String]) -> Output {
             "--disable-dev-shm-usage",
             "--no-first-run",
             "--disable-extensions",
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)

@@ -274,6 +274,12 @@ pub fn accumulate_gradients(
             }
         }
     }
+    if weights.iter().any(|w| !w.is_finite()) {
+        // The objective overflowed (a diverged policy): no backward, and a
+        // NaN loss so the optimizer's guard skips the step, then stops.
+        out.loss = f64::NAN;
+        return Ok((out, policy));
+    }
     model.backward_weighted(be, &weights)?;
     Ok((out, policy))
 }
@@ -507,7 +513,8 @@ pub fn train(
     log(&before.record(0, EVAL))?;
 
     crate::precision::apply_precision(be, model, &cfg.precision)?;
-    let mut opt = AlignOptimizer::new(be, param_refs(model), &cfg.optim(), total)?;
+    let mut opt =
+        AlignOptimizer::new(be, param_refs(model), &cfg.optim(), total)?.guard_divergence();
     let mut rng = Rng::new(cfg.seed);
     let mut order: Vec<usize> = Vec::new();
     let mut cursor = 0;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use kiln_model::ModelError;
 use kiln_optim::OptimError;
 
+use crate::optim::DIVERGENCE_FACTOR;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AlignError {
     #[error(transparent)]
@@ -34,8 +36,9 @@ pub enum AlignError {
     #[error("{0}")]
     Input(String),
     #[error(
-        "stopped at step {step}: {limit} consecutive steps had a non-finite loss or gradient \
-         norm (last loss {loss}, grad norm {grad_norm}); lower the learning rate or check the data"
+        "stopped at step {step}: {limit} consecutive steps had a non-finite or diverging loss \
+         (over {DIVERGENCE_FACTOR}x the first step's) or a non-finite gradient norm (last loss \
+         {loss}, grad norm {grad_norm}); nothing was saved. Lower the learning rate or check the data"
     )]
     NonFinite {
         step: u64,

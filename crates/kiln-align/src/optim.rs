@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::AlignError;
 
+/// A loss above this many times the first step's (at least 1) stops a run
+/// like a NaN does ([`AlignOptimizer::guard_divergence`]).
+pub const DIVERGENCE_FACTOR: f32 = 100.0;
+
 /// Optimizer settings (the same names as the TOML keys of every stage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OptimConfig {
@@ -137,6 +141,15 @@ impl AlignOptimizer {
             grad_clip: config.grad_clip,
             steps: 0,
         })
+    }
+
+    /// Treats a loss above [`DIVERGENCE_FACTOR`] x the first step's as a bad
+    /// step (skipped, then the run stops): for objectives whose loss starts
+    /// near its largest sane value (SFT's cross-entropy, the reward model's
+    /// and DPO's -log sigmoid), not for PPO's, which may start near 0.
+    pub fn guard_divergence(mut self) -> Self {
+        self.guard = self.guard.with_divergence(DIVERGENCE_FACTOR);
+        self
     }
 
     pub fn params(&self) -> &[ParamRef] {

@@ -2,10 +2,14 @@
 //! template, as every alignment method trains it (SFT, DPO, PPO, GRPO) or
 //! freezes it (the reference model).
 //!
-//! On disk a policy is one directory: the model's `model.safetensors` +
-//! `config.json` (Hugging Face GPT-2 format) and `tokenizer.json`. The
-//! directory is written under a temporary name and swapped into place, so it
-//! is complete or absent.
+//! On disk a policy is one directory that transformers loads as it is
+//! (`AutoModelForCausalLM`, `AutoTokenizer`, `apply_chat_template`,
+//! `generate`): the model's `model.safetensors` + `config.json` (Hugging
+//! Face GPT-2 format) and `generation_config.json` with the tokenizer's real
+//! special-token ids (generation stops at `<|end|>`), `tokenizer.json`, and
+//! `tokenizer_config.json` (kiln's chat template) + `special_tokens_map.json`.
+//! The directory is written under a temporary name and swapped into place,
+//! so it is complete or absent.
 //!
 //! The backend is passed into every call, as for [`Gpt`]: several models
 //! (policy, reference, reward) share one backend.
@@ -13,8 +17,9 @@
 use std::path::{Path, PathBuf};
 
 use kiln_abi::BackendBox;
-use kiln_model::{Gpt, SampleOptions};
+use kiln_model::{Gpt, HfExtras, SampleOptions, SpecialTokenIds};
 use kiln_optim::ParamRef;
+use kiln_tokenizer::formats::hf_config;
 use kiln_tokenizer::{ChatTemplate, Tokenizer};
 
 use crate::batch::TokenBatch;
@@ -27,6 +32,10 @@ pub struct Policy {
     pub model: Gpt,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
+    /// The special-token ids its directory declares: the tokenizer's
+    /// (see [`special_token_ids`]) for a new policy, the directory's when
+    /// loaded.
+    pub special: SpecialTokenIds,
 }
 
 impl Policy {
@@ -41,10 +50,12 @@ impl Policy {
                  tokenizer the model was pretrained with"
             )));
         }
+        let special = special_token_ids(&tokenizer, &template);
         Ok(Policy {
             model,
             tokenizer,
             template,
+            special,
         })
     }
 
@@ -56,22 +67,66 @@ impl Policy {
         tokenizer: Option<&Path>,
     ) -> Result<Policy, AlignError> {
         let tok = load_tokenizer(dir, tokenizer)?;
-        let model = Gpt::load_pretrained(be, dir)?;
-        Policy::new(model, tok)
+        let loaded = Gpt::load_pretrained_with(be, dir, &[])?;
+        Policy::from_loaded(loaded.model, tok, loaded.special)
     }
 
-    /// Writes `dir` (model + tokenizer.json), replacing it atomically.
+    /// [`Policy::new`] keeping the special-token ids a directory declared
+    /// (an old kiln directory declares none: the tokenizer's are used).
+    pub(crate) fn from_loaded(
+        model: Gpt,
+        tokenizer: Tokenizer,
+        special: SpecialTokenIds,
+    ) -> Result<Policy, AlignError> {
+        let mut p = Policy::new(model, tokenizer)?;
+        if special != SpecialTokenIds::default() {
+            p.special = special;
+        }
+        Ok(p)
+    }
+
+    /// Writes `dir` (model + tokenizer files), replacing it atomically.
     pub fn save(&self, be: &mut BackendBox, dir: &Path) -> Result<(), AlignError> {
-        save_dir_with(dir, |tmp| self.write_into(be, tmp))
+        save_dir_with(dir, |tmp| self.write_into(be, tmp, &self.hf_extras()))
     }
 
-    /// Writes the model files and tokenizer.json into an existing `dir`
-    /// (for directories holding more, like a reward model's).
-    pub(crate) fn write_into(&self, be: &mut BackendBox, dir: &Path) -> Result<(), AlignError> {
+    /// What a policy directory holds beside the weights: the special-token
+    /// ids, tokenizer_config.json (chat template) and special_tokens_map.json.
+    pub(crate) fn hf_extras(&self) -> HfExtras {
+        let json = |v: serde_json::Value| {
+            serde_json::to_vec_pretty(&v).expect("a JSON value always serialises")
+        };
+        HfExtras {
+            special: self.special.clone(),
+            files: vec![
+                (
+                    hf_config::TOKENIZER_CONFIG_FILE.to_string(),
+                    json(hf_config::tokenizer_config(
+                        &self.tokenizer,
+                        self.model.config.max_seq_len,
+                    )),
+                ),
+                (
+                    hf_config::SPECIAL_TOKENS_MAP_FILE.to_string(),
+                    json(hf_config::special_tokens_map(&self.tokenizer)),
+                ),
+            ],
+            ..HfExtras::default()
+        }
+    }
+
+    /// Writes the model files (with `extras`) and tokenizer.json into an
+    /// existing `dir` (for directories holding more, like a reward model's).
+    pub(crate) fn write_into(
+        &self,
+        be: &mut BackendBox,
+        dir: &Path,
+        extras: &HfExtras,
+    ) -> Result<(), AlignError> {
         // save_pretrained replaces its directory: give it a subdirectory
         // and move the files up.
         let model_dir = dir.join(".model");
-        self.model.save_pretrained(be, &model_dir)?;
+        self.model.save_pretrained_with(be, &model_dir, extras)?;
         for entry in std::fs::read_dir(&model_dir).map_err(|e| AlignError::io(&model_dir, e))? {
             let entry = entry.map_err(|e| AlignError::io(&model_dir, e))?;
             let to = dir.join(entry.file_name());
@@ -170,6 +225,17 @@ impl Policy {
     pub fn release(self, be: &mut BackendBox) -> Result<(), AlignError> {
         self.model.release(be)?;
         Ok(())
+    }
+}
+
+/// The ids a chat model's directory declares: `<|endoftext|>` is bos and
+/// pad, generation stops at `<|end|>` (config.json's eos) or `<|endoftext|>`.
+pub fn special_token_ids(tok: &Tokenizer, template: &ChatTemplate) -> SpecialTokenIds {
+    let eot = tok.special_id(kiln_tokenizer::ENDOFTEXT);
+    SpecialTokenIds {
+        bos: eot,
+        eos: std::iter::once(template.end_id()).chain(eot).collect(),
+        pad: eot,
     }
 }
 

@@ -9,11 +9,17 @@
 //! trains the transformer trains it; its forward and backward are a few
 //! host dot products over the hidden states the model hands out.
 //!
-//! On disk: a [`Policy`] directory (model + tokenizer.json) plus
-//! `score_head.safetensors` holding `score.weight [1, n_embd]` (HF's
-//! `GPT2ForSequenceClassification` name) and `score.bias [1]`.
+//! On disk: a [`Policy`] directory in the layout transformers'
+//! `GPT2ForSequenceClassification` (`AutoModelForSequenceClassification`,
+//! TRL's reward models) loads: `score.weight [1, n_embd]` beside the
+//! transformer in `model.safetensors`, `num_labels` 1, and `pad_token_id`
+//! `<|endoftext|>` (never inside a chat), so its pooling of the last non-pad
+//! token reads the `<|end|>` kiln reads. That layout has no bias: saving
+//! folds kiln's `b` into `ln_f.bias` (`β += b·w/|w|²`, which adds exactly
+//! `b` to `w·h` and changes no score). Directories of older kiln versions
+//! (`score_head.safetensors` with `score.weight` and `score.bias` beside a
+//! causal-LM checkpoint) still load.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use kiln_abi::{BackendBox, BackendExt, BufId, DType, IntoBResult};
@@ -30,9 +36,14 @@ use crate::optim::{AlignOptimizer, OptimConfig};
 use crate::policy::{save_dir_with, Policy};
 use crate::AlignError;
 
+/// The head file of reward models written before the sequence-classifier
+/// layout; still read.
 pub const SCORE_HEAD_FILE: &str = "score_head.safetensors";
 const WEIGHT_NAME: &str = "score.weight";
 const BIAS_NAME: &str = "score.bias";
+/// transformers' class for a GPT-2 with a `score` head.
+pub const SEQUENCE_CLASSIFIER: &str = "GPT2ForSequenceClassification";
+const LN_F_BIAS: &str = "transformer.ln_f.bias";
 
 /// What the last forward read, kept for the head's backward.
 struct LastRead {
@@ -73,45 +84,102 @@ impl RewardModel {
     }
 
     /// Whether `dir` holds a reward model written by [`RewardModel::save`]
-    /// (rather than a plain policy).
+    /// (config.json names the sequence classifier, or an older kiln's
+    /// `score_head.safetensors` is there) rather than a plain policy.
     pub fn is_saved_in(dir: &Path) -> bool {
-        dir.join(SCORE_HEAD_FILE).is_file()
+        if dir.join(SCORE_HEAD_FILE).is_file() {
+            return true;
+        }
+        std::fs::read(dir.join(kiln_model::CONFIG_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("architectures").cloned())
+            .and_then(|a| a.as_array().cloned())
+            .is_some_and(|a| a.iter().any(|x| x == SEQUENCE_CLASSIFIER))
     }
 
-    /// Loads a directory written by [`RewardModel::save`]. `tokenizer`
-    /// overrides `dir/tokenizer.json`.
+    /// Loads a directory written by [`RewardModel::save`] (or an older
+    /// kiln's, with `score_head.safetensors`). `tokenizer` overrides
+    /// `dir/tokenizer.json`.
     pub fn load(
         be: &mut BackendBox,
         dir: &Path,
         tokenizer: Option<&Path>,
     ) -> Result<Self, AlignError> {
-        let path = dir.join(SCORE_HEAD_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                AlignError::format(
-                    &path,
-                    "not found: this is not a reward-model directory (kiln reward writes one)",
-                )
-            } else {
-                AlignError::io(&path, e)
+        let old = dir.join(SCORE_HEAD_FILE);
+        if old.is_file() {
+            let bytes = std::fs::read(&old).map_err(|e| AlignError::io(&old, e))?;
+            let lm = Policy::load(be, dir, tokenizer)?;
+            let c = lm.model.config.n_embd;
+            let (w, b) = parse_head(&bytes, c).map_err(|p| AlignError::format(&old, p))?;
+            return Self::with_head(be, lm, &w, b);
+        }
+        let tok = crate::policy::load_tokenizer(dir, tokenizer)?;
+        let loaded = Gpt::load_pretrained_with(be, dir, &[WEIGHT_NAME, BIAS_NAME])?;
+        let weights = dir.join(kiln_model::WEIGHTS_FILE);
+        let c = loaded.model.config.n_embd;
+        let Some((shape, w)) = loaded.tensors.get(WEIGHT_NAME) else {
+            return Err(AlignError::format(
+                &weights,
+                format!(
+                    "no {WEIGHT_NAME} tensor: this is not a reward-model directory (kiln reward \
+                     writes one, in the {SEQUENCE_CLASSIFIER} layout)"
+                ),
+            ));
+        };
+        if shape != &[1, c] {
+            return Err(AlignError::format(
+                &weights,
+                format!(
+                    "{WEIGHT_NAME} has shape {shape:?}; a reward model scores with one label: [1, {c}]"
+                ),
+            ));
+        }
+        let b = match loaded.tensors.get(BIAS_NAME) {
+            None => 0.0,
+            Some((shape, b)) if shape == &[1] => b[0],
+            Some((shape, _)) => {
+                return Err(AlignError::format(
+                    &weights,
+                    format!("{BIAS_NAME} has shape {shape:?}, expected [1]"),
+                ))
             }
-        })?;
-        let lm = Policy::load(be, dir, tokenizer)?;
-        let c = lm.model.config.n_embd;
-        let (w, b) = parse_head(&bytes, c).map_err(|p| AlignError::format(&path, p))?;
+        };
+        let w = w.clone();
+        let lm = Policy::from_loaded(loaded.model, tok, loaded.special)?;
         Self::with_head(be, lm, &w, b)
     }
 
-    /// Writes the model, tokenizer and head into `dir` (atomic swap).
+    /// Writes `dir` (atomic swap) as a `GPT2ForSequenceClassification`
+    /// directory with the policy's tokenizer files.
     pub fn save(&self, be: &mut BackendBox, dir: &Path) -> Result<(), AlignError> {
-        let w = be.download_f32(self.head_w.value)?;
-        let b = be.download_f32(self.head_b.value)?;
-        let head = serialize_head(&w, b[0]).map_err(|p| AlignError::format(dir, p))?;
-        save_dir_with(dir, |tmp| {
-            self.lm.write_into(be, tmp)?;
-            let p = tmp.join(SCORE_HEAD_FILE);
-            kiln_stdx::fs::write_atomic(&p, &head).map_err(|e| AlignError::io(&p, e))
-        })
+        let (w, b) = self.head(be)?;
+        let mut extras = self.lm.hf_extras();
+        extras.architecture = Some(SEQUENCE_CLASSIFIER.into());
+        for (key, v) in [
+            ("num_labels", serde_json::json!(1)),
+            ("id2label", serde_json::json!({"0": "LABEL_0"})),
+            ("label2id", serde_json::json!({"LABEL_0": 0})),
+        ] {
+            extras.config.insert(key.into(), v);
+        }
+        extras
+            .tensors
+            .push((WEIGHT_NAME.into(), vec![1, w.len()], w.clone()));
+        if b != 0.0 {
+            let beta = self
+                .lm
+                .model
+                .params()
+                .iter()
+                .find(|p| p.name == LN_F_BIAS)
+                .map(|p| p.value)
+                .ok_or_else(|| AlignError::format(dir, "the model has no ln_f.bias"))?;
+            let beta = be.download_f32(beta)?;
+            let folded = fold_bias(&beta, &w, b).map_err(|p| AlignError::format(dir, p))?;
+            extras.param_overrides.push((LN_F_BIAS.into(), folded));
+        }
+        save_dir_with(dir, |tmp| self.lm.write_into(be, tmp, &extras))
     }
 
     /// Transformer parameters followed by the head's weight and bias.
@@ -279,6 +347,26 @@ fn add_to_grad(be: &mut BackendBox, grad: BufId, delta: &[f64]) -> Result<(), Al
     Ok(())
 }
 
+/// `β + b·w/|w|²`: the final LayerNorm bias that makes `w·h` grow by
+/// exactly `b` (`h = γ⊙n + β`), so a bias-free head scores the same.
+fn fold_bias(beta: &[f32], w: &[f32], b: f32) -> Result<Vec<f32>, String> {
+    let norm2: f64 = w.iter().map(|&x| x as f64 * x as f64).sum();
+    if norm2 == 0.0 {
+        return Err(
+            "the score head's weight is all zeros, so its bias cannot be \
+                    folded into ln_f.bias for the sequence-classifier layout"
+                .into(),
+        );
+    }
+    let k = b as f64 / norm2;
+    Ok(beta
+        .iter()
+        .zip(w)
+        .map(|(&x, &wj)| (x as f64 + k * wj as f64) as f32)
+        .collect())
+}
+
+#[cfg(test)]
 fn serialize_head(w: &[f32], b: f32) -> Result<Vec<u8>, String> {
     let wb: Vec<u8> = bytemuck_bytes(w);
     let bb: Vec<u8> = bytemuck_bytes(&[b]);
@@ -294,7 +382,7 @@ fn serialize_head(w: &[f32], b: f32) -> Result<Vec<u8>, String> {
                 .map_err(|e| e.to_string())?,
         ),
     ];
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
 }
 
@@ -323,6 +411,7 @@ fn parse_head(bytes: &[u8], c: usize) -> Result<(Vec<f32>, f32), String> {
     Ok((w, b[0]))
 }
 
+#[cfg(test)]
 fn bytemuck_bytes(x: &[f32]) -> Vec<u8> {
     x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -577,7 +666,8 @@ pub fn train_reward(
         total = total.min(config.max_steps);
     }
     crate::precision::apply_precision(be, &mut rm.lm.model, &config.precision)?;
-    let mut opt = AlignOptimizer::new(be, rm.param_refs(), &config.optim(), total)?;
+    let mut opt =
+        AlignOptimizer::new(be, rm.param_refs(), &config.optim(), total)?.guard_divergence();
     let log = |r: &Record, metrics: &mut Option<&mut MetricsLog>| -> Result<(), AlignError> {
         if let Some(m) = metrics.as_deref_mut() {
             m.append(r).map_err(|e| AlignError::io(m.path(), e))?;
@@ -651,7 +741,7 @@ pub fn train_reward(
             if let Some(n) = out.skipped {
                 summary.skipped_steps += 1;
                 progress.line(&format!(
-                    "warning: reward step {step}: non-finite loss {loss} or grad norm {}; \
+                    "warning: reward step {step}: non-finite or diverging loss {loss} or grad norm {}; \
                      update skipped ({n} in a row, stopping at {})",
                     out.grad_norm, config.max_bad_steps
                 ));
@@ -803,8 +893,11 @@ mod tests {
     fn save_load_round_trip() {
         let mut be = kiln_tensor::cpu_backend(Some(1));
         let mut rm = tiny_rm(&mut be, 2);
+        // a bias far from 0, so that folding it into ln_f.bias is tested
+        be.upload_f32(rm.head_b.value, &[0.75]).unwrap();
         let a = ids(&rm, "Paris is the capital.");
-        let batch = TokenBatch::whole(&[&a], 0).unwrap();
+        let b = ids(&rm, "No.");
+        let batch = TokenBatch::whole(&[&a, &b], 0).unwrap();
         let before = rm.scores(&mut be, &batch).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rm");
@@ -812,26 +905,93 @@ mod tests {
         for f in [
             "model.safetensors",
             "config.json",
+            "generation_config.json",
             "tokenizer.json",
-            SCORE_HEAD_FILE,
+            "tokenizer_config.json",
+            "special_tokens_map.json",
         ] {
             assert!(path.join(f).is_file(), "{f} missing");
         }
+        assert!(!path.join(SCORE_HEAD_FILE).exists());
+        assert!(RewardModel::is_saved_in(&path));
+        // transformers' sequence-classifier layout: score.weight, no bias
+        let bytes = std::fs::read(path.join("model.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let c = rm.lm.model.config.n_embd;
+        assert_eq!(st.tensor(WEIGHT_NAME).unwrap().shape(), [1, c]);
+        assert!(st.tensor(BIAS_NAME).is_err());
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["architectures"][0], SEQUENCE_CLASSIFIER);
+        assert_eq!(config["num_labels"], 1);
+        let eot = rm
+            .lm
+            .tokenizer
+            .special_id(kiln_tokenizer::ENDOFTEXT)
+            .unwrap();
+        assert_eq!(config["pad_token_id"], eot);
+
         let mut back = RewardModel::load(&mut be, &path, None).unwrap();
-        assert_eq!(back.head(&mut be).unwrap(), rm.head(&mut be).unwrap());
+        let (w, bias) = back.head(&mut be).unwrap();
+        assert_eq!((w, bias), (rm.head(&mut be).unwrap().0, 0.0));
         let after = back.scores(&mut be, &batch).unwrap();
-        assert_eq!(before, after);
+        for (x, y) in before.iter().zip(&after) {
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                "{before:?} vs {after:?}"
+            );
+        }
         // a policy directory is not a reward model
         let pdir = dir.path().join("policy");
         rm.lm.save(&mut be, &pdir).unwrap();
+        assert!(!RewardModel::is_saved_in(&pdir));
         let e = RewardModel::load(&mut be, &pdir, None)
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains(SCORE_HEAD_FILE), "{e}");
+        assert!(
+            e.contains("score.weight") && e.contains("not a reward-model"),
+            "{e}"
+        );
         // saving again replaces the directory
         rm.save(&mut be, &path).unwrap();
         assert!(RewardModel::load(&mut be, &path, None).is_ok());
+    }
+
+    #[test]
+    fn reward_models_of_older_kiln_versions_still_load() {
+        // The old layout: a causal-LM directory plus score_head.safetensors.
+        let mut be = kiln_tensor::cpu_backend(Some(1));
+        let mut rm = tiny_rm(&mut be, 3);
+        be.upload_f32(rm.head_b.value, &[-0.5]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old");
+        rm.lm.model.save_pretrained(&mut be, &path).unwrap();
+        kiln_tokenizer::formats::hf::save(
+            &rm.lm.tokenizer,
+            &path.join(crate::policy::TOKENIZER_FILE),
+        )
+        .unwrap();
+        let (w, b) = rm.head(&mut be).unwrap();
+        std::fs::write(path.join(SCORE_HEAD_FILE), serialize_head(&w, b).unwrap()).unwrap();
+        assert!(RewardModel::is_saved_in(&path));
+        let mut back = RewardModel::load(&mut be, &path, None).unwrap();
+        assert_eq!(back.head(&mut be).unwrap(), (w, b));
+        let a = ids(&rm, "Paris is the capital.");
+        let batch = TokenBatch::whole(&[&a], 0).unwrap();
+        assert_eq!(
+            back.scores(&mut be, &batch).unwrap(),
+            rm.scores(&mut be, &batch).unwrap()
+        );
+    }
+
+    #[test]
+    fn folding_the_bias_adds_it_to_every_dot_product() {
+        let (beta, w) = ([0.1f32, -0.2, 0.3], [0.5f32, 2.0, -1.0]);
+        let folded = fold_bias(&beta, &w, 1.25).unwrap();
+        let dot = |v: &[f32]| v.iter().zip(&w).map(|(a, b)| (a * b) as f64).sum::<f64>();
+        assert!((dot(&folded) - (dot(&beta) + 1.25)).abs() < 1e-6);
+        assert!(fold_bias(&beta, &[0.0; 3], 1.0).is_err());
     }
 
     /// Replies made of "good"/"fine" words (chosen) vs "bad"/"cold" words

@@ -388,7 +388,8 @@ pub fn train_sft(
         total = total.min(config.max_steps);
     }
     crate::precision::apply_precision(be, &mut policy.model, &config.precision)?;
-    let mut opt = AlignOptimizer::new(be, policy.param_refs(), &config.optim(), total)?;
+    let mut opt =
+        AlignOptimizer::new(be, policy.param_refs(), &config.optim(), total)?.guard_divergence();
     let log = |r: &Record, metrics: &mut Option<&mut MetricsLog>| -> Result<(), AlignError> {
         if let Some(m) = metrics.as_deref_mut() {
             m.append(r).map_err(|e| AlignError::io(m.path(), e))?;
@@ -453,7 +454,7 @@ pub fn train_sft(
             if let Some(n) = out.skipped {
                 summary.skipped_steps += 1;
                 progress.line(&format!(
-                    "warning: sft step {step}: non-finite loss {loss} or grad norm {}; update \
+                    "warning: sft step {step}: non-finite or diverging loss {loss} or grad norm {}; update \
                      skipped ({n} in a row, stopping at {})",
                     out.grad_norm, config.max_bad_steps
                 ));

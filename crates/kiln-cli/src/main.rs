@@ -69,6 +69,15 @@ fn main() {
         Command::Report(a) => cmd::report::run(a),
     };
     if let Err(err) = result {
+        // A reader that stopped reading (`kiln generate | head`): exit
+        // quietly, as Unix tools do.
+        let broken_pipe = err.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            std::process::exit(0);
+        }
         // One clear message, the chain of causes, exit code 2 (the CLI contract).
         eprintln!("error: {err}");
         for cause in err.chain().skip(1) {

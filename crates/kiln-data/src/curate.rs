@@ -2,11 +2,18 @@
 //!
 //! Layout of the output directory:
 //!   work/shard-NNNNN.jsonl.zst      documents that passed the per-document stages
-//!   work/shard-NNNNN.done.json      done marker (input, config hash, stage-1 stats)
+//!   work/shard-NNNNN.done.json      done marker (input, its content stamp, config hash, stage-1 stats)
 //!   rejected/shard-NNNNN.filters.jsonl.zst   stage-1 rejections (docs, lines, bad input)
 //!   kept/shard-NNNNN.jsonl.zst      final documents (after dedup)
 //!   rejected/shard-NNNNN.dedup.jsonl.zst     dedup rejections
-//!   stats.json                      totals per stage
+//!   stats.json                      totals per stage; written last: the completion marker
+//!
+//! A run without `--shard` holds the directory's exclusive lock, removes
+//! stats.json first and every file of kept/, rejected/ and work/ it will not
+//! write (an earlier run's extra shards), and writes stats.json only once
+//! kept/ is complete: a directory with kept/ but no stats.json is unfinished,
+//! and downstream commands refuse it ([`check_finished`]). `--shard` runs
+//! share the lock (they write disjoint files) and remove nothing.
 //!
 //! A shard is one input part: a whole file, or a line-aligned byte range /
 //! run of row groups of a big one (see [`crate::split`]). Stage 1
@@ -27,10 +34,13 @@ use crate::process::{Outcome, Processor, Reject};
 use crate::read::list_inputs;
 use crate::split::{plan, Part};
 use crate::stats::{Stats, STAGES};
+use kiln_stdx::fingerprint::FileStamp;
 use kiln_stdx::fs::write_atomic_with;
+use kiln_stdx::lock::DirLock;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +61,8 @@ pub enum CurateError {
     },
     #[error("--shard {0}/{1}: the index must be below the count")]
     BadShard(usize, usize),
+    #[error("{0}: no input files of a known format (.txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet); name the files or the directory that holds them")]
+    NoInputs(String),
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +94,10 @@ pub struct CurateReport {
 #[derive(Serialize, Deserialize)]
 struct DoneMarker {
     input: String,
+    /// The input file's size and content hash ([`FileStamp::to_text`]):
+    /// a file replaced at the same path reruns its shards.
+    #[serde(default)]
+    input_stamp: String,
     config_hash: String,
     stats: Stats,
 }
@@ -90,10 +106,14 @@ fn shard_name(k: usize) -> String {
     format!("shard-{k:05}")
 }
 
+/// Bumped when the same settings decide differently (2: datatrove's
+/// segmentation, lid.176 language ID), so a resumed run redoes old shards.
+const FILTERS_VERSION: u32 = 2;
+
 fn config_hash(cfg: &CurateConfig) -> String {
     format!(
         "{:016x}",
-        xxhash_rust::xxh3::xxh3_64(format!("{cfg:?}").as_bytes())
+        xxhash_rust::xxh3::xxh3_64(format!("{FILTERS_VERSION} {cfg:?}").as_bytes())
     )
 }
 
@@ -132,6 +152,87 @@ impl Paths {
     fn kept(&self, k: usize) -> PathBuf {
         self.kept.join(format!("{}.jsonl.zst", shard_name(k)))
     }
+
+    /// Removes every entry of work/, kept/ and rejected/ that a run of
+    /// `n` shards does not write: an earlier run's outputs would otherwise
+    /// be read downstream as this run's.
+    fn remove_foreign(&self, n: usize) -> io::Result<()> {
+        let mut own: HashSet<PathBuf> = HashSet::new();
+        for k in 0..n {
+            own.extend([
+                self.stage1(k),
+                self.done(k),
+                self.filter_rejects(k),
+                self.dedup_rejects(k),
+                self.kept(k),
+            ]);
+        }
+        for dir in [&self.work, &self.kept, &self.rejected] {
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                if own.contains(&path) {
+                    continue;
+                }
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The completion marker of a curate output directory.
+const STATS_FILE: &str = "stats.json";
+
+/// Refuses `path` when it is (or lies in) the kept/ directory of a curate
+/// run that did not finish: kept/ beside work/, no stats.json. Returns the
+/// reason, naming the directory and the fix.
+pub fn check_finished(path: &Path) -> Result<(), String> {
+    let kept = if path.file_name().is_some_and(|n| n == "kept") {
+        Some(path)
+    } else {
+        path.parent()
+            .filter(|p| p.file_name().is_some_and(|n| n == "kept"))
+    };
+    let Some(root) = kept.and_then(Path::parent) else {
+        return Ok(());
+    };
+    let root = if root.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        root
+    };
+    if root.join("work").is_dir() && !root.join(STATS_FILE).is_file() {
+        return Err(format!(
+            "{}: the `kiln data curate` run into {} did not finish (no {STATS_FILE}); \
+             its kept/ may be partial. Rerun the same curate command to finish it",
+            path.display(),
+            root.display()
+        ));
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Size and content hash of every input file, each read once.
+fn stamp_inputs(files: &[PathBuf]) -> io::Result<HashMap<PathBuf, String>> {
+    files
+        .par_iter()
+        .map(|f| {
+            FileStamp::of(f)
+                .map(|s| (f.clone(), s.to_text()))
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", f.display())))
+        })
+        .collect()
 }
 
 /// Writes a zstd-compressed JSONL file atomically.
@@ -171,10 +272,34 @@ pub fn curate(opts: &CurateOptions, progress: &Progress) -> Result<CurateReport,
             return Err(CurateError::BadShard(i, n));
         }
     }
-    let inputs = plan(&list_inputs(&opts.inputs)?, opts.config.input.split_bytes)?;
-    let paths = Paths::new(&opts.output)?;
+    let files = list_inputs(&opts.inputs)?;
+    if files.is_empty() {
+        let named: Vec<String> = opts
+            .inputs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        return Err(CurateError::NoInputs(named.join(", ")));
+    }
+    let inputs = plan(&files, opts.config.input.split_bytes)?;
     let proc = Processor::new(opts.config.clone())?;
     let hash = config_hash(&opts.config);
+    let _lock = match opts.shard {
+        None => DirLock::claim(&opts.output),
+        Some(_) => DirLock::acquire_shared(&opts.output),
+    }
+    .map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => e,
+        kind => io::Error::new(kind, format!("{}: {e}", opts.output.display())),
+    })?;
+    let paths = Paths::new(&opts.output)?;
+    if opts.shard.is_none() {
+        // Incomplete until this run writes it again, last.
+        remove_if_present(&opts.output.join(STATS_FILE))?;
+        paths.remove_foreign(inputs.len())?;
+    }
+    let stamps = stamp_inputs(&files)?;
+    let stamp_of = |k: usize| stamps.get(&inputs[k].path).cloned().unwrap_or_default();
 
     let mine: Vec<usize> = (0..inputs.len())
         .filter(|k| opts.shard.is_none_or(|(i, n)| k % n == i))
@@ -187,6 +312,7 @@ pub fn curate(opts: &CurateOptions, progress: &Progress) -> Result<CurateReport,
             return false;
         };
         m.input == inputs[k].describe()
+            && m.input_stamp == stamp_of(k)
             && m.config_hash == hash
             && paths.stage1(k).exists()
             && paths.filter_rejects(k).exists()
@@ -194,7 +320,20 @@ pub fn curate(opts: &CurateOptions, progress: &Progress) -> Result<CurateReport,
     let (skipped, pending): (Vec<usize>, Vec<usize>) = mine.iter().partition(|&&k| is_done(k));
     pending
         .par_iter()
-        .map(|&k| run_shard(&proc, &inputs[k], k, &paths, &hash, opts.strict, progress))
+        .map(|&k| {
+            let stamp = stamp_of(k);
+            run_shard(
+                &proc,
+                &inputs[k],
+                &stamp,
+                k,
+                &paths,
+                &hash,
+                opts.strict,
+                progress,
+            )
+            .map_err(|e| name_the_file(e, &inputs[k].describe(), &paths.stage1(k)))
+        })
         .collect::<Result<Vec<()>, CurateError>>()?;
 
     let mut report = CurateReport {
@@ -211,22 +350,53 @@ pub fn curate(opts: &CurateOptions, progress: &Progress) -> Result<CurateReport,
             serde_json::from_slice(&std::fs::read(paths.done(k))?).map_err(io::Error::other)?;
         stats.merge(&m.stats);
     }
-    dedup(&opts.config, &paths, inputs.len(), &mut stats)?;
+    dedup(&opts.config, &paths, inputs.len(), &mut stats).map_err(|e| {
+        let e = CurateError::Io(e);
+        name_the_file(e, &paths.work.display().to_string(), &paths.kept)
+    })?;
     stats.wall_s = start.elapsed().as_secs_f64();
+    let stats_path = opts.output.join(STATS_FILE);
     kiln_stdx::fs::write_atomic(
-        &opts.output.join("stats.json"),
+        &stats_path,
         serde_json::to_string_pretty(&stats)
             .map_err(io::Error::other)?
             .as_bytes(),
-    )?;
+    )
+    .map_err(|e| {
+        name_the_file(
+            CurateError::Io(e),
+            &stats_path.display().to_string(),
+            &stats_path,
+        )
+    })?;
     report.stats = Some(stats);
     Ok(report)
 }
 
+/// Puts the file into an io error's message: the output when the disk is
+/// full, else the input being read (a truncated .gz/.zst says only
+/// "unexpected end of file" on its own).
+fn name_the_file(e: CurateError, input: &str, output: &Path) -> CurateError {
+    let CurateError::Io(e) = e else {
+        return e;
+    };
+    let message = if e.kind() == io::ErrorKind::StorageFull {
+        format!(
+            "{}: no space left on the device while writing; free some space or choose another --output",
+            output.display()
+        )
+    } else {
+        format!("{input}: {e} (is the file truncated or corrupt?)")
+    };
+    CurateError::Io(io::Error::new(e.kind(), message))
+}
+
 /// Stage 1 for one shard: read, process in parallel batches, write.
+#[allow(clippy::too_many_arguments)]
 fn run_shard(
     proc: &Processor,
     input: &Part,
+    input_stamp: &str,
     k: usize,
     paths: &Paths,
     hash: &str,
@@ -275,6 +445,7 @@ fn run_shard(
     res?;
     let marker = DoneMarker {
         input: input.describe(),
+        input_stamp: input_stamp.into(),
         config_hash: hash.into(),
         stats,
     };

@@ -9,6 +9,7 @@ pub mod curate;
 pub mod decontam;
 pub mod dedup;
 pub mod doc;
+pub mod fasttext;
 pub mod filters;
 mod fxhash;
 pub mod inspect;

@@ -66,14 +66,17 @@ pub fn encode_shard(tokens: &[u32], out: &mut impl Write) -> io::Result<()> {
     for h in header {
         out.write_all(&h.to_le_bytes())?;
     }
-    if version == 1 {
-        for &t in tokens {
-            out.write_all(&(t as u16).to_le_bytes())?;
+    // Little-endian bytes a block at a time: one write_all per token cost
+    // more than encoding them (`kiln tokenizer encode` of 30 MB).
+    let mut block = Vec::with_capacity(4 << 14);
+    for chunk in tokens.chunks(1 << 14) {
+        block.clear();
+        if version == 1 {
+            block.extend(chunk.iter().flat_map(|&t| (t as u16).to_le_bytes()));
+        } else {
+            block.extend(chunk.iter().flat_map(|&t| t.to_le_bytes()));
         }
-    } else {
-        for &t in tokens {
-            out.write_all(&t.to_le_bytes())?;
-        }
+        out.write_all(&block)?;
     }
     Ok(())
 }

@@ -4,14 +4,16 @@
 //! loads. A directory is written under a temporary name and renamed into
 //! place, so it is complete or absent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use kiln_abi::BackendBox;
+use kiln_abi::{BackendBox, BackendExt};
 use safetensors::{Dtype, SafeTensors};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::params::{self, ParamSpec, WTE};
+use crate::safetensors_stream::{write_f32_tensors, StreamError, TensorSpec};
+pub use crate::special_ids::{SpecialTokenIds, GENERATION_CONFIG_FILE};
 use crate::{Gpt, GptConfig, ModelError};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -21,42 +23,162 @@ pub const CONFIG_FILE: &str = "config.json";
 /// buffers of old transformers versions).
 const IGNORED_SUFFIXES: [&str; 2] = [".attn.bias", ".attn.masked_bias"];
 
+/// What a model directory holds beside the transformer, in the layouts
+/// transformers loads: special-token ids, the architecture and further
+/// `config.json` keys, extra tensors in `model.safetensors` (a
+/// classification head) and extra files (tokenizer files).
+#[derive(Debug, Clone, Default)]
+pub struct HfExtras {
+    pub special: SpecialTokenIds,
+    /// `config.json`'s `architectures` entry; `GPT2LMHeadModel` if `None`.
+    pub architecture: Option<String>,
+    /// Further `config.json` keys (e.g. `num_labels`); they win over kiln's.
+    pub config: Map<String, Value>,
+    /// Extra tensors `(name, shape, row-major values)` saved as F32.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// Parameters saved with these values (kiln layout) instead of the
+    /// backend's: `(HF name, values)`.
+    pub param_overrides: Vec<(String, Vec<f32>)>,
+    /// Further files `(name, bytes)` written into the directory.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// A directory read by [`Gpt::load_pretrained_with`]: the model, its
+/// special-token ids and the extra tensors asked for.
+pub struct LoadedDir {
+    pub model: Gpt,
+    pub special: SpecialTokenIds,
+    /// `name -> (shape, values)` of each requested extra tensor present.
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
 impl Gpt {
-    /// Writes `dir/model.safetensors` and `dir/config.json` atomically
-    /// (replacing an existing directory of that name).
+    /// Writes `dir/model.safetensors`, `dir/config.json` and
+    /// `dir/generation_config.json` atomically (replacing an existing
+    /// directory of that name). No special-token ids are known here: they
+    /// are written as `null` (see [`Gpt::save_pretrained_with`]).
     pub fn save_pretrained(&self, be: &mut BackendBox, dir: &Path) -> Result<(), ModelError> {
-        let values = self.read_params(be)?;
-        let specs = params::specs(&self.config);
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(specs.len());
-        for (spec, v) in specs.iter().zip(&values) {
-            let (shape, data) = to_hf(spec, v, &self.config);
-            tensors.push((
-                spec.name.clone(),
-                shape,
-                bytemuck::cast_slice(&data).to_vec(),
-            ));
+        self.save_pretrained_with(be, dir, &HfExtras::default())
+    }
+
+    /// [`Gpt::save_pretrained`] with the ids, head and files of `extras`.
+    ///
+    /// The weights stream to the file one tensor at a time (downloaded,
+    /// laid out as HF stores it, written, dropped): saving adds about one
+    /// tensor to the process's memory, not a copy of the model.
+    pub fn save_pretrained_with(
+        &self,
+        be: &mut BackendBox,
+        dir: &Path,
+        extras: &HfExtras,
+    ) -> Result<(), ModelError> {
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let vocab = self.config.vocab_size;
+        for (key, id) in [("bos", extras.special.bos), ("pad", extras.special.pad)]
+            .into_iter()
+            .chain(extras.special.eos.iter().map(|&e| ("eos", Some(e))))
+        {
+            if id.is_some_and(|id| id as usize >= vocab) {
+                return Err(ModelError::format(
+                    dir,
+                    format!("{key}_token_id {id:?} is outside the vocabulary of {vocab} tokens"),
+                ));
+            }
         }
-        let views = tensors
+        let specs = params::specs(&self.config);
+        let mut overrides: HashMap<usize, &Vec<f32>> = HashMap::new();
+        for (name, v) in &extras.param_overrides {
+            let k = specs.iter().position(|s| &s.name == name).ok_or_else(|| {
+                ModelError::format(&weights_path, format!("no parameter {name} to override"))
+            })?;
+            let len: usize = specs[k].shape.iter().product();
+            if v.len() != len {
+                return Err(ModelError::format(
+                    &weights_path,
+                    format!("override of {name} has {} values, not {len}", v.len()),
+                ));
+            }
+            overrides.insert(k, v);
+        }
+        for (name, shape, v) in &extras.tensors {
+            if specs.iter().any(|s| &s.name == name) || shape.iter().product::<usize>() != v.len() {
+                return Err(ModelError::format(
+                    &weights_path,
+                    format!(
+                        "extra tensor {name}: a parameter's name, or {} values for shape {shape:?}",
+                        v.len()
+                    ),
+                ));
+            }
+        }
+        let tensors: Vec<TensorSpec> = specs
             .iter()
-            .map(|(name, shape, bytes)| {
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
-                    .map(|v| (name.clone(), v))
+            .map(|spec| TensorSpec::new(spec.name.clone(), hf_shape(spec, &self.config)))
+            .chain(
+                extras
+                    .tensors
+                    .iter()
+                    .map(|(name, shape, _)| TensorSpec::new(name.clone(), shape.clone())),
+            )
+            .collect();
+        let mut config = hf_config_json(&self.config);
+        let obj = config.as_object_mut().expect("the config is an object");
+        obj.extend(extras.special.config_entries());
+        if let Some(arch) = &extras.architecture {
+            obj.insert("architectures".into(), json!([arch]));
+        }
+        obj.extend(extras.config.clone());
+        let pretty =
+            |v: &Value| serde_json::to_vec_pretty(v).expect("a JSON value always serialises");
+        let config = pretty(&config);
+        let generation = pretty(&extras.special.generation_config());
+        let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        write_dir_atomic(dir, |tmp| {
+            let path = tmp.join(WEIGHTS_FILE);
+            write_f32_tensors(&path, &tensors, &metadata, |i| -> Result<_, ModelError> {
+                if i >= specs.len() {
+                    return Ok(extras.tensors[i - specs.len()].2.clone());
+                }
+                let v = match overrides.get(&i) {
+                    Some(v) => (*v).clone(),
+                    None => be.download_f32(self.params()[i].value)?,
+                };
+                Ok(to_hf(&specs[i], v, &self.config))
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ModelError::format(dir.join(WEIGHTS_FILE), e.to_string()))?;
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let weights = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| ModelError::format(dir.join(WEIGHTS_FILE), e.to_string()))?;
-        let config = serde_json::to_vec_pretty(&hf_config_json(&self.config))
-            .expect("a JSON value always serialises");
-        write_dir_atomic(dir, &[(WEIGHTS_FILE, &weights), (CONFIG_FILE, &config)])
+            .map_err(|e| match e {
+                StreamError::Io(e) => ModelError::io(&path, e),
+                StreamError::Produce(e) => e,
+            })?;
+            let small: Vec<(&str, &[u8])> = [(CONFIG_FILE, config.as_slice()), (GENERATION_CONFIG_FILE, generation.as_slice())]
+                .into_iter()
+                .chain(extras.files.iter().map(|(n, b)| (n.as_str(), b.as_slice())))
+                .collect();
+            for (name, bytes) in small {
+                let p = tmp.join(name);
+                kiln_stdx::fs::write_atomic(&p, bytes).map_err(|e| ModelError::io(&p, e))?;
+            }
+            Ok(())
+        })
     }
 
     /// Loads a directory written by [`Gpt::save_pretrained`] or by HF
     /// `save_pretrained` (any vocabulary size; names with or without the
     /// `transformer.` prefix; an `lm_head.weight` must equal `wte`).
+    /// Special-token ids outside the vocabulary are an error naming the key.
     pub fn load_pretrained(be: &mut BackendBox, dir: &Path) -> Result<Gpt, ModelError> {
+        Ok(Self::load_pretrained_with(be, dir, &[])?.model)
+    }
+
+    /// [`Gpt::load_pretrained`] that also returns the special-token ids and
+    /// the tensors named in `extra` (e.g. a `score.weight` head) where the
+    /// file has them; other unknown tensors are still an error.
+    pub fn load_pretrained_with(
+        be: &mut BackendBox,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<LoadedDir, ModelError> {
         let config = read_hf_config(&dir.join(CONFIG_FILE))?;
+        let special = SpecialTokenIds::read(dir, config.vocab_size)?;
         let path = dir.join(WEIGHTS_FILE);
         if !path.exists() && dir.join("model.safetensors.index.json").exists() {
             return Err(ModelError::format(
@@ -66,21 +188,29 @@ impl Gpt {
             ));
         }
         let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
-        let values = read_weights(&path, &bytes, &config)?;
-        Gpt::from_values(be, config, &values)
+        let (values, tensors) = read_weights(&path, &bytes, &config, extra)?;
+        let model = Gpt::from_values(be, config, &values)?;
+        Ok(LoadedDir {
+            model,
+            special,
+            tensors,
+        })
     }
 }
 
-/// A kiln-layout parameter as HF stores it: (shape, row-major values).
-fn to_hf(spec: &ParamSpec, v: &[f32], cfg: &GptConfig) -> (Vec<usize>, Vec<f32>) {
+/// A kiln-layout parameter's values as HF stores them (row-major, in
+/// [`hf_shape`]'s shape).
+fn to_hf(spec: &ParamSpec, mut v: Vec<f32>, cfg: &GptConfig) -> Vec<f32> {
     if spec.hf_transposed {
         let (rows, cols) = (spec.shape[0], spec.shape[1]);
-        (vec![cols, rows], transpose(v, rows, cols))
-    } else if spec.name == params::specs_name_wte() {
-        let c = cfg.n_embd;
-        (vec![cfg.vocab_size, c], v[..cfg.vocab_size * c].to_vec())
+        transpose(&v, rows, cols)
     } else {
-        (spec.shape.clone(), v.to_vec())
+        if spec.name == params::specs_name_wte() {
+            // In place: a copy of the largest tensor would double what
+            // saving adds to peak memory.
+            v.truncate(cfg.vocab_size * cfg.n_embd);
+        }
+        v
     }
 }
 
@@ -199,15 +329,31 @@ fn read_hf_config(path: &Path) -> Result<GptConfig, ModelError> {
 }
 
 /// Reads every parameter of `cfg` from a safetensors file into kiln layout.
-fn read_weights(path: &Path, bytes: &[u8], cfg: &GptConfig) -> Result<Vec<Vec<f32>>, ModelError> {
+/// Also returns the tensors named in `extra` that the file holds.
+#[allow(clippy::type_complexity)]
+fn read_weights(
+    path: &Path,
+    bytes: &[u8],
+    cfg: &GptConfig,
+    extra: &[&str],
+) -> Result<(Vec<Vec<f32>>, HashMap<String, (Vec<usize>, Vec<f32>)>), ModelError> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| ModelError::format(path, format!("not a valid safetensors file: {e}")))?;
     let specs = params::specs(cfg);
     // Map each stored name to the canonical HF name ("transformer." optional).
     let mut stored: HashMap<String, String> = HashMap::new();
     let mut unknown = Vec::new();
+    let mut extras = HashMap::new();
     let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for name in st.names() {
+        if extra.contains(&name) {
+            let t = st
+                .tensor(name)
+                .map_err(|e| ModelError::format(path, format!("tensor {name}: {e}")))?;
+            let data = to_f32(path, name, t.dtype(), t.data())?;
+            extras.insert(name.to_string(), (t.shape().to_vec(), data));
+            continue;
+        }
         let canonical = if name.starts_with("transformer.") || name.starts_with("lm_head.") {
             name.to_string()
         } else {
@@ -267,7 +413,7 @@ fn read_weights(path: &Path, bytes: &[u8], cfg: &GptConfig) -> Result<Vec<Vec<f3
             ));
         }
     }
-    Ok(values)
+    Ok((values, extras))
 }
 
 fn describe(cfg: &GptConfig) -> String {
@@ -301,7 +447,26 @@ fn from_hf(spec: &ParamSpec, data: Vec<f32>, cfg: &GptConfig) -> Vec<f32> {
     }
 }
 
+/// A tensor's values as f32; a NaN or infinity is an error naming the
+/// tensor (a diverged run's weights would evaluate to `null` and generate
+/// garbage without a word).
 fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
+    let values = decode_f32(path, name, dtype, bytes)?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        return Err(ModelError::format(
+            path,
+            format!(
+                "tensor {name} holds {bad} non-finite values (the first, at index {i}, is {}); \
+                 the weights are broken, e.g. saved by a diverged run: use an earlier checkpoint",
+                values[i]
+            ),
+        ));
+    }
+    Ok(values)
+}
+
+fn decode_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
     Ok(match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)
@@ -324,9 +489,13 @@ fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32
     })
 }
 
-/// Writes `files` into a fresh temporary directory next to `dir`, then swaps
-/// it into place: readers see the old directory, nothing, or the new one.
-fn write_dir_atomic(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), ModelError> {
+/// `fill` writes into a fresh temporary directory next to `dir`, which is
+/// then swapped into place: readers see the old directory, nothing, or the
+/// new one.
+fn write_dir_atomic(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
     let name = dir
         .file_name()
         .ok_or_else(|| ModelError::format(dir, "checkpoint path has no directory name"))?
@@ -343,10 +512,7 @@ fn write_dir_atomic(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), ModelErro
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| {
         std::fs::create_dir(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-        for (file, bytes) in files {
-            let p = tmp.join(file);
-            kiln_stdx::fs::write_atomic(&p, bytes).map_err(|e| ModelError::io(&p, e))?;
-        }
+        fill(&tmp)?;
         if dir.exists() {
             std::fs::rename(dir, &old).map_err(|e| ModelError::io(dir, e))?;
         }

@@ -22,8 +22,13 @@ mod packing;
 mod params;
 mod precision;
 pub mod rng;
+pub mod safetensors_stream;
 pub mod sample;
+mod special_ids;
 
+pub use checkpoint::{
+    HfExtras, LoadedDir, SpecialTokenIds, CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE,
+};
 pub use config::{padded_vocab, GptConfig, PRESETS};
 pub use error::ModelError;
 pub use model::Gpt;

@@ -232,6 +232,27 @@ impl AdamW {
         })
     }
 
+    /// Elements of parameter `i`'s moments (None past the last parameter).
+    pub fn moment_len(&self, i: usize) -> Option<usize> {
+        self.lens.get(i).copied()
+    }
+
+    /// One moment of parameter `i` copied to the host (`second`: v, else
+    /// m): a checkpoint streams them one at a time instead of holding
+    /// [`AdamW::export_state`]'s copy of all of them.
+    pub fn export_moment(
+        &self,
+        be: &mut BackendBox,
+        i: usize,
+        second: bool,
+    ) -> Result<Vec<f32>, OptimError> {
+        let bufs = if second { &self.v } else { &self.m };
+        let buf = *bufs.get(i).ok_or_else(|| {
+            OptimError::Mismatch(format!("moment {i} asked for, there are {}", bufs.len()))
+        })?;
+        Ok(be.download_f32(buf)?)
+    }
+
     /// Restores a state written by [`AdamW::export_state`] for the same parameters.
     pub fn import_state(
         &mut self,

@@ -1,19 +1,24 @@
 //! `kiln report RUN_DIR`: one self-contained `report.html` for a run
-//! directory — training curves of every stage, evaluation bar charts and
-//! tables, and each stage's answers to the same prompts side by side.
+//! directory. It leads with the results (the verdict against the targets,
+//! each model's judge score / win rate / KL, the curation funnel,
+//! pretraining), then the training curves of every stage, each stage's
+//! answers to the same prompts side by side, and every figure last, folded.
 //!
 //! The page has inline CSS and inline SVG drawn here (no JavaScript, no
 //! fonts or images fetched), so it opens offline and can be mailed around.
 //! A partial run still gets a report that says what is missing; a malformed
 //! input file is an error naming `file:line`.
 //!
-//! Modules: [`read`] (run directory -> data), [`groups`] (which metrics
-//! share a chart), [`plot`] (SVG charts), [`html`] (escaping, tables),
-//! [`page`] (assembly).
+//! Modules: [`read`] (run directory -> data), [`headline`] (the figures
+//! and verdicts read by name), [`groups`] (which metrics share a chart),
+//! [`plot`] (SVG charts), [`labels`] (readable names for JSON keys),
+//! [`html`] (escaping, tables), [`page`] (assembly, one module per part).
 
 mod error;
 pub mod groups;
+pub mod headline;
 pub mod html;
+pub mod labels;
 pub mod page;
 pub mod plot;
 pub mod read;

@@ -51,8 +51,17 @@ fn small_run(dir: &Path) {
     write(
         dir,
         "summary.json",
-        r#"{"pretrain": {"model": "tiny", "final_train_loss": 1.03},
+        r#"{"curate": {"input_docs": 120, "input_bytes": 90000, "kept_docs": 100, "kept_bytes": 80000,
+                       "removed_docs_by_filter": {"lang": 15, "dedup": 5}},
+            "pretrain": {"model": "tiny", "final_train_loss": 1.03, "steps": 60, "tokens_per_step": 512},
+            "dpo": {"steps": 20, "after": {"accuracy": 0.75}},
             "samples": [{"prompt": "In the beginning", "completion": " was the <b>word</b>"}]}"#,
+    );
+    // The stage's own summary repeats the pipeline's figures, plus one.
+    write(
+        dir,
+        "dpo/summary.json",
+        r#"{"steps": 20, "after": {"accuracy": 0.75}, "seconds": 12.5}"#,
     );
     write(
         dir,
@@ -71,24 +80,56 @@ fn full_page_has_every_section_chart_and_sample() {
     let dir = tempfile::tempdir().unwrap();
     small_run(dir.path());
     let html = render_report(dir.path()).unwrap();
-    for id in ["overview", "training", "evaluation", "samples"] {
-        assert!(
-            html.contains(&format!("<section id=\"{id}\">")),
-            "section {id}"
-        );
-    }
+    // Results first, then curves, samples, and the folded tables last.
+    let at = |id: &str| {
+        html.find(&format!("<section id=\"{id}\">"))
+            .unwrap_or_else(|| panic!("section {id}"))
+    };
+    assert!(at("results") < at("training"));
+    assert!(at("training") < at("samples"));
+    assert!(at("samples") < at("figures"));
+    // No key/value table before the charts: the first table is the samples.
+    let first_table = html.find("<table").unwrap();
+    assert!(first_table > at("samples"), "a table before the samples");
+    assert!(html.find("id=\"judge-chart\"").unwrap() < at("training"));
     for stage in ["pretrain", "sft", "dpo"] {
         assert!(
             html.contains(&format!("id=\"stage-{stage}\"")),
             "stage {stage}"
         );
     }
-    // pretrain: loss, lr, grad norm, throughput; sft: loss; dpo: loss, margins, accuracy.
-    assert_eq!(html.matches("class=\"chart line-chart\"").count(), 8);
+    // pretrain: loss, lr, grad norm, throughput; sft: loss; dpo: loss,
+    // margins, accuracy; and the pretraining loss on the first screen.
+    assert_eq!(html.matches("class=\"chart line-chart\"").count(), 9);
+    assert!(html.contains("aria-label=\"Pretraining loss\""));
     // sft loss + val_loss share one chart: two series there.
     assert!(html.contains("aria-label=\"sft: Loss\""));
-    assert_eq!(html.matches("class=\"chart bar-chart\"").count(), 2);
+    // One judge chart: judge score and win rate (no KL in this file) for
+    // both models, each bar with its number.
+    assert_eq!(html.matches("class=\"chart panel-chart\"").count(), 1);
     assert_eq!(html.matches("class=\"bar\"").count(), 4);
+    assert!(html.contains(">0.55</text>") && html.contains(">62.0%</text>"));
+    // The funnel: in, removed per filter (most first), kept.
+    let funnel = &html[html.find("id=\"funnel\"").unwrap()..];
+    let pos = |s: &str| {
+        funnel
+            .find(s)
+            .unwrap_or_else(|| panic!("{s} not in the funnel"))
+    };
+    assert!(
+        pos("120 docs · 90.0 kB") < pos("−\u{a0}Lang") && pos("−\u{a0}Lang") < pos("−\u{a0}Dedup")
+    );
+    assert!(pos("−\u{a0}Dedup") < pos("100 docs · 80.0 kB"));
+    // Tokens trained: steps x tokens per step.
+    assert!(html.contains("<dd>30.7k<span class=\"detail\">60 steps × 512</span>"));
+    // The verdict: DPO's 62% beats the 60% target; no reward model ran.
+    assert!(html.contains("DPO win rate against SFT<span class=\"goal\">target &gt; 60%</span></span><span class=\"val\">62.0%<span class=\"word\">met</span>"));
+    assert!(html.contains("Reward model accuracy on held-out pairs and tasks<span class=\"goal\">target ≥ 90%</span></span><span class=\"val\">—<span class=\"word\">not measured</span>"));
+    // dpo's figures once, merged with its own summary.json, readable labels.
+    assert_eq!(html.matches("After › accuracy").count(), 1);
+    assert!(html.contains("<td>Seconds</td>"));
+    assert!(html.contains("Removed documents by filter › lang"));
+    assert!(!html.contains("<td>removed_docs_by_filter.lang</td>"));
     assert!(html.contains("What is 2+2?") && html.contains(">arithmetic</span>"));
     assert!(html.contains("score 1</span>"));
     // The missing stages are listed.
@@ -138,13 +179,15 @@ fn a_run_that_stopped_after_pretraining_gets_a_report_saying_so() {
     let out = write_report(dir.path()).unwrap();
     assert_eq!(out, dir.path().join("report.html"));
     let html = std::fs::read_to_string(&out).unwrap();
-    assert!(html.contains("badge ran\">pretrain · 2 steps"));
+    assert!(html.contains("badge ran\" href=\"#stage-pretrain\">pretrain · 2 steps"));
     assert!(html.contains("badge absent\">sft · not run"));
     assert!(html.contains("eval/results.json: not found"));
     assert!(html.contains("summary.json: not found"));
     assert!(html.contains("No evaluation results"));
     assert!(html.contains("No samples"));
-    assert_eq!(html.matches("class=\"chart line-chart\"").count(), 2);
+    assert!(html.contains("No curation totals"));
+    // Loss and learning rate, and the loss again on the first screen.
+    assert_eq!(html.matches("class=\"chart line-chart\"").count(), 3);
 }
 
 #[test]

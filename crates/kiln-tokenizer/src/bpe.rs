@@ -90,38 +90,50 @@ impl PairTable {
         }
     }
 
+    /// `(rank << 32) | merged` of the pair if its rank is below `limit`,
+    /// else `u64::MAX`: ordering these orders by rank, and the merged id
+    /// comes with it (no second lookup).
+    #[inline(always)]
+    fn packed(&self, left: u32, right: u32, limit: Rank) -> u64 {
+        match self.map.get(&key(left, right)) {
+            Some(&v) if ((v >> 32) as u32) < limit => v,
+            _ => u64::MAX,
+        }
+    }
+
     fn merge_small(&self, ids: &mut Vec<u32>, limit: Rank) {
         let n = ids.len();
-        let mut ranks = [NONE; SMALL_PIECE];
+        let mut ranks = [u64::MAX; SMALL_PIECE];
         for i in 0..n - 1 {
-            ranks[i] = self.rank(ids[i], ids[i + 1], limit);
+            ranks[i] = self.packed(ids[i], ids[i + 1], limit);
         }
         let mut len = n;
         loop {
-            let mut best = NONE;
+            let mut best = u64::MAX;
             let mut at = 0;
+            // Strictly lower only: the leftmost of equal ranks wins.
             for (i, &r) in ranks[..len - 1].iter().enumerate() {
                 if r < best {
                     best = r;
                     at = i;
                 }
             }
-            if best == NONE {
+            if best == u64::MAX {
                 break;
             }
-            let merged = self.get(ids[at], ids[at + 1]).expect("ranked pair").1;
+            let merged = best as u32;
             ids[at] = merged;
             ids.remove(at + 1);
             ranks.copy_within(at + 2..len, at + 1);
             len -= 1;
-            ranks[len - 1] = NONE;
+            ranks[len - 1] = u64::MAX;
             if at + 1 < len {
-                ranks[at] = self.rank(merged, ids[at + 1], limit);
+                ranks[at] = self.packed(merged, ids[at + 1], limit);
             } else {
-                ranks[at] = NONE;
+                ranks[at] = u64::MAX;
             }
             if at > 0 {
-                ranks[at - 1] = self.rank(ids[at - 1], merged, limit);
+                ranks[at - 1] = self.packed(ids[at - 1], merged, limit);
             }
         }
     }

@@ -13,8 +13,62 @@
 //! The assistant mask covers the assistant's text and its `<|end|>`: the
 //! model learns what to say and when to stop, never the user's words or the
 //! role markers that the template inserts.
+//!
+//! The layout is written once, as the Jinja [`KILN_CHAT_TEMPLATE`] that
+//! model directories carry in `tokenizer_config.json`; kiln renders it
+//! through [`crate::hf_template`], the path any Hugging Face template takes,
+//! so transformers' `apply_chat_template` gives the same ids.
 
+use std::sync::OnceLock;
+
+use crate::hf_template::{HfChatTemplate, TemplateTokens};
 use crate::tokenizer::Tokenizer;
+
+/// kiln's chat template in Jinja, as transformers renders it (an unknown
+/// role or non-text content is an error, as in kiln).
+pub const KILN_CHAT_TEMPLATE: &str = "{%- for message in messages -%}\n\
+{%- if message['role'] not in ['system', 'user', 'assistant'] -%}\n\
+{{- raise_exception('unknown role ' ~ message['role'] ~ '; a message role must be system, user or assistant') -}}\n\
+{%- endif -%}\n\
+{%- if message['content'] is not string -%}\n\
+{{- raise_exception('message content must be text') -}}\n\
+{%- endif -%}\n\
+{{- '<|' ~ message['role'] ~ '|>' ~ message['content'] ~ '<|end|>' -}}\n\
+{%- endfor -%}\n\
+{%- if add_generation_prompt -%}\n\
+{{- '<|assistant|>' -}}\n\
+{%- endif -%}\n";
+
+/// [`KILN_CHAT_TEMPLATE`], compiled once.
+fn kiln_template() -> &'static HfChatTemplate {
+    static COMPILED: OnceLock<HfChatTemplate> = OnceLock::new();
+    COMPILED.get_or_init(|| {
+        HfChatTemplate::new(KILN_CHAT_TEMPLATE).expect("kiln's chat template compiles")
+    })
+}
+
+/// The special tokens a chat model's files name (tokenizer_config.json,
+/// special_tokens_map.json) and its template sees: `<|endoftext|>` begins a
+/// text and pads (it never occurs inside a chat, so a sequence classifier
+/// pooling the last non-pad token reads the closing `<|end|>`), `<|end|>`
+/// ends a turn and so is the eos token (generation stops there), the role
+/// markers are additional special tokens.
+pub fn template_tokens(tok: &Tokenizer) -> TemplateTokens {
+    let eot = tok
+        .special_id(crate::ENDOFTEXT)
+        .map(|_| crate::ENDOFTEXT.to_string());
+    TemplateTokens {
+        bos_token: eot.clone(),
+        eos_token: tok.special_id(END_OF_TURN).map(|_| END_OF_TURN.to_string()),
+        unk_token: None,
+        pad_token: eot,
+        additional_special_tokens: [SYSTEM, USER, ASSISTANT]
+            .into_iter()
+            .filter(|t| tok.special_id(t).is_some())
+            .map(str::to_string)
+            .collect(),
+    }
+}
 
 /// Starts a system message.
 pub const SYSTEM: &str = "<|system|>";
@@ -121,6 +175,8 @@ pub enum ChatError {
     Empty,
     #[error("the conversation has no assistant message to learn from")]
     NoAssistant,
+    #[error("{0}")]
+    Template(String),
 }
 
 /// A conversation encoded for training: `ids[i]` is learned (is a target)
@@ -192,20 +248,27 @@ impl ChatTemplate {
         [self.system_id, self.user_id, self.assistant_id, self.end_id].contains(&id)
     }
 
-    /// Appends one message (marker, text, end) and its mask.
-    fn push_message(&self, tok: &Tokenizer, m: &Message, out: &mut EncodedChat) {
-        let learned = m.role == Role::Assistant;
-        out.ids.push(self.role_id(m.role));
-        out.assistant_mask.push(false);
-        let start = out.ids.len();
-        tok.encode_ordinary_into(&m.content, &mut out.ids);
-        out.ids.push(self.end_id);
-        out.assistant_mask
-            .resize(out.assistant_mask.len() + out.ids.len() - start, learned);
+    /// The ids of `messages` rendered through [`KILN_CHAT_TEMPLATE`]
+    /// (+ `<|assistant|>` with `add_generation_prompt`).
+    fn render(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, ChatError> {
+        let msgs: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content}))
+            .collect();
+        kiln_template()
+            .encode(tok, &msgs, add_generation_prompt, &template_tokens(tok))
+            .map_err(|e| ChatError::Template(e.to_string()))
     }
 
     /// Encodes a whole conversation for training. Fails when it is empty or
-    /// has no assistant message (nothing would be learned).
+    /// has no assistant message (nothing would be learned). The mask of
+    /// assistant message `i` spans from the end of the generation prompt
+    /// after messages `..i` to the end of messages `..=i`.
     pub fn encode(&self, tok: &Tokenizer, messages: &[Message]) -> Result<EncodedChat, ChatError> {
         if messages.is_empty() {
             return Err(ChatError::Empty);
@@ -213,14 +276,39 @@ impl ChatTemplate {
         if !messages.iter().any(|m| m.role == Role::Assistant) {
             return Err(ChatError::NoAssistant);
         }
-        let mut out = EncodedChat {
-            ids: Vec::new(),
-            assistant_mask: Vec::new(),
-        };
-        for m in messages {
-            self.push_message(tok, m, &mut out);
+        let ids = self.render(tok, messages, false)?;
+        let mut assistant_mask = vec![false; ids.len()];
+        for (i, m) in messages.iter().enumerate() {
+            if m.role != Role::Assistant {
+                continue;
+            }
+            let start = self.prefix_len(tok, &ids, &messages[..i], true)?;
+            let end = self.prefix_len(tok, &ids, &messages[..=i], false)?;
+            assistant_mask[start..end].fill(true);
         }
-        Ok(out)
+        Ok(EncodedChat {
+            ids,
+            assistant_mask,
+        })
+    }
+
+    /// The length of `messages`' rendering, checked to be a prefix of `full`.
+    fn prefix_len(
+        &self,
+        tok: &Tokenizer,
+        full: &[u32],
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<usize, ChatError> {
+        let ids = self.render(tok, messages, add_generation_prompt)?;
+        if !full.starts_with(&ids) {
+            return Err(ChatError::Template(
+                "the chat template does not render a conversation's start as a prefix of the \
+                 whole, so replies cannot be masked"
+                    .into(),
+            ));
+        }
+        Ok(ids.len())
     }
 
     /// Encodes a prompt + completion pair (the preference / SFT layout):
@@ -233,10 +321,13 @@ impl ChatTemplate {
         prompt: &[Message],
         completion: &str,
     ) -> Result<(Vec<u32>, usize), ChatError> {
-        let mut ids = self.encode_prompt(tok, prompt)?;
-        let prompt_len = ids.len();
-        tok.encode_ordinary_into(completion, &mut ids);
-        ids.push(self.end_id);
+        if prompt.is_empty() {
+            return Err(ChatError::Empty);
+        }
+        let mut whole = prompt.to_vec();
+        whole.push(Message::assistant(completion));
+        let ids = self.render(tok, &whole, false)?;
+        let prompt_len = self.prefix_len(tok, &ids, prompt, true)?;
         Ok((ids, prompt_len))
     }
 
@@ -251,15 +342,7 @@ impl ChatTemplate {
         if messages.is_empty() {
             return Err(ChatError::Empty);
         }
-        let mut out = EncodedChat {
-            ids: Vec::new(),
-            assistant_mask: Vec::new(),
-        };
-        for m in messages {
-            self.push_message(tok, m, &mut out);
-        }
-        out.ids.push(self.assistant_id);
-        Ok(out.ids)
+        self.render(tok, messages, true)
     }
 
     /// Decodes a generated assistant turn: the text before the first

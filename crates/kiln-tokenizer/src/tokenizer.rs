@@ -5,8 +5,8 @@ use crate::error::{DecodeError, EncodeError, LoadError};
 use crate::pattern::{Pattern, PreTokenizer};
 use crate::special::{SpecialMode, SpecialPolicy, Specials};
 use crate::stream::StreamDecoder;
+use crate::token_map::TokenMap;
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
 
 /// How the pair table was built, kept so the tokenizer can be written back.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct Tokenizer {
     /// id -> bytes for ordinary tokens; special tokens hold their text.
     id_to_bytes: Vec<Option<Box<[u8]>>>,
     /// bytes -> id for ordinary tokens.
-    bytes_to_id: FxHashMap<Box<[u8]>, u32>,
+    bytes_to_id: TokenMap,
     byte_ids: [u32; 256],
     pairs: PairTable,
     rule: MergeRule,
@@ -51,12 +51,13 @@ impl Tokenizer {
     ) -> Result<Self, LoadError> {
         let mut t = Self::base(ranks, pattern, specials, "ranks")?;
         let mut pairs = PairTable::with_capacity(t.bytes_to_id.len() * 4);
-        for (bytes, &id) in &t.bytes_to_id {
+        for (id, bytes) in t.ordinary_tokens() {
             for k in 1..bytes.len() {
-                if let (Some(&l), Some(&r)) = (
-                    t.bytes_to_id.get(&bytes[..k]),
-                    t.bytes_to_id.get(&bytes[k..]),
-                ) {
+                // The suffix is looked up only when the prefix is a token.
+                let Some(l) = t.bytes_to_id.get(&bytes[..k]) else {
+                    continue;
+                };
+                if let Some(r) = t.bytes_to_id.get(&bytes[k..]) {
                     pairs.insert(l, r, id as Rank, id);
                 }
             }
@@ -82,7 +83,7 @@ impl Tokenizer {
         let mut list = Vec::with_capacity(merges.len());
         let mut pairs = PairTable::with_capacity(merges.len());
         for (rank, (l, r)) in merges.iter().enumerate() {
-            let find = |b: &[u8]| t.bytes_to_id.get(b).copied();
+            let find = |b: &[u8]| t.bytes_to_id.get(b);
             let joined = [l.as_slice(), r.as_slice()].concat();
             let (Some(li), Some(ri), Some(mi)) = (find(l), find(r), find(&joined)) else {
                 return Err(LoadError::new(
@@ -127,8 +128,7 @@ impl Tokenizer {
             .max()
             .unwrap_or(0);
         let mut id_to_bytes: Vec<Option<Box<[u8]>>> = vec![None; max_id as usize + 1];
-        let mut bytes_to_id = FxHashMap::default();
-        bytes_to_id.reserve(vocab.len());
+        let mut bytes_to_id = TokenMap::with_capacity(vocab.len());
         let mut max_token_len = 0;
         for (bytes, id) in vocab {
             if bytes.is_empty() {
@@ -139,7 +139,7 @@ impl Tokenizer {
             }
             max_token_len = max_token_len.max(bytes.len());
             let b: Box<[u8]> = bytes.into();
-            if let Some(old) = bytes_to_id.insert(b.clone(), id) {
+            if let Some(old) = bytes_to_id.insert(&b, id) {
                 return Err(load_err(
                     what,
                     format!(
@@ -152,7 +152,7 @@ impl Tokenizer {
         }
         let mut byte_ids = [0u32; 256];
         for b in 0..=255u8 {
-            byte_ids[b as usize] = *bytes_to_id.get(&[b][..]).ok_or_else(|| {
+            byte_ids[b as usize] = bytes_to_id.get(&[b][..]).ok_or_else(|| {
                 load_err(
                     what,
                     format!("byte 0x{b:02x} has no token; a byte-level BPE needs all 256"),
@@ -202,7 +202,7 @@ impl Tokenizer {
             return;
         }
         if self.whole_piece_first && piece.len() <= self.max_token_len {
-            if let Some(&id) = self.bytes_to_id.get(piece) {
+            if let Some(id) = self.bytes_to_id.get(piece) {
                 out.push(id);
                 return;
             }
@@ -264,6 +264,76 @@ impl Tokenizer {
         }
         self.encode_ordinary_into(&text[last..], out);
         Ok(())
+    }
+
+    /// Encodes one text on the rayon pool with the ids of [`Self::encode`]:
+    /// special tokens are found first, then the ordinary text between them
+    /// is cut about every `chunk_bytes` where the pre-tokenizer would split
+    /// anyway (see `chunks`; a custom regex pattern is cut at special
+    /// tokens only), and the pieces are encoded in parallel.
+    pub fn encode_parallel(
+        &self,
+        text: &str,
+        policy: &SpecialPolicy,
+        chunk_bytes: usize,
+    ) -> Result<Vec<u32>, EncodeError> {
+        // (start, end) of ordinary text, or a special token's id.
+        enum Job {
+            Text(usize, usize),
+            Special(u32),
+        }
+        let mut segments = Vec::new();
+        let mut last = 0;
+        if !self.specials.is_empty() && !policy.is_all_text() {
+            for m in self.specials.find_iter(text) {
+                match policy.mode(m.token) {
+                    SpecialMode::Text => continue,
+                    SpecialMode::Error => {
+                        return Err(EncodeError::DisallowedSpecial {
+                            token: m.token.to_string(),
+                            byte_offset: m.start,
+                        })
+                    }
+                    SpecialMode::Special => {
+                        segments.push(Job::Text(last, m.start));
+                        segments.push(Job::Special(m.id));
+                        last = m.end;
+                    }
+                }
+            }
+        }
+        segments.push(Job::Text(last, text.len()));
+        let cuttable = matches!(self.pre, PreTokenizer::Lexer(_));
+        let mut jobs = Vec::with_capacity(segments.len());
+        for seg in segments {
+            match seg {
+                Job::Text(a, b) if cuttable => {
+                    let mut start = a;
+                    for cut in crate::chunks::cut_points(&text[a..b], chunk_bytes) {
+                        jobs.push(Job::Text(start, a + cut));
+                        start = a + cut;
+                    }
+                    jobs.push(Job::Text(start, b));
+                }
+                other => jobs.push(other),
+            }
+        }
+        let parts: Vec<Vec<u32>> = jobs
+            .par_iter()
+            .map(|job| match *job {
+                Job::Text(a, b) => {
+                    let mut out = Vec::with_capacity((b - a) / 3);
+                    self.encode_ordinary_into(&text[a..b], &mut out);
+                    out
+                }
+                Job::Special(id) => vec![id],
+            })
+            .collect();
+        let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        Ok(out)
     }
 
     /// Encodes many texts in parallel (rayon).
@@ -329,11 +399,16 @@ impl Tokenizer {
     }
 
     pub fn token_id(&self, bytes: &[u8]) -> Option<u32> {
-        self.bytes_to_id.get(bytes).copied()
+        self.bytes_to_id.get(bytes)
     }
 
     pub fn special_id(&self, token: &str) -> Option<u32> {
         self.specials.id(token)
+    }
+
+    /// The special tokens with their matcher.
+    pub(crate) fn specials(&self) -> &crate::special::Specials {
+        &self.specials
     }
 
     /// Special tokens and their ids, sorted by id.
@@ -359,7 +434,7 @@ impl Tokenizer {
             .iter()
             .enumerate()
             .filter_map(|(i, b)| Some((i as u32, b.as_deref()?)))
-            .filter(|(i, b)| self.bytes_to_id.get(*b) == Some(i))
+            .filter(|(i, b)| self.bytes_to_id.get(b) == Some(*i))
     }
 
     /// The merge list `(left, right, merged)` in priority order. For rank

@@ -3,16 +3,18 @@
 //! `training_state.safetensors` (AdamW moments as tensors; step, data
 //! position, RNG and run config as JSON in the header metadata).
 //!
-//! A checkpoint is written into `checkpoints/.step_XXXXXXXX.tmp/` and renamed
-//! into place, so a directory named `step_*` is complete; a temp directory
-//! left by a killed run is ignored (and replaced by the next write).
+//! A checkpoint is written into `checkpoints/.step_XXXXXXXX.PID.tmp/` (unique
+//! to the writing process) and renamed into place, so a directory named
+//! `step_*` is complete; temp directories left by killed runs are removed
+//! when the next run claims the run directory (`DirLock::claim`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_abi::BackendBox;
+use kiln_model::safetensors_stream::{write_f32_tensors, StreamError, TensorSpec};
 use kiln_model::Gpt;
-use kiln_optim::AdamWState;
+use kiln_optim::{AdamW, AdamWState};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +59,41 @@ pub fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
 
 /// Complete checkpoints of a run, oldest first.
 pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+    Ok(list_step_dirs(run_dir)?
+        .into_iter()
+        .filter(|(_, _, complete)| *complete)
+        .map(|(step, path, _)| (step, path))
+        .collect())
+}
+
+/// `step_*` directories that lack a file a resume needs (a checkpoint
+/// copied in part, or a file deleted), oldest first.
+pub fn incomplete_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+    Ok(list_step_dirs(run_dir)?
+        .into_iter()
+        .filter(|(_, _, complete)| !*complete)
+        .map(|(step, path, _)| (step, path))
+        .collect())
+}
+
+/// Removes the oldest complete checkpoints until `keep_last` remain (the
+/// newest is always kept). Each goes by a rename to a temp name first, so
+/// a kill midway leaves no half-deleted `step_*` directory.
+pub fn prune_checkpoints(run_dir: &Path, keep_last: usize) -> Result<Vec<PathBuf>, TrainError> {
+    let all = list_checkpoints(run_dir)?;
+    let keep = keep_last.max(1);
+    let mut removed = Vec::new();
+    for (_, dir) in all.iter().take(all.len().saturating_sub(keep)) {
+        let doomed = kiln_stdx::fs::temp_sibling(dir);
+        std::fs::rename(dir, &doomed).map_err(|e| TrainError::io(dir, e))?;
+        std::fs::remove_dir_all(&doomed).map_err(|e| TrainError::io(&doomed, e))?;
+        removed.push(dir.clone());
+    }
+    Ok(removed)
+}
+
+/// Every `step_*` directory: (step, path, whether it is complete).
+fn list_step_dirs(run_dir: &Path) -> Result<Vec<(u64, PathBuf, bool)>, TrainError> {
     let dir = checkpoints_dir(run_dir);
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -75,12 +112,13 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainErro
             continue;
         };
         let path = entry.path();
-        if ["model.safetensors", "config.json", STATE_FILE]
-            .iter()
-            .all(|f| path.join(f).is_file())
-        {
-            out.push((step, path));
+        if !path.is_dir() {
+            continue;
         }
+        let complete = ["model.safetensors", "config.json", STATE_FILE]
+            .iter()
+            .all(|f| path.join(f).is_file());
+        out.push((step, path, complete));
     }
     out.sort();
     Ok(out)
@@ -91,13 +129,15 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<(u64, PathBuf)>, Train
     Ok(list_checkpoints(run_dir)?.pop())
 }
 
-/// Writes the checkpoint of `state.step`; returns its directory.
+/// Writes the checkpoint of `state.step`; returns its directory. Weights
+/// and moments stream from the backend to the files one tensor at a time,
+/// so a checkpoint adds about one tensor to peak memory.
 pub fn write_checkpoint(
     be: &mut BackendBox,
     run_dir: &Path,
     model: &Gpt,
     state: &TrainingState,
-    optimizer: &AdamWState,
+    optimizer: &AdamW,
 ) -> Result<PathBuf, TrainError> {
     let dest = checkpoint_dir(run_dir, state.step);
     if dest.exists() {
@@ -106,49 +146,50 @@ pub fn write_checkpoint(
             "already exists; a run never rewrites a checkpoint (use a new --out)",
         ));
     }
-    let parent = checkpoints_dir(run_dir);
-    let tmp = parent.join(format!(".step_{:08}.tmp", state.step));
+    let tmp = kiln_stdx::fs::temp_sibling(&dest);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     model.save_pretrained(be, &tmp)?;
-    let bytes = encode_state(state, optimizer).map_err(|p| TrainError::checkpoint(&tmp, p))?;
     let file = tmp.join(STATE_FILE);
-    kiln_stdx::fs::write_atomic(&file, &bytes).map_err(|e| TrainError::io(&file, e))?;
+    write_state(be, &file, state, optimizer)?;
     kiln_stdx::fs::rename_dir_atomic(&tmp, &dest).map_err(|e| TrainError::io(&dest, e))?;
     Ok(dest)
 }
 
-fn encode_state(state: &TrainingState, opt: &AdamWState) -> Result<Vec<u8>, String> {
-    if opt.m.len() != state.param_names.len() || opt.v.len() != state.param_names.len() {
-        return Err(format!(
-            "optimizer has {} moments for {} parameters",
-            opt.m.len(),
-            state.param_names.len()
-        ));
-    }
-    let mut bufs: Vec<(String, Vec<u8>)> = Vec::new();
+/// `training_state.safetensors`: `m.NAME` and `v.NAME` per parameter,
+/// streamed from the optimizer's buffers, and the state as header metadata.
+fn write_state(
+    be: &mut BackendBox,
+    file: &Path,
+    state: &TrainingState,
+    opt: &AdamW,
+) -> Result<(), TrainError> {
+    let mut tensors = Vec::with_capacity(2 * state.param_names.len());
     for (i, name) in state.param_names.iter().enumerate() {
-        bufs.push((format!("m.{name}"), f32_bytes(&opt.m[i])));
-        bufs.push((format!("v.{name}"), f32_bytes(&opt.v[i])));
+        let len = opt.moment_len(i).ok_or_else(|| {
+            TrainError::checkpoint(
+                file,
+                format!("the optimizer has no moments for parameter {i} ({name})"),
+            )
+        })?;
+        tensors.push(TensorSpec::new(format!("m.{name}"), vec![len]));
+        tensors.push(TensorSpec::new(format!("v.{name}"), vec![len]));
     }
-    let mut views = Vec::new();
-    for (name, bytes) in &bufs {
-        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![bytes.len() / 4], bytes)
-            .map_err(|e| e.to_string())?;
-        views.push((name.clone(), view));
-    }
-    let json = serde_json::to_string(state).map_err(|e| e.to_string())?;
-    let meta = HashMap::from([
+    let json =
+        serde_json::to_string(state).map_err(|e| TrainError::checkpoint(file, e.to_string()))?;
+    let meta = BTreeMap::from([
         (STATE_KEY.to_string(), json),
-        ("kiln_adamw_step".to_string(), opt.step.to_string()),
+        ("kiln_adamw_step".to_string(), opt.step_count().to_string()),
     ]);
-    safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    write_f32_tensors(file, &tensors, &meta, |k| {
+        opt.export_moment(be, k / 2, k % 2 == 1)
+    })
+    .map_err(|e| match e {
+        StreamError::Io(e) => TrainError::io(file, e),
+        StreamError::Produce(e) => e.into(),
+    })
 }
 
 /// Reads `dir/training_state.safetensors`.

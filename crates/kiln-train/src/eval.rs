@@ -7,7 +7,7 @@ use std::path::Path;
 use kiln_abi::BackendBox;
 use kiln_model::Gpt;
 
-use crate::loader::{DataError, TokenSource};
+use crate::loader::{DataError, Split, TokenSource};
 use crate::TrainError;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -33,7 +33,8 @@ pub fn evaluate(
         )));
     }
     let batch_size = batch_size.max(1);
-    let mut source = TokenSource::open(data, seq_len)?;
+    // A directory is evaluated on its validation shards.
+    let mut source = TokenSource::open_split(data, seq_len, Split::Val)?;
     let windows = source.num_windows();
     let vocab = model.config.vocab_size;
     let mut window = vec![0u32; seq_len + 1];

@@ -18,6 +18,10 @@ pub enum Verdict {
 pub struct NonFiniteGuard {
     limit: u32,
     consecutive: u32,
+    /// With [`NonFiniteGuard::with_divergence`]: a finite loss above this
+    /// many times the first applied step's (floored at 1) is a bad step too.
+    divergence_factor: Option<f32>,
+    first_loss: Option<f32>,
 }
 
 impl NonFiniteGuard {
@@ -25,6 +29,24 @@ impl NonFiniteGuard {
         Self {
             limit: limit.max(1),
             consecutive: 0,
+            divergence_factor: None,
+            first_loss: None,
+        }
+    }
+
+    /// Also treats a loss above `factor` x max(first loss, 1) as bad: a run
+    /// at a far too high learning rate climbs to 1e13 without ever
+    /// reaching NaN, and must not be saved as if it had trained.
+    pub fn with_divergence(mut self, factor: f32) -> Self {
+        self.divergence_factor = Some(factor);
+        self
+    }
+
+    /// Whether `loss` is finite but diverged (see [`Self::with_divergence`]).
+    pub fn diverged(&self, loss: f32) -> bool {
+        match (self.divergence_factor, self.first_loss) {
+            (Some(k), Some(first)) => loss.is_finite() && loss > k * first.abs().max(1.0),
+            _ => false,
         }
     }
 
@@ -38,7 +60,10 @@ impl NonFiniteGuard {
     }
 
     pub fn check(&mut self, loss: f32, grad_norm: f32) -> Verdict {
-        if loss.is_finite() && grad_norm.is_finite() {
+        if loss.is_finite() && grad_norm.is_finite() && !self.diverged(loss) {
+            if self.first_loss.is_none() {
+                self.first_loss = Some(loss);
+            }
             self.consecutive = 0;
             return Verdict::Apply;
         }
@@ -77,5 +102,22 @@ mod tests {
             Verdict::Skip { consecutive: 2 }
         );
         assert_eq!(g.check(f32::NAN, 1.0), Verdict::Stop { limit: 3 });
+    }
+
+    #[test]
+    fn a_diverging_finite_loss_is_a_bad_step_only_when_asked() {
+        let mut plain = NonFiniteGuard::new(2);
+        assert_eq!(plain.check(5.9, 1.0), Verdict::Apply);
+        assert_eq!(plain.check(1.6e13, 1.0), Verdict::Apply);
+        let mut g = NonFiniteGuard::new(2).with_divergence(100.0);
+        assert_eq!(g.check(5.9, 1.0), Verdict::Apply);
+        assert_eq!(g.check(500.0, 1.0), Verdict::Apply, "below 100 x 5.9");
+        assert!(g.diverged(1.6e13) && !g.diverged(f32::NAN));
+        assert_eq!(g.check(1.6e13, 1.0), Verdict::Skip { consecutive: 1 });
+        assert_eq!(g.check(2e13, 1.0), Verdict::Stop { limit: 2 });
+        // The floor: a first loss of 0.01 still allows losses up to 100.
+        let mut small = NonFiniteGuard::new(2).with_divergence(100.0);
+        assert_eq!(small.check(0.01, 1.0), Verdict::Apply);
+        assert_eq!(small.check(50.0, 1.0), Verdict::Apply);
     }
 }

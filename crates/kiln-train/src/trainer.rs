@@ -68,6 +68,10 @@ pub struct Trainer {
     stats: StepStats,
     /// f16 only: the dynamic loss scale.
     scaler: Option<LossScaler>,
+    /// Complete checkpoints kept (0 = all); see [`Trainer::set_keep_last`].
+    keep_last: usize,
+    /// The run directory's exclusive lock, held for the trainer's life.
+    _lock: kiln_stdx::lock::DirLock,
 }
 
 /// The step-stats block on the backend (`kiln_abi::stats`): the loss, the
@@ -84,6 +88,36 @@ impl StepStats {
         let loss_slot = be.view_of(block, STAT_LOSS, 1)?;
         Ok(StepStats { block, loss_slot })
     }
+}
+
+/// Takes `run_dir`'s exclusive lock (a second run into it is refused with
+/// the holder's PID) and removes what killed runs left there.
+fn claim_run_dir(run_dir: &Path) -> Result<kiln_stdx::lock::DirLock, TrainError> {
+    kiln_stdx::lock::DirLock::claim(run_dir).map_err(|e| TrainError::RunDir {
+        path: run_dir.to_path_buf(),
+        problem: e.to_string(),
+    })
+}
+
+/// Refuses a run that would reach a step whose `step_*` directory exists
+/// but misses a file (in `after+1..=until`): it could neither be resumed
+/// from nor rewritten.
+fn refuse_incomplete_checkpoints(run_dir: &Path, after: u64, until: u64) -> Result<(), TrainError> {
+    let bad = checkpoint::incomplete_checkpoints(run_dir)?;
+    let Some((step, dir)) = bad.into_iter().find(|(s, _)| *s > after && *s <= until) else {
+        return Ok(());
+    };
+    Err(TrainError::RunDir {
+        path: run_dir.to_path_buf(),
+        problem: format!(
+            "{} (step {step}) is not a complete checkpoint (it lacks model.safetensors, \
+             config.json or {}), so it cannot be resumed from and this run would collide \
+             with it; remove it (rm -r {}) and rerun",
+            dir.display(),
+            checkpoint::STATE_FILE,
+            dir.display()
+        ),
+    })
 }
 
 impl Trainer {
@@ -107,11 +141,19 @@ impl Trainer {
                 ),
             });
         }
+        let lock = claim_run_dir(run_dir)?;
+        refuse_incomplete_checkpoints(run_dir, 0, config.steps)?;
         let loader = open_loader(data, &config)?;
         let model = match init {
             Init::Preset => {
-                let mut mc = GptConfig::preset(&config.model, config.vocab_size)?;
-                mc.max_seq_len = mc.max_seq_len.max(config.seq_len);
+                let mc = GptConfig::preset(&config.model, config.vocab_size)?;
+                if config.seq_len > mc.max_seq_len {
+                    return Err(TrainError::Config(format!(
+                        "--seq-len {} is longer than model {}'s {} positions; use --seq-len {} \
+                         or less, or a larger model",
+                        config.seq_len, config.model, mc.max_seq_len, mc.max_seq_len
+                    )));
+                }
                 Gpt::new(&mut be, mc, config.seed)?
             }
             Init::Checkpoint(dir) => {
@@ -146,6 +188,8 @@ impl Trainer {
             started: Instant::now(),
             last_checkpoint: None,
             stats,
+            keep_last: 0,
+            _lock: lock,
         })
     }
 
@@ -172,6 +216,8 @@ impl Trainer {
                 ckpt_dir.display()
             )));
         }
+        let lock = claim_run_dir(run_dir)?;
+        refuse_incomplete_checkpoints(run_dir, state.step, config.steps)?;
         let mut loader = open_loader(data, &config)?;
         loader.seek(&state.loader)?;
         let mut model = Gpt::load_pretrained(&mut be, ckpt_dir)?;
@@ -213,7 +259,15 @@ impl Trainer {
             started: Instant::now(),
             last_checkpoint: Some(ckpt_dir.to_path_buf()),
             stats,
+            keep_last: 0,
+            _lock: lock,
         })
+    }
+
+    /// Keep only the newest `n` complete checkpoints (0 keeps all): older
+    /// ones are removed after each new one is written.
+    pub fn set_keep_last(&mut self, n: usize) {
+        self.keep_last = n;
     }
 
     pub fn config(&self) -> &TrainConfig {
@@ -396,16 +450,18 @@ impl Trainer {
             param_names: self.model.params().iter().map(|p| p.name.clone()).collect(),
             loss_scaler: self.scaler,
         };
-        let moments = self.opt.export_state(&mut self.be)?;
         let dir = checkpoint::write_checkpoint(
             &mut self.be,
             &self.run_dir,
             &self.model,
             &state,
-            &moments,
+            &self.opt,
         )?;
         obs.on_checkpoint(self.step, &dir);
         self.last_checkpoint = Some(dir.clone());
+        if self.keep_last > 0 {
+            checkpoint::prune_checkpoints(&self.run_dir, self.keep_last)?;
+        }
         Ok(dir)
     }
 }

@@ -5,7 +5,11 @@
 //! document is preceded by `<|endoftext|>` (llm.c/nanoGPT convention), so
 //! documents are joined by it. Every k-th document (k = 1/val-fraction)
 //! goes to the held-out validation split. Shards are written atomically as
-//! `train_NNNNNN.bin` / `val_NNNNNN.bin`, plus `meta.json`.
+//! `train_NNNNNN.bin` / `val_NNNNNN.bin`, plus `meta.json`, written last:
+//! the completion marker. A run locks the output directory and first
+//! removes `meta.json` and every earlier `train_*`/`val_*` shard, so the
+//! directory holds one run's shards, and a killed run leaves no
+//! `meta.json` (pretrain refuses such a directory).
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -68,6 +72,7 @@ pub(crate) fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     }
     let mut out = Vec::new();
     for p in inputs {
+        kiln_data::curate::check_finished(p).map_err(anyhow::Error::msg)?;
         walk(p, &mut out)?;
     }
     if out.is_empty() {
@@ -220,6 +225,32 @@ impl ShardWriter {
     }
 }
 
+/// Removes `meta.json` (first: the directory reads as unfinished from then
+/// on) and the shards an earlier run wrote into `dir`.
+fn remove_earlier_outputs(dir: &Path) -> Result<()> {
+    let meta = dir.join("meta.json");
+    match std::fs::remove_file(&meta) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("{}: cannot remove", meta.display()))
+        }
+        _ => {}
+    }
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let shard =
+            ["train_", "val_"].iter().any(|p| name.starts_with(p)) && name.ends_with(".bin");
+        if shard {
+            std::fs::remove_file(&path).with_context(|| {
+                format!("{}: cannot remove an earlier run's shard", path.display())
+            })?;
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
     if args.shard_tokens == 0 {
         bail!("--shard-tokens must be positive");
@@ -239,8 +270,13 @@ pub fn run(args: Args) -> Result<()> {
         )
     })?;
     let files = collect_files(&args.input)?;
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("{}: cannot create", args.output.display()))?;
+    let _lock = kiln_stdx::lock::DirLock::claim(&args.output).with_context(|| {
+        format!(
+            "{}: cannot claim the output directory",
+            args.output.display()
+        )
+    })?;
+    remove_earlier_outputs(&args.output)?;
     let total: u64 = files
         .iter()
         .filter_map(|f| f.metadata().ok())

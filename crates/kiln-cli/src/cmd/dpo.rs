@@ -123,6 +123,7 @@ pub fn run_dpo(args: &Args) -> Result<DpoSummary> {
         OnBad::Error
     };
     let mut be = crate::backend::open(&args.backend, args.threads)?;
+    super::out_dir::check_finished_model(&args.model)?;
     let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let pairs = read_preferences(&args.data, on_bad)?;
@@ -136,8 +137,7 @@ pub fn run_dpo(args: &Args) -> Result<DpoSummary> {
     if let Some(report) = encoded.skip_report() {
         eprintln!("warning: {report}");
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    let _lock = super::out_dir::claim(&args.out)?;
     let (metrics_path, cache_path, model_out, summary_path) = out_paths(&args.out);
     let pad = policy.pad_id();
     let (refs, source) = if kind.uses_reference() {

@@ -1,5 +1,6 @@
 //! `kiln generate`: continue a prompt from a checkpoint (KV-cache sampling).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -57,8 +58,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("the prompt is empty; generation needs at least one token");
     }
+    check_sampling(&args)?;
     let mut be = crate::backend::open(&args.backend, args.threads)?;
     let mut model = Gpt::load_pretrained(&mut be, &args.checkpoint)?;
+    let room = model.config.max_seq_len.saturating_sub(prompt.len());
+    if args.max_new_tokens > room {
+        bail!(
+            "--max-new-tokens {}: the model has {} positions and the prompt takes {}, so at \
+             most {room} new tokens fit; ask for {room} or fewer",
+            args.max_new_tokens,
+            model.config.max_seq_len,
+            prompt.len()
+        );
+    }
     let opts = SampleOptions {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -69,12 +81,37 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let new = model.generate(&mut be, &prompt, &opts)?;
     let ids: Vec<String> = new.iter().map(|x| x.to_string()).collect();
-    println!("{}", ids.join(","));
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`kiln generate ... | head`) is an io error, which
+    // main turns into a quiet exit, never a panic.
+    writeln!(out, "{}", ids.join(","))?;
     if let Some(tok) = &tokenizer {
         let text = tok
             .decode_lossy(&new)
             .context("decoding the generated ids")?;
-        println!("{text}");
+        writeln!(out, "{text}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Refuses sampling settings that cannot mean anything (instead of
+/// sampling with them silently).
+fn check_sampling(args: &Args) -> anyhow::Result<()> {
+    let t = args.temperature;
+    if !(t.is_finite() && t >= 0.0) {
+        bail!("--temperature {t}: must be a finite number >= 0 (0 = greedy)");
+    }
+    if let Some(p) = args.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            bail!("--top-p {p}: must be in (0, 1] (1 keeps every token)");
+        }
+    }
+    if args.top_k == Some(0) {
+        bail!("--top-k 0: must be at least 1 (leave it out to keep every token)");
+    }
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens 0: ask for at least one token");
     }
     Ok(())
 }

@@ -158,6 +158,12 @@ pub fn run(args: Args) -> Result<()> {
 pub fn run_grpo(args: &Args) -> Result<RlSummary> {
     let cfg = config_of(args)?;
     let mut be = crate::backend::open(&args.backend, args.threads)?;
+    for dir in [Some(&args.policy), args.reward.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        super::out_dir::check_finished_model(dir)?;
+    }
     let load = |be: &mut _| {
         Policy::load(be, &args.policy, None)
             .with_context(|| format!("loading policy {}", args.policy.display()))
@@ -187,7 +193,7 @@ pub fn run_grpo(args: &Args) -> Result<RlSummary> {
         None => Scorer::Program(&judge_fn),
     };
 
-    let mut metrics = open_metrics(&args.out)?;
+    let (_lock, mut metrics) = open_metrics(&args.out)?;
     eprintln!(
         "grpo: {} prompts, {} iterations of {} prompts x {} replies, max_new_tokens {}, \
          beta {}, lr {}, scores from {}",

@@ -7,6 +7,7 @@ pub mod dpo;
 pub mod eval;
 pub mod generate;
 pub mod grpo;
+pub mod out_dir;
 pub mod pipeline;
 pub mod plugins;
 pub mod ppo;

@@ -118,11 +118,26 @@ fn test(spec: &str, options: &str, out: &mut impl Write) -> anyhow::Result<()> {
     }
 }
 
-/// Loads `path`, saying so first (plugins are code).
+/// Loads `path`, saying so first (plugins are code). A relative path is
+/// resolved against the working directory and loaded by its absolute
+/// name: dlopen given a bare `libfoo.so` would search the system library
+/// path and could load some other library than the one printed.
 fn load(path: &Path, out: &mut impl Write) -> anyhow::Result<LoadedBackendPlugin> {
-    let shown = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    writeln!(out, "loading code from {}", shown.display())?;
-    Ok(load_backend_plugin(path)?)
+    let absolute = std::path::absolute(path)
+        .with_context(|| format!("plugin {}: cannot resolve the path", path.display()))?;
+    let resolved = absolute.canonicalize().map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            _ => e.to_string(),
+        };
+        anyhow!(
+            "plugin {}: {why} (looked for {}, relative paths start at the working directory)",
+            path.display(),
+            absolute.display()
+        )
+    })?;
+    writeln!(out, "loading code from {}", resolved.display())?;
+    Ok(load_backend_plugin(&resolved)?)
 }
 
 fn describe_backend(be: &mut BackendBox) -> String {

@@ -176,11 +176,13 @@ pub fn load_prompts(
     Ok(encoded.items)
 }
 
-/// Opens OUT/metrics.jsonl and returns the per-record callback's state.
-pub fn open_metrics(out: &std::path::Path) -> Result<MetricsLog> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+/// Claims OUT ([`super::out_dir::claim`]: hold the lock until the run ends)
+/// and opens OUT/metrics.jsonl.
+pub fn open_metrics(out: &std::path::Path) -> Result<(kiln_stdx::lock::DirLock, MetricsLog)> {
+    let lock = super::out_dir::claim(out)?;
     let path = out.join("metrics.jsonl");
-    MetricsLog::create(&path).with_context(|| format!("creating {}", path.display()))
+    let log = MetricsLog::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok((lock, log))
 }
 
 /// Writes OUT/summary.json.
@@ -194,6 +196,16 @@ pub fn write_summary(out: &std::path::Path, summary: &RlSummary) -> Result<()> {
 pub fn run_ppo(args: &Args) -> Result<RlSummary> {
     let cfg = config_of(args)?;
     let mut be = crate::backend::open(&args.backend, args.threads)?;
+    for dir in [
+        Some(&args.policy),
+        args.reference.as_ref(),
+        Some(&args.reward),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        super::out_dir::check_finished_model(dir)?;
+    }
     let load = |be: &mut _, dir: &std::path::Path| {
         Policy::load(be, dir, None).with_context(|| format!("loading policy {}", dir.display()))
     };
@@ -225,7 +237,7 @@ pub fn run_ppo(args: &Args) -> Result<RlSummary> {
         let prompts = load_prompts(&args.prompts, &policy, max_new, args.skip_bad)?;
         (prompts, Vec::new())
     };
-    let mut metrics = open_metrics(&args.out)?;
+    let (_lock, mut metrics) = open_metrics(&args.out)?;
     eprintln!(
         "ppo: {} prompts, {} iterations of {} episodes ({} epochs, minibatch {}), \
          max_new_tokens {}, kl_coef {}{}, lr {} / value {}",

@@ -6,16 +6,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use kiln_model::{GptConfig, SampleOptions};
 use kiln_train::checkpoint::{latest_checkpoint, read_training_state};
-use kiln_train::loader::TokenSource;
+use kiln_train::loader::{is_val_name, shards_of, TokenSource};
 use kiln_train::progress::Progress;
 use kiln_train::{Init, TrainConfig, Trainer};
 use serde::Deserialize;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A .bin token shard, or a directory of them.
+    /// A .bin token shard, or a directory of them: its training shards are
+    /// trained on, its validation shards (`val` in the name, or meta.json's)
+    /// give the held-out loss at the end.
     #[arg(long)]
     data: PathBuf,
+    /// Allow --data to be a file named as validation data (`val.bin`, ...).
+    #[arg(long)]
+    train_on_val: bool,
     /// Run directory (metrics.jsonl, checkpoints/).
     #[arg(long)]
     out: PathBuf,
@@ -32,6 +37,10 @@ pub struct Args {
     /// Continue from the newest complete checkpoint in --out.
     #[arg(long)]
     resume: bool,
+    /// Keep only the newest N checkpoints (the newest complete one always
+    /// stays); older ones are removed as new ones are written. 0 keeps all.
+    #[arg(long, default_value_t = 0)]
+    keep_last: usize,
 }
 
 /// Settings a flag or the TOML file can give (the file's keys are these
@@ -181,6 +190,13 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         None => Settings::default(),
     };
     let settings = file.overridden_by(std::mem::take(&mut args.settings));
+    if args.data.is_file() && is_val_name(&args.data) && !args.train_on_val {
+        bail!(
+            "--data {}: the file is named as validation data; training on it leaves nothing \
+             held out. Pass the training shard (or the directory), or --train-on-val if you mean it",
+            args.data.display()
+        );
+    }
     let threads = settings.threads;
     let be = crate::backend::open(&args.backend, threads)?;
 
@@ -215,6 +231,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         }
     };
 
+    trainer.set_keep_last(args.keep_last);
     let c = trainer.config().clone();
     eprintln!(
         "pretrain: model {} (vocab {}), {} steps of {} x {} tokens x {} micro-batches, lr {} -> {}, run dir {}",
@@ -244,7 +261,27 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             .map(|p| p.display().to_string())
             .unwrap_or_default()
     );
+    print_held_out(&mut trainer, &args.data);
     print_samples(&mut trainer, &args.data)
+}
+
+/// The held-out loss on a data directory's validation shards, if it has any.
+fn print_held_out(trainer: &mut Trainer, data: &Path) {
+    if !data.is_dir() || shards_of(data).map_or(true, |(_, val)| val.is_empty()) {
+        return;
+    }
+    let (seq_len, batch) = (trainer.config().seq_len, trainer.config().batch_size);
+    let (model, be) = trainer.model_mut();
+    match kiln_train::eval::evaluate(be, model, data, seq_len, batch) {
+        Ok(r) => println!(
+            "held-out: loss {:.4}, ppl {:.2} over {} tokens of {}'s validation shards",
+            r.loss,
+            r.ppl,
+            r.tokens,
+            data.display()
+        ),
+        Err(e) => eprintln!("note: no held-out loss: {e}"),
+    }
 }
 
 /// The config of a new run: defaults of the model, then the file, then flags.

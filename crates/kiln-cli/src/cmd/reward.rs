@@ -1,7 +1,8 @@
 //! `kiln reward`: trains a reward model (transformer + scalar head read at
 //! the last token) on preference pairs with the Bradley-Terry loss. Writes
-//! OUT/metrics.jsonl, OUT/summary.json and OUT/model/ (model, tokenizer.json,
-//! score_head.safetensors), the input of PPO's reward and value models.
+//! OUT/metrics.jsonl, OUT/summary.json and OUT/model/ (a transformers
+//! `GPT2ForSequenceClassification` with its tokenizer files), the input of
+//! PPO's reward and value models.
 
 use std::path::PathBuf;
 
@@ -114,6 +115,7 @@ pub fn run(args: Args) -> Result<()> {
 /// one (its score head kept), else a fresh head on `--model`'s policy.
 fn load_start(be: &mut kiln_abi::BackendBox, args: &Args, seed: u64) -> Result<RewardModel> {
     let context = || format!("loading model {}", args.model.display());
+    super::out_dir::check_finished_model(&args.model)?;
     if RewardModel::is_saved_in(&args.model) {
         eprintln!(
             "reward: {} is a reward model: training continues from it",
@@ -160,8 +162,7 @@ pub fn run_reward(args: &Args) -> Result<RewardSummary> {
     if train.is_empty() {
         bail!("{}: no pairs left to train on", args.data.display());
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    let _lock = super::out_dir::claim(&args.out)?;
     let metrics_path = args.out.join("metrics.jsonl");
     let mut metrics = MetricsLog::create(&metrics_path)
         .with_context(|| format!("creating {}", metrics_path.display()))?;

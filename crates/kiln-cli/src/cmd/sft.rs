@@ -149,6 +149,7 @@ fn sft_with(args: &Args, packing: bool) -> Result<SftSummary> {
         OnBad::Error
     };
     let mut be = crate::backend::open(&args.backend, args.threads)?;
+    super::out_dir::check_finished_model(&args.model)?;
     let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let chats = read_chats(&args.data, on_bad)?;
@@ -166,8 +167,7 @@ fn sft_with(args: &Args, packing: bool) -> Result<SftSummary> {
     if train.is_empty() {
         bail!("{}: no chats left to train on", args.data.display());
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    let _lock = super::out_dir::claim(&args.out)?;
     let metrics_path = args.out.join("metrics.jsonl");
     let mut metrics = MetricsLog::create(&metrics_path)
         .with_context(|| format!("creating {}", metrics_path.display()))?;

@@ -63,7 +63,15 @@ pub struct EncodeArgs {
     /// Special-token text in the input: special (emit the id), text, or error.
     #[arg(long, default_value = "special")]
     pub specials: String,
+    /// Threads (default: all cores). The text is cut where the pre-tokenizer
+    /// splits anyway, so the ids are those of one thread.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
+
+/// Pieces of the input encoded in parallel (large enough to keep each
+/// thread busy, small enough to balance the last ones).
+const CHUNK_BYTES: usize = 256 << 10;
 
 #[derive(clap::Args)]
 pub struct DecodeArgs {
@@ -219,22 +227,60 @@ fn encode(a: EncodeArgs) -> Result<()> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    let ids = tok.encode(&text, &SpecialPolicy::uniform(mode))?;
+    let policy = SpecialPolicy::uniform(mode);
+    let ids = match a.threads {
+        // One thread: no cutting, no pool.
+        Some(1) => tok.encode(&text, &policy)?,
+        threads => {
+            let mut pool = rayon::ThreadPoolBuilder::new();
+            if let Some(n) = threads {
+                pool = pool.num_threads(n);
+            }
+            let pool = pool.build().context("starting the encoding threads")?;
+            pool.install(|| tok.encode_parallel(&text, &policy, CHUNK_BYTES))?
+        }
+    };
+    drop(text);
     match &a.output {
         Some(p) if is_bin(p) => {
             kiln_data::shard::write_shard(p, &ids)?;
             eprintln!("{} tokens -> {}", ids.len(), p.display());
         }
-        out => {
-            let s = if a.json {
-                serde_json::to_string(&ids)?
-            } else {
-                ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
-            };
-            write_output(out, format!("{s}\n").as_bytes())?;
-        }
+        out => write_output(out, &ids_text(&ids, a.json))?,
     }
     Ok(())
+}
+
+/// `[1,2,3]` or `1 2 3`, then a newline, formatted straight into one
+/// buffer (a String per id cost more than the encoding of short ids).
+fn ids_text(ids: &[u32], json: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() * 7 + 3);
+    if json {
+        out.push(b'[');
+    }
+    let sep = if json { b',' } else { b' ' };
+    let mut digits = [0u8; 10];
+    for (i, &id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(sep);
+        }
+        let mut n = id;
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
+    }
+    if json {
+        out.push(b']');
+    }
+    out.push(b'\n');
+    out
 }
 
 fn decode(a: DecodeArgs) -> Result<()> {
@@ -299,4 +345,21 @@ fn info(a: InfoArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ids_text;
+
+    #[test]
+    fn ids_print_as_json_and_as_plain_text() {
+        let ids = [0, 7, 10, 4_294_967_295, 100_257];
+        assert_eq!(
+            ids_text(&ids, true),
+            format!("{}\n", serde_json::to_string(&ids).unwrap()).into_bytes()
+        );
+        assert_eq!(ids_text(&ids, false), b"0 7 10 4294967295 100257\n");
+        assert_eq!(ids_text(&[], true), b"[]\n");
+        assert_eq!(ids_text(&[], false), b"\n");
+    }
 }

@@ -3,6 +3,8 @@
 //! with their rule so they can be reported.
 
 use super::Rejection;
+use crate::words::spacy::tables;
+use crate::words::{py_len, py_split, py_splitlines, py_strip};
 use serde::Deserialize;
 
 const NAME: &str = "c4";
@@ -72,8 +74,8 @@ impl C4 {
         let mut kept: Vec<String> = Vec::new();
         let mut removed = Vec::new();
         let mut sentences = 0usize;
-        for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim();
+        for (i, raw) in py_splitlines(text).into_iter().enumerate() {
+            let line = py_strip(raw);
             let mut drop = |rule| {
                 removed.push(RemovedLine {
                     line: i + 1,
@@ -81,11 +83,8 @@ impl C4 {
                     text: raw.to_string(),
                 })
             };
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if words
-                .iter()
-                .any(|w| w.chars().count() > self.max_word_length)
-            {
+            let words: Vec<&str> = py_split(line).collect();
+            if words.iter().any(|w| py_len(w) > self.max_word_length) {
                 drop("max_word_length");
                 continue;
             }
@@ -120,7 +119,7 @@ impl C4 {
                 drop("policy");
                 continue;
             }
-            sentences += count_sentences(line);
+            sentences += crate::words::count_sentences(line);
             kept.push(line.to_string());
         }
         if sentences < self.min_num_sentences {
@@ -138,70 +137,22 @@ impl C4 {
     }
 }
 
-/// Removes `[12]`, `[]`, `[edit]`, `[citation needed]` (Wikipedia residue).
+/// Removes `[12]`, `[]`, `[edit]`, `[citation needed]` (Wikipedia residue):
+/// datatrove's `CITATION_REGEX.sub("", line)`, digits being Unicode's.
 pub fn remove_citations(line: &str) -> String {
     if !line.contains('[') {
         return line.to_string();
     }
+    let t = tables();
+    let chars: Vec<char> = line.chars().collect();
     let mut out = String::with_capacity(line.len());
-    let mut rest = line;
-    while let Some(i) = rest.find('[') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let close = after.find(']');
-        let inner = close.map(|c| &after[..c]);
-        match inner {
-            Some(s)
-                if s.bytes().all(|b| b.is_ascii_digit())
-                    || s == "edit"
-                    || s == "citation needed" =>
-            {
-                rest = &after[close.unwrap() + 1..];
-            }
-            _ => {
-                out.push('[');
-                rest = after;
-            }
-        }
+    let mut pos = 0;
+    for (a, b) in t.citation.find_iter(t.sets(), &chars) {
+        out.extend(&chars[pos..a]);
+        pos = b;
     }
-    out.push_str(rest);
+    out.extend(&chars[pos..]);
     out
-}
-
-/// Sentences in a line, approximating spaCy's rule-based sentencizer: a run
-/// of `.`, `!` or `?` (optionally followed by closing quotes/brackets) ends a
-/// sentence when whitespace or the line end follows it; text after the last
-/// terminator is one more sentence. Every non-empty line has at least one.
-pub fn count_sentences(line: &str) -> usize {
-    let b = line.as_bytes();
-    let mut n = 0;
-    let mut i = 0;
-    let mut tail_has_text = false;
-    while i < b.len() {
-        if matches!(b[i], b'.' | b'!' | b'?') {
-            let mut j = i;
-            while j < b.len() && matches!(b[j], b'.' | b'!' | b'?') {
-                j += 1;
-            }
-            while j < b.len() && matches!(b[j], b'"' | b'\'' | b')' | b']') {
-                j += 1;
-            }
-            if (j == b.len() || b[j].is_ascii_whitespace()) && tail_has_text {
-                n += 1;
-                tail_has_text = false;
-            }
-            i = j;
-            continue;
-        }
-        if !b[i].is_ascii_whitespace() {
-            tail_has_text = true;
-        }
-        i += 1;
-    }
-    if tail_has_text {
-        n += 1;
-    }
-    n
 }
 
 #[cfg(test)]
@@ -220,12 +171,15 @@ mod tests {
     const GOOD: &str = "This is a sentence that ends well.";
 
     #[test]
-    fn sentence_counting() {
-        assert_eq!(count_sentences("One. Two! Three?"), 3);
-        assert_eq!(count_sentences("No terminator here"), 1);
-        assert_eq!(count_sentences("He said \"go.\" Then left"), 2);
-        assert_eq!(count_sentences("3.5 is a number."), 1);
-        assert_eq!(count_sentences("Wait... what?"), 2);
+    fn citations_as_datatrove_removes_them() {
+        assert_eq!(
+            remove_citations("a[1] b[] c[edit] d[citation needed] e[x]"),
+            "a b c d e[x]"
+        );
+        assert_eq!(
+            remove_citations("Arabic digits[\u{663}]."),
+            "Arabic digits."
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `FineWebQualityFilter`, HEAD semantics: blank lines ignored).
 
 use super::{ratio, Rejection};
+use crate::words::{is_terminal_punct, py_len, py_strip};
 use serde::Deserialize;
 use std::collections::HashSet;
 
@@ -35,50 +36,19 @@ impl Default for FineWeb {
     }
 }
 
-/// Terminal punctuation (a subset of datatrove's TERMINAL_PUNCTUATION: the
-/// marks seen in Latin, Greek, Cyrillic, CJK, Arabic and Devanagari text).
-pub fn is_terminal_punct(c: char) -> bool {
-    matches!(
-        c,
-        '.' | '!'
-            | '?'
-            | '։'
-            | '؟'
-            | '۔'
-            | '।'
-            | '॥'
-            | '။'
-            | '።'
-            | '፧'
-            | '፨'
-            | '᙮'
-            | '‼'
-            | '‽'
-            | '⁇'
-            | '⁈'
-            | '⁉'
-            | '。'
-            | '！'
-            | '？'
-            | '．'
-            | '｡'
-            | '︒'
-            | '﹒'
-            | '﹖'
-            | '﹗'
-    )
-}
-
 impl FineWeb {
     pub fn check(&self, text: &str, n_words: usize) -> Option<Rejection> {
         let r = |rule, v, t| Some(Rejection::new(NAME, rule, v, t));
-        let lines: Vec<&str> = text.split('\n').filter(|l| !l.trim().is_empty()).collect();
+        let lines: Vec<&str> = text
+            .split('\n')
+            .filter(|l| !py_strip(l).is_empty())
+            .collect();
         if lines.is_empty() {
             return r("empty", 0.0, 1.0);
         }
         let punct = lines
             .iter()
-            .filter(|l| l.trim_end().ends_with(is_terminal_punct))
+            .filter(|l| l.ends_with(is_terminal_punct))
             .count();
         let f = ratio(punct, lines.len());
         if f < self.line_punct_thr {
@@ -86,7 +56,7 @@ impl FineWeb {
         }
         let short = lines
             .iter()
-            .filter(|l| l.chars().count() <= self.short_line_length)
+            .filter(|l| py_len(l) <= self.short_line_length)
             .count();
         let f = ratio(short, lines.len());
         if f > self.short_line_thr {
@@ -96,7 +66,7 @@ impl FineWeb {
         let dup_chars: usize = lines
             .iter()
             .filter(|l| !seen.insert(**l))
-            .map(|l| l.chars().count())
+            .map(|l| py_len(l))
             .sum();
         let non_nl = text.chars().filter(|&c| c != '\n').count();
         let f = ratio(dup_chars, non_nl);

@@ -2,7 +2,7 @@
 //! `GopherQualityFilter`, HEAD semantics: distinct stop words).
 
 use super::{ratio, Rejection};
-use crate::words::is_symbol_token;
+use crate::words::{is_alpha, is_space, is_symbol_token, py_len, py_splitlines};
 use serde::Deserialize;
 
 const NAME: &str = "gopher_quality";
@@ -54,7 +54,7 @@ impl GopherQuality {
         let mut content_chars = 0usize;
         for w in words.iter().filter(|w| !is_symbol_token(w)) {
             n_content += 1;
-            content_chars += w.chars().count();
+            content_chars += py_len(w);
         }
         let r = |rule, v, t| Some(Rejection::new(NAME, rule, v, t));
         if n_content < self.min_doc_words {
@@ -82,13 +82,13 @@ impl GopherQuality {
             return r("too_many_ellipsis", ellipses, self.max_symbol_word_ratio);
         }
         let (mut n_lines, mut bullets, mut end_ellipsis) = (0usize, 0usize, 0usize);
-        for line in text.lines() {
+        for line in py_splitlines(text) {
             n_lines += 1;
-            let l = line.trim_start();
+            let l = line.trim_start_matches(is_space);
             if l.starts_with('•') || l.starts_with('-') {
                 bullets += 1;
             }
-            let l = line.trim_end();
+            let l = line.trim_end_matches(is_space);
             if l.ends_with("...") || l.ends_with('…') {
                 end_ellipsis += 1;
             }
@@ -102,10 +102,7 @@ impl GopherQuality {
             return r("too_many_end_ellipsis", e, self.max_ellipsis_lines_ratio);
         }
         let alpha = ratio(
-            words
-                .iter()
-                .filter(|w| w.chars().any(char::is_alphabetic))
-                .count(),
+            words.iter().filter(|w| w.chars().any(is_alpha)).count(),
             n_words,
         );
         if alpha < self.min_alpha_words_ratio {

@@ -4,7 +4,9 @@
 
 use super::{ratio, Rejection};
 use crate::fxhash::{mix_ids, FxHashMap, FxHashSet};
+use crate::words::{py_len, py_strip};
 use serde::Deserialize;
+use xxhash_rust::xxh3::xxh3_128;
 
 const NAME: &str = "gopher_repetition";
 
@@ -51,7 +53,7 @@ pub fn find_duplicates<'a>(elements: impl Iterator<Item = &'a str>) -> (usize, u
     for e in elements {
         if !seen.insert(e) {
             n += 1;
-            chars += e.chars().count();
+            chars += py_len(e);
         }
     }
     (n, chars)
@@ -72,11 +74,7 @@ impl WordIds {
         for w in words {
             let next = map.len() as u32;
             ids.push(*map.entry(w).or_insert(next));
-            lens.push(if w.is_ascii() {
-                w.len()
-            } else {
-                w.chars().count()
-            } as u32);
+            lens.push(py_len(w) as u32);
         }
         WordIds { ids, lens }
     }
@@ -109,20 +107,23 @@ impl WordIds {
     }
 
     /// Characters in duplicated n-grams (datatrove's `find_all_duplicate`):
-    /// slide over the words; an n-gram seen before adds its characters (words
-    /// joined without spaces) and skips ahead n words. n-grams are compared
-    /// word by word (datatrove compares the joined strings, so it also treats
-    /// "ab c" and "a bc" as equal; that case is vanishingly rare).
-    pub fn duplicated_ngram_chars(&self, n: usize) -> usize {
+    /// slide over the words; an n-gram seen before adds its characters and
+    /// skips ahead n words. As in datatrove an n-gram is its words joined
+    /// without spaces, so "ab c" and "a bc" are the same n-gram (compared
+    /// by a 128-bit hash of the joined text).
+    pub fn duplicated_ngram_chars(&self, words: &[&str], n: usize) -> usize {
         if n == 0 {
             return 0;
         }
-        let mut seen: FxHashSet<u64> = FxHashSet::default();
-        seen.reserve(self.ids.len());
+        let mut seen: FxHashSet<u128> = FxHashSet::default();
+        seen.reserve(words.len());
+        let mut buf = String::new();
         let mut total = 0;
         let mut i = 0;
-        while i + n <= self.ids.len() {
-            if !seen.insert(mix_ids(&self.ids[i..i + n])) {
+        while i + n <= words.len() {
+            buf.clear();
+            words[i..i + n].iter().for_each(|w| buf.push_str(w));
+            if !seen.insert(xxh3_128(buf.as_bytes())) {
                 total += self.chars(i, n);
                 i += n;
             } else {
@@ -140,12 +141,12 @@ pub fn top_ngram_chars(words: &[&str], n: usize) -> usize {
 
 /// [`WordIds::duplicated_ngram_chars`] on words.
 pub fn duplicated_ngram_chars(words: &[&str], n: usize) -> usize {
-    WordIds::new(words).duplicated_ngram_chars(n)
+    WordIds::new(words).duplicated_ngram_chars(words, n)
 }
 
 /// Paragraphs: `re.split(r"\n{2,}", text.strip())`.
 fn paragraphs(text: &str) -> impl Iterator<Item = &str> {
-    let t = text.trim();
+    let t = py_strip(text);
     let mut rest = t;
     let mut done = t.is_empty();
     std::iter::from_fn(move || {
@@ -181,7 +182,7 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
 
 impl GopherRepetition {
     pub fn check(&self, text: &str, words: &[&str]) -> Option<Rejection> {
-        let text_chars = text.chars().count();
+        let text_chars = py_len(text);
         let r = |rule, v, t| Some(Rejection::new(NAME, rule, v, t));
         let n_para = paragraphs(text).count();
         let (dp, dpc) = find_duplicates(paragraphs(text));
@@ -211,7 +212,7 @@ impl GopherRepetition {
             }
         }
         for &(n, thr) in &self.dup_n_grams {
-            let f = ratio(ids.duplicated_ngram_chars(n), text_chars);
+            let f = ratio(ids.duplicated_ngram_chars(words, n), text_chars);
             if f > thr {
                 return r(dup_rule(n), f, thr);
             }

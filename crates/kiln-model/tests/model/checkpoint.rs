@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use kiln_model::{Gpt, GptConfig};
+use kiln_model::{Gpt, GptConfig, HfExtras, SpecialTokenIds};
 use safetensors::SafeTensors;
 
 use crate::{backend, perturbed_model, tiny_config, tokens};
@@ -251,4 +251,161 @@ proptest::proptest! {
         loaded.forward(&mut be, &x, None, 1, positions).unwrap();
         proptest::prop_assert_eq!(gpt.logits(&mut be).unwrap(), loaded.logits(&mut be).unwrap());
     }
+}
+
+fn json_of(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn special_token_ids_are_written_and_read_back() {
+    let mut be = backend();
+    let gpt = perturbed_model(&mut be, tiny_config(), 1);
+    let root = tempfile::tempdir().unwrap();
+    // Without a tokenizer nothing is known: null, never GPT-2's 50256.
+    let bare = root.path().join("bare");
+    gpt.save_pretrained(&mut be, &bare).unwrap();
+    let config = json_of(&bare.join("config.json"));
+    for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        assert!(config[key].is_null(), "{key}: {config}");
+    }
+    assert!(json_of(&bare.join("generation_config.json"))["eos_token_id"].is_null());
+    let loaded = Gpt::load_pretrained_with(&mut be, &bare, &[]).unwrap();
+    assert_eq!(loaded.special, SpecialTokenIds::default());
+
+    // With them: config.json has the model's eos, generation_config.json
+    // every stop id; reading gives them back.
+    let special = SpecialTokenIds {
+        bos: Some(3),
+        eos: vec![7, 3],
+        pad: Some(3),
+    };
+    let dir = root.path().join("chat");
+    let extras = HfExtras {
+        special: special.clone(),
+        files: vec![("note.txt".into(), b"kept".to_vec())],
+        ..HfExtras::default()
+    };
+    gpt.save_pretrained_with(&mut be, &dir, &extras).unwrap();
+    let config = json_of(&dir.join("config.json"));
+    assert_eq!(
+        (
+            &config["bos_token_id"],
+            &config["eos_token_id"],
+            &config["pad_token_id"]
+        ),
+        (&3.into(), &7.into(), &3.into())
+    );
+    let generation = json_of(&dir.join("generation_config.json"));
+    assert_eq!(generation["eos_token_id"], serde_json::json!([7, 3]));
+    assert_eq!(generation["pad_token_id"], 3);
+    assert_eq!(std::fs::read(dir.join("note.txt")).unwrap(), b"kept");
+    let loaded = Gpt::load_pretrained_with(&mut be, &dir, &[]).unwrap();
+    assert_eq!(loaded.special, special);
+    // transformers' own files (the fixture was written by save_pretrained)
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gpt2_tiny/model");
+    let loaded = Gpt::load_pretrained_with(&mut be, &hf, &[]).unwrap();
+    assert_eq!(loaded.special.eos, vec![0]);
+
+    // Saving ids the vocabulary does not have is refused too.
+    let bad = HfExtras {
+        special: SpecialTokenIds {
+            eos: vec![29],
+            ..SpecialTokenIds::default()
+        },
+        ..HfExtras::default()
+    };
+    let e = gpt
+        .save_pretrained_with(&mut be, &root.path().join("bad"), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("eos_token_id") && e.contains("29"), "{e}");
+}
+
+#[test]
+fn ids_outside_the_vocabulary_are_an_error_naming_the_file_and_key() {
+    let dir = saved(tiny_config()); // vocab 29
+    let edit = |file: &str, key: &str, v: serde_json::Value| {
+        let p = dir.path().join(file);
+        let mut j = json_of(&p);
+        j[key] = v;
+        std::fs::write(&p, serde_json::to_vec(&j).unwrap()).unwrap();
+    };
+    // GPT-2's default in a small vocabulary: what transformers warns about.
+    edit("config.json", "bos_token_id", 50256.into());
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("config.json")
+            && e.contains("\"bos_token_id\" is 50256")
+            && e.contains("29 tokens"),
+        "{e}"
+    );
+    edit("config.json", "bos_token_id", serde_json::Value::Null);
+    edit(
+        "generation_config.json",
+        "eos_token_id",
+        serde_json::json!([1, 40]),
+    );
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("generation_config.json") && e.contains("\"eos_token_id\" is 40"),
+        "{e}"
+    );
+    edit("generation_config.json", "eos_token_id", "two".into());
+    let e = load_err(dir.path());
+    assert!(e.contains("\"eos_token_id\" must be a token id"), "{e}");
+    edit(
+        "generation_config.json",
+        "eos_token_id",
+        serde_json::json!([1, 2]),
+    );
+    let mut be = backend();
+    let ok = Gpt::load_pretrained_with(&mut be, dir.path(), &[]).unwrap();
+    assert_eq!(ok.special.eos, vec![1, 2]);
+}
+
+#[test]
+fn extra_tensors_round_trip_and_others_are_still_refused() {
+    let mut be = backend();
+    let cfg = tiny_config();
+    let gpt = perturbed_model(&mut be, cfg.clone(), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let head: Vec<f32> = (0..cfg.n_embd).map(|i| i as f32 * 0.5).collect();
+    let ln_f_bias: Vec<f32> = vec![0.25; cfg.n_embd];
+    let extras = HfExtras {
+        architecture: Some("GPT2ForSequenceClassification".into()),
+        config: serde_json::json!({"num_labels": 1})
+            .as_object()
+            .unwrap()
+            .clone(),
+        tensors: vec![("score.weight".into(), vec![1, cfg.n_embd], head.clone())],
+        param_overrides: vec![("transformer.ln_f.bias".into(), ln_f_bias.clone())],
+        ..HfExtras::default()
+    };
+    gpt.save_pretrained_with(&mut be, dir.path(), &extras)
+        .unwrap();
+    let config = json_of(&dir.path().join("config.json"));
+    assert_eq!(config["architectures"][0], "GPT2ForSequenceClassification");
+    assert_eq!(config["num_labels"], 1);
+    let loaded = Gpt::load_pretrained_with(&mut be, dir.path(), &["score.weight"]).unwrap();
+    assert_eq!(loaded.tensors["score.weight"], (vec![1, cfg.n_embd], head));
+    // The override was saved in place of the backend's ln_f.bias, nothing else changed.
+    let (want, got) = (
+        gpt.read_params(&mut be).unwrap(),
+        loaded.model.read_params(&mut be).unwrap(),
+    );
+    let names: Vec<String> = gpt.params().iter().map(|p| p.name.clone()).collect();
+    for ((name, w), g) in names.iter().zip(&want).zip(&got) {
+        if name == "transformer.ln_f.bias" {
+            assert_eq!(g, &ln_f_bias);
+        } else {
+            assert_eq!(w, g, "{name}");
+        }
+    }
+    // Not asked for, score.weight is an unexpected tensor for a causal LM.
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("unexpected tensors") && e.contains("score.weight"),
+        "{e}"
+    );
 }

@@ -4,9 +4,11 @@
 pub mod axis;
 pub mod bar;
 pub mod line;
+pub mod panels;
 
 pub use bar::{bar_chart, BarChart};
 pub use line::{line_chart, LineChart, Series};
+pub use panels::{panel_chart, Panel, PanelChart};
 
 /// Tableau-10 order, with yellow last: it is hard to see as a thin line.
 pub const PALETTE: [&str; 10] = [

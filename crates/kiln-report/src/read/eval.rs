@@ -17,8 +17,8 @@
 //! `by_kind`/`per_kind`; responses under `responses` or `samples`, with
 //! the text under `text`/`response`/`completion`/`output` and the score
 //! under `score`/`judge_score`/`reward`. The mean judge score is shown as
-//! `judge_score` whether the file says `judge_score`, `mean_score` or
-//! `score` (and `mean` for a task kind).
+//! `judge_score` whether the file says `judge_score`, `judge` (as `kiln pipeline`
+//! writes it), `mean_score` or `score` (and `mean` for a task kind).
 
 use std::path::Path;
 
@@ -67,7 +67,7 @@ pub struct Response {
 
 /// The canonical name of the mean judge score.
 pub const JUDGE_SCORE: &str = "judge_score";
-const SCORE_ALIASES: [&str; 3] = ["judge_score", "mean_score", "score"];
+const SCORE_ALIASES: [&str; 4] = ["judge_score", "judge", "mean_score", "score"];
 const TASK_KEYS: [&str; 6] = [
     "by_task", "tasks", "per_task", "by_kind", "per_kind", "kinds",
 ];

@@ -9,14 +9,17 @@
 //! RUN/<stage>/metrics.jsonl     one JSON object per step, for pretrain, sft,
 //!                               reward, dpo, ppo, grpo and any other directory
 //! RUN/eval/results.json         per-model evaluation and samples
+//! RUN/curated/stats.json        curation totals per filter
 //! ```
 
+pub mod curation;
 pub mod eval;
 pub mod metrics;
 pub mod summary;
 
 use std::path::{Path, PathBuf};
 
+pub use curation::Funnel;
 pub use eval::{EvalResults, ModelEval, Response, SampleRow};
 pub use metrics::{Column, StageMetrics};
 pub use summary::Summary;
@@ -35,6 +38,8 @@ pub struct Run {
     /// `STAGE/summary.json` of the stages that wrote one: (stage, figures).
     pub stage_summaries: Vec<(String, Vec<(String, String)>)>,
     pub eval: Option<EvalResults>,
+    /// Documents and bytes through curation (stats.json or summary.json).
+    pub funnel: Option<Funnel>,
     /// What the report cannot show, one line each.
     pub missing: Vec<String>,
 }
@@ -85,6 +90,8 @@ pub fn read_run(dir: &Path) -> Result<Run, ReportError> {
         None
     };
 
+    let funnel = curation::read_funnel(dir, summary.as_ref())?;
+
     let mut stage_dirs: Vec<String> = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| ReportError::io(dir, e))?;
     for entry in entries {
@@ -134,6 +141,7 @@ pub fn read_run(dir: &Path) -> Result<Run, ReportError> {
         stages,
         stage_summaries,
         eval,
+        funnel,
         missing,
     })
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::eval::{Response, SampleRow};
 use super::metrics::kind_of;
@@ -16,6 +16,20 @@ pub struct Summary {
     pub sections: Vec<(String, Vec<(String, String)>)>,
     /// `samples`: prompts and the pretrained model's continuations.
     pub samples: Vec<SampleRow>,
+    /// The whole file, for the headline figures read by name.
+    pub raw: Map<String, Value>,
+}
+
+impl Summary {
+    /// The number at `path` ("reward", "eval", "accuracy"), if there is one.
+    pub fn number(&self, path: &[&str]) -> Option<f64> {
+        let (first, rest) = path.split_first()?;
+        let mut v = self.raw.get(*first)?;
+        for key in rest {
+            v = v.get(key)?;
+        }
+        v.as_f64()
+    }
 }
 
 pub fn read_summary(path: &Path) -> Result<Summary, ReportError> {
@@ -34,7 +48,10 @@ pub fn parse_summary(path: &Path, text: &str) -> Result<Summary, ReportError> {
             format!("expected a JSON object, found {}", kind_of(&root)),
         ));
     };
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        raw: root.clone(),
+        ..Summary::default()
+    };
     let mut run_rows = Vec::new();
     for (key, value) in &root {
         match value {
@@ -147,6 +164,13 @@ mod tests {
         assert_eq!(s.sections.last().unwrap().0, "run");
         assert_eq!(s.samples.len(), 1);
         assert_eq!(s.samples[0].responses[0].text, " was");
+        assert_eq!(s.number(&["pretrain", "final_train_loss"]), Some(3.24159));
+        assert_eq!(
+            s.number(&["curate", "removed_docs_by_filter", "lang"]),
+            Some(3.0)
+        );
+        assert_eq!(s.number(&["pretrain", "model"]), None);
+        assert_eq!(s.number(&["nope"]), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod gpt2;
 pub mod hf;
+pub mod hf_config;
 pub mod tiktoken;
 
 use crate::{Error, Tokenizer};

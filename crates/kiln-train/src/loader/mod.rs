@@ -14,7 +14,7 @@ mod source;
 
 use std::path::{Path, PathBuf};
 
-pub use source::TokenSource;
+pub use source::{is_val_name, shards_of, Split, TokenSource};
 
 /// Bad or unreadable token data; names the file.
 #[derive(Debug, Clone)]
@@ -66,6 +66,12 @@ pub struct LoaderPosition {
     pub world: usize,
     /// Windows in the data; a different count means different data.
     pub total_windows: u64,
+    /// The shards' names, sizes and content hashes
+    /// ([`TokenSource::fingerprint`]): other data of the same length is
+    /// still other data. Empty in checkpoints of older kiln versions
+    /// (not checked then).
+    #[serde(default)]
+    pub data_fingerprint: String,
 }
 
 /// One batch: `tokens[b*T + t]` predicts `targets[b*T + t]`.
@@ -77,6 +83,7 @@ pub struct Batch {
 
 pub struct DataLoader {
     source: TokenSource,
+    fingerprint: String,
     opts: LoaderOptions,
     batches_taken: u64,
     /// The permutation of the epoch read last (recomputed when it changes).
@@ -105,8 +112,10 @@ impl DataLoader {
                 ),
             ));
         }
+        let fingerprint = source.fingerprint()?;
         Ok(Self {
             window: vec![0; opts.seq_len + 1],
+            fingerprint,
             source,
             opts,
             batches_taken: 0,
@@ -132,16 +141,20 @@ impl DataLoader {
             rank: self.opts.rank,
             world: self.opts.world,
             total_windows: self.source.num_windows(),
+            data_fingerprint: self.fingerprint.clone(),
         }
     }
 
     /// Continues from `pos`; refuses a position taken with other data or
     /// other options (the batches would silently differ).
     pub fn seek(&mut self, pos: &LoaderPosition) -> Result<(), DataError> {
-        let mine = LoaderPosition {
+        let mut mine = LoaderPosition {
             batches_taken: pos.batches_taken,
             ..self.position()
         };
+        if pos.data_fingerprint.is_empty() {
+            mine.data_fingerprint.clear();
+        }
         if &mine != pos {
             let path = self
                 .source
@@ -152,9 +165,9 @@ impl DataLoader {
             return Err(DataError::new(
                 &path,
                 format!(
-                    "the checkpoint's data position was taken with {pos:?}, this loader is \
-                     {mine:?}; resume with the same data, batch size, sequence length, seed \
-                     and world size"
+                    "the checkpoint was taken {}; resume with the same data and settings, \
+                     or start a new run with another --out",
+                    position_differences(pos, &mine)
                 ),
             ));
         }
@@ -195,6 +208,45 @@ impl DataLoader {
         }
         self.epoch_perm.as_ref().expect("just set").1[within as usize] as u64
     }
+}
+
+/// What differs between a saved and a current position, as a phrase.
+fn position_differences(saved: &LoaderPosition, now: &LoaderPosition) -> String {
+    let mut parts = Vec::new();
+    if saved.data_fingerprint != now.data_fingerprint || saved.total_windows != now.total_windows {
+        parts.push(if saved.total_windows != now.total_windows {
+            format!(
+                "on other data ({} windows then, {} now)",
+                saved.total_windows, now.total_windows
+            )
+        } else {
+            "on other data of the same length (the shards' contents changed since)".to_string()
+        });
+    }
+    let mut field = |name: &str, a: String, b: String| {
+        if a != b {
+            parts.push(format!("with {name} {a} (now {b})"));
+        }
+    };
+    field(
+        "batch size",
+        saved.batch_size.to_string(),
+        now.batch_size.to_string(),
+    );
+    field(
+        "sequence length",
+        saved.seq_len.to_string(),
+        now.seq_len.to_string(),
+    );
+    field("seed", saved.seed.to_string(), now.seed.to_string());
+    field(
+        "shuffle",
+        saved.shuffle.to_string(),
+        now.shuffle.to_string(),
+    );
+    field("rank", saved.rank.to_string(), now.rank.to_string());
+    field("world size", saved.world.to_string(), now.world.to_string());
+    parts.join(", ")
 }
 
 /// A uniformly shuffled `0..n` (Fisher-Yates) determined by `(seed, epoch)`.

@@ -31,16 +31,30 @@ pub struct TokenSource {
     scratch: Vec<u8>,
 }
 
+/// Which shards of a directory a source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Training shards: never a validation shard.
+    Train,
+    /// Validation shards only (held-out evaluation).
+    Val,
+}
+
 impl TokenSource {
-    /// Opens `path`: one `.bin` shard, or a directory whose `*.bin` files
-    /// (sorted by name) are the shards. Reads only the headers.
+    /// Opens `path` for training: one `.bin` shard, or a directory's
+    /// training shards ([`shards_of`]). Reads only the headers.
     pub fn open(path: &Path, seq_len: usize) -> Result<Self, DataError> {
+        Self::open_split(path, seq_len, Split::Train)
+    }
+
+    /// Opens `path`: one `.bin` shard, or a directory's shards of `split`.
+    pub fn open_split(path: &Path, seq_len: usize, split: Split) -> Result<Self, DataError> {
         if seq_len == 0 {
             return Err(DataError::new(path, "sequence length must be at least 1"));
         }
         let mut shards = Vec::new();
         let mut first_window = 0u64;
-        for shard_path in list_shards(path)? {
+        for shard_path in list_shards(path, split)? {
             let header = read_header(&shard_path)?;
             if header.tokens < seq_len + 1 {
                 return Err(DataError::new(
@@ -84,6 +98,20 @@ impl TokenSource {
     /// Tokens over all shards (headers' counts).
     pub fn num_tokens(&self) -> u64 {
         self.shards.iter().map(|s| s.header.tokens as u64).sum()
+    }
+
+    /// Names, sizes and xxh3-128 content hashes of the shards, in order:
+    /// what a checkpoint's position is checked against on resume. Reads
+    /// every shard once (at disk speed).
+    pub fn fingerprint(&self) -> Result<String, DataError> {
+        let mut parts = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let stamp = kiln_stdx::fingerprint::FileStamp::of(&shard.path)
+                .map_err(|e| DataError::new(&shard.path, format!("cannot read: {e}")))?;
+            let name = shard.path.file_name().unwrap_or_default().to_string_lossy();
+            parts.push(format!("{name}:{}", stamp.to_text()));
+        }
+        Ok(parts.join(";"))
     }
 
     /// The shard files in order.
@@ -173,8 +201,8 @@ fn decode_into(bytes: &[u8], width: usize, out: &mut [u32]) {
     }
 }
 
-/// `path` itself if it is a file, else its `*.bin` files sorted by name.
-fn list_shards(path: &Path) -> Result<Vec<PathBuf>, DataError> {
+/// `path` itself if it is a file, else its shards of `split`.
+fn list_shards(path: &Path, split: Split) -> Result<Vec<PathBuf>, DataError> {
     let meta = std::fs::metadata(path).map_err(|e| {
         DataError::new(
             path,
@@ -184,6 +212,98 @@ fn list_shards(path: &Path) -> Result<Vec<PathBuf>, DataError> {
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
+    let (train, val) = shards_of(path)?;
+    let out = match split {
+        Split::Train => train,
+        Split::Val => val,
+    };
+    if out.is_empty() {
+        let (what, fix) = match split {
+            Split::Train => (
+                "training",
+                "its shards are all validation shards (names with `val`); pass one file to train on it",
+            ),
+            Split::Val => ("validation", "pass a shard file instead"),
+        };
+        return Err(DataError::new(
+            path,
+            format!("directory holds no {what} shards; {fix}"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Whether a shard's file name marks it as validation data: a `val`,
+/// `valid` or `validation` word in its stem (`val_000000.bin`,
+/// `fineweb_val_000000.bin`, `val.bin`; not `interval.bin`).
+pub fn is_val_name(path: &Path) -> bool {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    stem.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| matches!(w, "val" | "valid" | "validation"))
+}
+
+/// A directory's (training, validation) shards, each sorted by name.
+///
+/// `kiln data tokenize` output (a `meta.json` beside the shards) is read
+/// through its `meta.json`: the `train_*` and `val_*` shards it wrote; a
+/// directory with `train_NNNNNN.bin` shards but no `meta.json` is an
+/// unfinished tokenize run and refused. Any other directory: its `*.bin`
+/// files, those with a validation name ([`is_val_name`]) held out.
+pub fn shards_of(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
+    let bins = list_bins(dir)?;
+    let meta_path = dir.join("meta.json");
+    let named = |prefix: &str| -> Vec<PathBuf> {
+        bins.iter()
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix(prefix))
+                    .and_then(|n| n.strip_suffix(".bin"))
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .cloned()
+            .collect()
+    };
+    if meta_path.is_file() {
+        let text = std::fs::read_to_string(&meta_path)
+            .map_err(|e| DataError::new(&meta_path, format!("cannot read: {e}")))?;
+        let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            DataError::new(
+                &meta_path,
+                format!("not valid JSON ({e}); rerun `kiln data tokenize`"),
+            )
+        })?;
+        let (train, val) = (named("train_"), named("val_"));
+        for (key, found) in [("train", &train), ("val", &val)] {
+            let want = meta[key]["shards"].as_u64();
+            if want.is_some_and(|n| n != found.len() as u64) {
+                return Err(DataError::new(
+                    dir,
+                    format!(
+                        "meta.json lists {} {key} shards, the directory holds {}; the files                          were changed after `kiln data tokenize` wrote them (rerun it)",
+                        want.unwrap_or(0),
+                        found.len()
+                    ),
+                ));
+            }
+        }
+        return Ok((train, val));
+    }
+    if !named("train_").is_empty() {
+        return Err(DataError::new(
+            dir,
+            "holds train_*.bin shards but no meta.json: the `kiln data tokenize` run that \
+             wrote them did not finish; rerun it",
+        ));
+    }
+    Ok(bins.into_iter().partition(|p| !is_val_name(p)))
+}
+
+/// The `*.bin` files of a directory, sorted by name.
+fn list_bins(path: &Path) -> Result<Vec<PathBuf>, DataError> {
     let rd = std::fs::read_dir(path)
         .map_err(|e| DataError::new(path, format!("cannot list directory: {e}")))?;
     let mut out = Vec::new();

@@ -37,6 +37,38 @@ fn is_f32(p: &str) -> bool {
 }
 
 impl Plan {
+    /// Refuses settings pretraining could not run with, before any stage
+    /// runs: the checks `kiln pretrain` makes, on the config the pipeline
+    /// builds from these settings.
+    pub fn validate(&self) -> Result<()> {
+        let mut c = kiln_train::TrainConfig::with_model(&self.model, self.vocab_size, self.seq_len);
+        c.steps = self.steps;
+        c.batch_size = self.batch_size;
+        c.lr = self.lr;
+        c.min_lr = self.lr / 10.0;
+        c.warmup = self.warmup;
+        c.validate().map_err(|e| anyhow!("[pretrain] {e}"))?;
+        let model = kiln_model::GptConfig::preset(&self.model, self.vocab_size)
+            .map_err(|e| anyhow!("[pretrain] model: {e}"))?;
+        if self.seq_len > model.max_seq_len {
+            return Err(anyhow!(
+                "[pretrain] seq_len {} is longer than model {:?}'s {} positions; use seq_len {} or less",
+                self.seq_len,
+                self.model,
+                model.max_seq_len,
+                model.max_seq_len
+            ));
+        }
+        let floor = 256 + kiln_tokenizer::chat::default_special_tokens().len();
+        if self.vocab_size < floor {
+            return Err(anyhow!(
+                "[pretrain] vocab_size {} is below 256 bytes + the chat special tokens; use at least {floor}",
+                self.vocab_size
+            ));
+        }
+        Ok(())
+    }
+
     pub fn new(quick: bool) -> Self {
         if quick {
             Plan {
@@ -108,6 +140,10 @@ impl PipelineConfig {
                         where_is(&user, message)
                     )
                 })?;
+        config
+            .pretrain
+            .validate()
+            .map_err(|e| anyhow!("config {}: {e:#}", path.display()))?;
         config
             .align
             .validate()

@@ -92,6 +92,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     let plan = &settings.pretrain;
     let out = args.out.clone();
+    // One pipeline per run directory; each stage also locks its own.
+    let _lock = kiln_stdx::lock::DirLock::claim(&out)
+        .with_context(|| format!("{}: cannot claim the run directory", out.display()))?;
     std::fs::create_dir_all(out.join("configs"))
         .and_then(|()| std::fs::create_dir_all(out.join("stages")))
         .with_context(|| format!("{}: cannot create the run directory", out.display()))?;
@@ -236,6 +239,8 @@ pub fn run(args: Args) -> Result<()> {
             "model": plan.model,
             "parameters": params,
             "steps": result.steps,
+            // For the report's "tokens trained".
+            "tokens_per_step": config.tokens_per_step(),
             "final_train_loss": result.last_loss,
             "checkpoint": result.checkpoint,
             "wall_s": t0.elapsed().as_secs_f64(),
