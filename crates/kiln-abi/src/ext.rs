@@ -146,7 +146,11 @@ impl BackendExt for BackendBox {
         let info = self.buffer_info(buf).ok_or_err()?;
         Ok(match info.dtype {
             DType::F32 => self.download_f32(buf)?,
-            DType::BF16 => self.download_bf16(buf)?.iter().map(|x| x.to_f32()).collect(),
+            DType::BF16 => self
+                .download_bf16(buf)?
+                .iter()
+                .map(|x| x.to_f32())
+                .collect(),
             DType::F16 => self.download_f16(buf)?.iter().map(|x| x.to_f32()).collect(),
             DType::U32 => {
                 return Err(BackendError(format!(

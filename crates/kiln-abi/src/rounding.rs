@@ -73,7 +73,13 @@ mod tests {
 
     #[test]
     fn stochastic_rounding_is_unbiased_and_stays_between_neighbours() {
-        for &x in &[1.0f32 + 1.0 / 512.0, -3.141_592_7, 1e-3, 65000.5, 0.333_333_34] {
+        for &x in &[
+            1.0f32 + 1.0 / 512.0,
+            -3.141_592_7,
+            1e-3,
+            65000.5,
+            0.333_333_34,
+        ] {
             let (mut sb, mut sf) = (0.0f64, 0.0f64);
             let n = 20_000u64;
             for i in 0..n {
@@ -91,7 +97,10 @@ mod tests {
             let (mb, mf) = (sb / n as f64, sf / n as f64);
             let ulp_b = (x.abs() as f64) * 2f64.powi(-7);
             let ulp_f = ((x.abs() as f64) * 2f64.powi(-10)).max(2f64.powi(-24));
-            assert!((mb - x as f64).abs() < 0.05 * ulp_b, "bf16 mean {mb} vs {x}");
+            assert!(
+                (mb - x as f64).abs() < 0.05 * ulp_b,
+                "bf16 mean {mb} vs {x}"
+            );
             assert!((mf - x as f64).abs() < 0.05 * ulp_f, "f16 mean {mf} vs {x}");
         }
     }

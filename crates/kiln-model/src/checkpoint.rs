@@ -149,10 +149,13 @@ impl Gpt {
                 StreamError::Io(e) => ModelError::io(&path, e),
                 StreamError::Produce(e) => e,
             })?;
-            let small: Vec<(&str, &[u8])> = [(CONFIG_FILE, config.as_slice()), (GENERATION_CONFIG_FILE, generation.as_slice())]
-                .into_iter()
-                .chain(extras.files.iter().map(|(n, b)| (n.as_str(), b.as_slice())))
-                .collect();
+            let small: Vec<(&str, &[u8])> = [
+                (CONFIG_FILE, config.as_slice()),
+                (GENERATION_CONFIG_FILE, generation.as_slice()),
+            ]
+            .into_iter()
+            .chain(extras.files.iter().map(|(n, b)| (n.as_str(), b.as_slice())))
+            .collect();
             for (name, bytes) in small {
                 let p = tmp.join(name);
                 kiln_stdx::fs::write_atomic(&p, bytes).map_err(|e| ModelError::io(&p, e))?;

@@ -6,10 +6,10 @@
 //! - As an rlib, [`BackendPluginRef`] is "a newer host": loading today's
 //!   kiln-cpu-plugin with it shows what abi_stable does with an older plugin.
 
-#[path = "../../../crates/kiln-abi/src/backend.rs"]
-pub mod backend;
 #[path = "../../../crates/kiln-abi/src/args.rs"]
 pub mod args;
+#[path = "../../../crates/kiln-abi/src/backend.rs"]
+pub mod backend;
 #[path = "../../../crates/kiln-abi/src/dtype.rs"]
 pub mod dtype;
 

@@ -3,10 +3,10 @@
 //! "incompatible ABI: ... rebuild the plugin ...", never crash.
 
 // The interface sources of kiln-abi itself, so only the version differs.
-#[path = "../../../crates/kiln-abi/src/backend.rs"]
-pub mod backend;
 #[path = "../../../crates/kiln-abi/src/args.rs"]
 pub mod args;
+#[path = "../../../crates/kiln-abi/src/backend.rs"]
+pub mod backend;
 #[path = "../../../crates/kiln-abi/src/dtype.rs"]
 pub mod dtype;
 #[path = "../../../crates/kiln-abi/src/plugin.rs"]
