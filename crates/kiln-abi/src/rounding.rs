@@ -75,7 +75,7 @@ mod tests {
     fn stochastic_rounding_is_unbiased_and_stays_between_neighbours() {
         for &x in &[
             1.0f32 + 1.0 / 512.0,
-            -3.141_592_7,
+            -3.000_244,
             1e-3,
             65000.5,
             0.333_333_34,
