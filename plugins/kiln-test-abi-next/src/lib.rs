@@ -64,7 +64,8 @@ pub fn get_library() -> BackendPluginRef {
 
 #[sabi_extern_fn]
 fn abi_version() -> u32 {
-    1
+    // The generation it shares with today's host (kiln-abi 0.2).
+    2
 }
 
 #[sabi_extern_fn]
