@@ -546,9 +546,3 @@ pub fn check_quick_run(run: &Path) {
         "the fine-tune step changed nothing ({moved}, vocab {v})"
     );
 }
-
-#[test]
-#[ignore]
-fn tmp_dev_quick_run() {
-    check_quick_run(Path::new(&std::env::var("KILN_QUICK_RUN").unwrap()));
-}
