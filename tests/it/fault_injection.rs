@@ -506,7 +506,7 @@ fn two_sft_runs_into_one_directory_one_is_refused_and_metrics_stay_valid() {
 }
 
 #[test]
-fn sft_and_ipo_dpo_that_diverge_stop_with_a_message_and_save_nothing() {
+fn sft_reward_and_ipo_dpo_that_diverge_stop_with_a_message_and_save_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (base, chats, prefs) = align_inputs(dir.path());
     let out = dir.path().join("sft");
@@ -520,6 +520,36 @@ fn sft_and_ipo_dpo_that_diverge_stop_with_a_message_and_save_nothing() {
         s(&out),
         "--epochs",
         "20",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e6",
+        "--threads",
+        "1",
+        "--eval-fraction",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("diverging"), "{}", stderr(&o));
+    assert!(!out.join("model").exists() && !out.join("summary.json").exists());
+
+    // Replies that differ from the first token on, so the scores do.
+    let pairs = dir.path().join("reward_pairs.jsonl");
+    let lines: Vec<String> = (0..6)
+        .map(|i| pref_line(&format!("Say {i} things."), "Paris is good.", "No."))
+        .collect();
+    write_lines(&pairs, &lines);
+    let out = dir.path().join("reward");
+    let o = kiln(&[
+        "reward",
+        "--model",
+        s(&base),
+        "--data",
+        s(&pairs),
+        "--out",
+        s(&out),
+        "--epochs",
+        "30",
         "--batch-size",
         "2",
         "--lr",
