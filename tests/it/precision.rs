@@ -220,3 +220,95 @@ fn a_checkpoint_written_in_bf16_loads_into_an_f32_run() {
         3
     );
 }
+
+/// `kiln sft`, `kiln reward` and `kiln dpo` with `--precision`: bf16 and
+/// f16 (with its loss scale, logged per step) train as f32 does, to a final
+/// loss within 5% of f32's (measured on this tiny model: within 1%), and
+/// save a model that loads.
+#[test]
+fn post_training_commands_train_in_every_precision() {
+    use crate::align_cli::{chat_line, pref_line, tiny_model_dir, write_lines};
+    use crate::cli::{kiln, s};
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_model_dir(dir.path());
+    let chats = dir.path().join("chats.jsonl");
+    let qa = [
+        ("Name a red fruit.", "An apple."),
+        ("Say hello.", "Hello there!"),
+        ("What is the capital of France?", "Paris."),
+    ];
+    let lines: Vec<String> = (0..4)
+        .flat_map(|_| qa.iter().map(|(q, a)| chat_line(q, a)))
+        .collect();
+    write_lines(&chats, &lines);
+    let prefs = dir.path().join("prefs.jsonl");
+    let lines: Vec<String> = (0..8)
+        .map(|i| pref_line(&format!("Say {i} things."), "Paris is good.", "No."))
+        .collect();
+    write_lines(&prefs, &lines);
+    let stage =
+        |cmd: &str, data: &std::path::Path, p: &str| -> (f64, Vec<kiln_align::metrics::Record>) {
+            let out = dir.path().join(format!("{cmd}-{p}"));
+            let mut args = vec![
+                cmd,
+                "--model",
+                s(&base),
+                "--data",
+                s(data),
+                "--out",
+                s(&out),
+                "--batch-size",
+                "2",
+                "--lr",
+                "1e-3",
+                "--threads",
+                "1",
+                "--precision",
+                p,
+            ];
+            args.extend(match cmd {
+                "dpo" => ["--steps", "8"].as_slice(),
+                _ => ["--epochs", "2", "--eval-fraction", "0"].as_slice(),
+            });
+            let o = kiln(&args);
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            assert!(o.status.success(), "{cmd} --precision {p}: {err}");
+            let summary: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                    .unwrap();
+            let records = kiln_align::metrics::read_metrics(&out.join("metrics.jsonl")).unwrap();
+            let last = summary["last_loss"].as_f64().unwrap();
+            (last, records)
+        };
+    for (cmd, data) in [("sft", &chats), ("reward", &prefs), ("dpo", &prefs)] {
+        let (f32_loss, f32_records) = stage(cmd, data, "f32");
+        assert!(f32_records.iter().all(|r| r.get("loss_scale").is_none()));
+        for p in ["bf16", "f16"] {
+            let (loss, records) = stage(cmd, data, p);
+            let gap = (loss - f32_loss).abs() / f32_loss.abs().max(0.05);
+            eprintln!(
+                "{cmd} {p}: final loss {loss:.4} vs f32 {f32_loss:.4} ({:+.2}%)",
+                100.0 * gap
+            );
+            assert!(
+                gap < 0.05,
+                "{cmd} {p}: final loss {loss} vs f32 {f32_loss} ({:.1}%)",
+                100.0 * gap
+            );
+            let scales: Vec<f64> = records
+                .iter()
+                .filter(|r| r.get("grad_norm").is_some())
+                .filter_map(|r| r.get("loss_scale"))
+                .collect();
+            if p == "f16" {
+                assert!(!scales.is_empty(), "{cmd} f16 logs no loss_scale");
+                assert!(
+                    scales.iter().all(|x| (1.0..=65536.0).contains(x)),
+                    "{scales:?}"
+                );
+            } else {
+                assert!(scales.is_empty(), "{cmd} {p}: {scales:?}");
+            }
+        }
+    }
+}

@@ -71,8 +71,9 @@ pub struct DpoConfig {
     pub group_by_length: bool,
     /// Plain progress line every N steps when stderr is not a terminal.
     pub log_every: u64,
-    /// Precision policy: "f32" or "bf16" (16-bit weights, activations and
-    /// gradients; f32 master weights and AdamW moments).
+    /// Precision policy: "f32", "bf16" or "f16" (16-bit weights, activations and
+    /// gradients; f32 master weights and AdamW moments; f16 adds a dynamic
+    /// loss scale).
     #[serde(skip_serializing_if = "crate::precision::is_f32")]
     pub precision: String,
 }
@@ -513,8 +514,9 @@ pub fn train(
     log(&before.record(0, EVAL))?;
 
     crate::precision::apply_precision(be, model, &cfg.precision)?;
-    let mut opt =
-        AlignOptimizer::new(be, param_refs(model), &cfg.optim(), total)?.guard_divergence();
+    let mut opt = AlignOptimizer::new(be, param_refs(model), &cfg.optim(), total)?
+        .guard_divergence()
+        .scale_losses_for(model.precision());
     let mut rng = Rng::new(cfg.seed);
     let mut order: Vec<usize> = Vec::new();
     let mut cursor = 0;
@@ -558,7 +560,7 @@ pub fn train(
                 cfg.beta,
                 cfg.nll_weight,
                 pad,
-                m / n,
+                m / n * opt.loss_scale() as f64,
             )?;
             sums[0] += out.loss * m;
             sums[1] += out.rewards.chosen * m;
@@ -574,8 +576,11 @@ pub fn train(
         }
         let loss = sums[0] / n;
         let outcome = opt.step(be, loss as f32)?;
-        if outcome.skipped.is_some() {
+        if outcome.update_skipped() {
             skipped_steps += 1;
+        }
+        if let Some(w) = outcome.overflow_warning("dpo", step) {
+            progress.line(&w);
         }
         busy_s += t0.elapsed().as_secs_f64();
         if step == 1 {
@@ -586,6 +591,7 @@ pub fn train(
             .with("loss", loss)
             .with("lr", outcome.lr as f64)
             .with("grad_norm", outcome.grad_norm as f64)
+            .with_optional("loss_scale", outcome.loss_scale.map(f64::from))
             .with("rewards/chosen", sums[1] / n)
             .with("rewards/rejected", sums[2] / n)
             .with("rewards/margins", sums[3] / n)

@@ -6,7 +6,7 @@
 //! or from a program (RL from verifiable rewards).
 
 use kiln_abi::BackendBox;
-use kiln_model::Rng;
+use kiln_model::{Precision, Rng};
 use serde::{Deserialize, Serialize};
 
 use crate::loss::ppo::{
@@ -44,8 +44,9 @@ pub struct GrpoConfig {
     pub warmup: u64,
     pub grad_clip: Option<f32>,
     pub weight_decay: f32,
-    /// Precision policy: "f32" or "bf16" (16-bit weights, activations and
-    /// gradients; f32 master weights and AdamW moments).
+    /// Precision policy: "f32", "bf16" or "f16" (16-bit weights, activations and
+    /// gradients; f32 master weights and AdamW moments; f16 adds a dynamic
+    /// loss scale).
     #[serde(skip_serializing_if = "crate::precision::is_f32")]
     pub precision: String,
 }
@@ -128,7 +129,10 @@ pub fn train_grpo(
     let rows_per_iter = cfg.batch_prompts * cfg.group_size;
     let total = cfg.iterations * (cfg.epochs * rows_per_iter.div_ceil(cfg.minibatch_size)) as u64;
     crate::precision::apply_precision(be, &mut policy.model, &cfg.precision)?;
-    let mut opt = AlignOptimizer::new(be, policy.param_refs(), &cfg.optim(), total)?;
+    let mut opt = AlignOptimizer::new(be, policy.param_refs(), &cfg.optim(), total)?
+        .scale_losses_for(policy.model.precision());
+    // f16: updates skipped for overflowing gradients, so far.
+    let mut overflows = 0u64;
     let mut sampler = PromptSampler::new(prompts.len(), cfg.seed);
     let mut shuffle_rng = Rng::new(cfg.seed ^ 0x6E90);
     let mut records = Vec::new();
@@ -186,11 +190,15 @@ pub fn train_grpo(
                     cfg.aggregation,
                 );
                 opt.zero_grad(be)?;
+                let ls = opt.loss_scale();
+                let grad: Vec<f32> = g.grad.iter().map(|d| d * ls).collect();
                 policy.backward_logprobs(
                     be,
-                    &scatter_responses(&g.grad, &batch, &prompt_lens, sub_layout),
+                    &scatter_responses(&grad, &batch, &prompt_lens, sub_layout),
                 )?;
-                opt.step(be, g.loss)?;
+                if opt.step(be, g.loss)?.overflowed {
+                    overflows += 1;
+                }
                 loss_m.add(g.loss);
                 clip_m.add(g.clip_frac);
                 kl_m.add(g.kl);
@@ -208,7 +216,10 @@ pub fn train_grpo(
             .sum::<f64>()
             / n)
             .sqrt();
+        let f16 = policy.model.precision() == Precision::F16;
         let rec = rec
+            .with_optional("loss_scale", f16.then(|| f64::from(opt.loss_scale())))
+            .with_optional("overflows", f16.then_some(overflows as f64))
             .with("reward_std", std)
             .with(
                 "frac_reward_zero_std",

@@ -45,6 +45,14 @@ impl Record {
         self
     }
 
+    /// [`Record::with`] when there is a value (f16's loss scale, say).
+    pub fn with_optional(self, key: &str, value: Option<f64>) -> Self {
+        match value {
+            Some(v) => self.with(key, v),
+            None => self,
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<f64> {
         self.values.get(key).copied()
     }

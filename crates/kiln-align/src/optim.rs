@@ -4,8 +4,10 @@
 //! many in a row stop the run). Wraps kiln-optim and kiln-train's guard.
 
 use kiln_abi::{BackendBox, IntoBResult};
-use kiln_optim::{clip_scale, AdamW, AdamWConfig, LrSchedule, OptimError, ParamRef};
+use kiln_model::Precision;
+use kiln_optim::{clip_scale_unscaling, AdamW, AdamWConfig, LrSchedule, OptimError, ParamRef};
 use kiln_train::guard::{NonFiniteGuard, Verdict};
+use kiln_train::scaler::{LossScaler, ScaleChange, DEFAULT_INIT_SCALE};
 use serde::{Deserialize, Serialize};
 
 use crate::AlignError;
@@ -96,6 +98,30 @@ pub struct StepOutcome {
     /// The update was skipped (non-finite loss or gradient); `consecutive`
     /// bad steps so far.
     pub skipped: Option<u32>,
+    /// f16: the loss scale this step's gradients were computed with.
+    pub loss_scale: Option<f32>,
+    /// f16: the scaled gradients overflowed (finite loss), so the update was
+    /// skipped and the scale halved; not a bad step.
+    pub overflowed: bool,
+}
+
+impl StepOutcome {
+    /// Whether the parameters were left unchanged.
+    pub fn update_skipped(&self) -> bool {
+        self.skipped.is_some() || self.overflowed
+    }
+
+    /// The warning to print for an f16 overflow, if this step had one.
+    pub fn overflow_warning(&self, stage: &str, step: u64) -> Option<String> {
+        let scale = self.loss_scale?;
+        self.overflowed.then(|| {
+            format!(
+                "warning: {stage} step {step}: gradients overflowed f16 at loss scale {scale}; \
+                 update skipped, scale now {}",
+                scale * kiln_train::scaler::BACKOFF_FACTOR
+            )
+        })
+    }
 }
 
 /// AdamW + schedule + clipping + guard over a fixed list of parameters
@@ -107,6 +133,8 @@ pub struct AlignOptimizer {
     guard: NonFiniteGuard,
     grad_clip: Option<f32>,
     steps: u64,
+    /// f16 only: the dynamic loss scale (PyTorch GradScaler's defaults).
+    scaler: Option<LossScaler>,
 }
 
 impl AlignOptimizer {
@@ -140,7 +168,32 @@ impl AlignOptimizer {
             guard: NonFiniteGuard::new(config.max_bad_steps),
             grad_clip: config.grad_clip,
             steps: 0,
+            scaler: None,
         })
+    }
+
+    /// Scales losses dynamically when the model computes in f16 (a no-op
+    /// otherwise). Objectives then multiply their upstream gradients by
+    /// [`AlignOptimizer::loss_scale`], and [`AlignOptimizer::step`]
+    /// unscales before clipping, halving the scale and skipping the update
+    /// when the scaled gradients overflow.
+    pub fn scale_losses_for(mut self, precision: Precision) -> Self {
+        self.scaler = (precision == Precision::F16).then(|| LossScaler::new(DEFAULT_INIT_SCALE));
+        self
+    }
+
+    /// Sets the initial loss scale (f16 only; tests force an overflow).
+    pub fn with_initial_loss_scale(mut self, scale: f32) -> Self {
+        if let Some(s) = self.scaler.as_mut() {
+            s.scale = scale;
+        }
+        self
+    }
+
+    /// What every objective multiplies its upstream gradients by (1 but in
+    /// f16).
+    pub fn loss_scale(&self) -> f32 {
+        self.scaler.map_or(1.0, |s| s.scale)
     }
 
     /// Treats a loss above [`DIVERGENCE_FACTOR`] x the first step's as a bad
@@ -174,16 +227,28 @@ impl AlignOptimizer {
         Ok(())
     }
 
-    /// Clips, checks and applies one update from the accumulated gradients.
-    /// `loss` is the step's loss (checked for NaN/inf with the grad norm).
+    /// Clips, checks and applies one update from the accumulated gradients
+    /// (of `loss_scale() * loss`). `loss` is the step's loss (checked for
+    /// NaN/inf with the grad norm).
     pub fn step(&mut self, be: &mut BackendBox, loss: f32) -> Result<StepOutcome, AlignError> {
-        let (grad_norm, scale) = match clip_scale(be, &self.refs, self.grad_clip) {
-            Ok(x) => x,
-            Err(OptimError::NonFiniteGradNorm { norm }) => (norm as f32, 0.0),
+        let loss_scale = self.loss_scale();
+        let clipped = clip_scale_unscaling(be, &self.refs, self.grad_clip, 1.0 / loss_scale);
+        let (grad_norm, scale, finite) = match clipped {
+            Ok((norm, scale)) => (norm, scale, true),
+            Err(OptimError::NonFiniteGradNorm { norm }) => (norm as f32, 0.0, false),
             Err(e) => return Err(e.into()),
         };
         let lr = self.schedule.lr(self.steps);
-        let skipped = match self.guard.check(loss, grad_norm) {
+        // f16: a finite loss with overflowing gradients is the scaler's
+        // business (halve and skip), not a bad step.
+        let overflowed = self.scaler.is_some() && !finite && loss.is_finite();
+        if let Some(scaler) = self.scaler.as_mut() {
+            let change = scaler.update(overflowed);
+            debug_assert!(overflowed == (change == ScaleChange::Backoff));
+        }
+        let guard_norm = if overflowed { 0.0 } else { grad_norm };
+        let skipped = match self.guard.check(loss, guard_norm) {
+            Verdict::Apply if overflowed => None,
             Verdict::Apply => {
                 self.adamw.step(be, &self.refs, lr, scale)?;
                 None
@@ -203,6 +268,8 @@ impl AlignOptimizer {
             lr,
             grad_norm,
             skipped,
+            loss_scale: self.scaler.map(|_| loss_scale),
+            overflowed,
         })
     }
 
@@ -268,5 +335,58 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("min_lr"), "{e}");
+    }
+
+    #[test]
+    fn f16_unscales_before_clipping_and_backs_off_on_overflow_without_counting_bad_steps() {
+        let mut be = kiln_tensor::cpu_backend(Some(1));
+        let cfg = OptimConfig {
+            warmup: 0,
+            max_bad_steps: 2,
+            ..OptimConfig::default()
+        };
+        let (g, scale) = ([3.0f32, -4.0], 1024.0f32);
+        // f32 on g, and f16's optimizer on scale * g, make the same update.
+        let plain = one_param(&mut be, &[1.0, -1.0]);
+        let mut f32_opt = AlignOptimizer::new(&mut be, vec![plain], &cfg, 10).unwrap();
+        assert_eq!(f32_opt.loss_scale(), 1.0);
+        be.upload_f32(plain.grad, &g).unwrap();
+        let a = f32_opt.step(&mut be, 1.0).unwrap();
+        assert_eq!((a.loss_scale, a.overflowed), (None, false));
+        let p = one_param(&mut be, &[1.0, -1.0]);
+        let mut opt = AlignOptimizer::new(&mut be, vec![p], &cfg, 10)
+            .unwrap()
+            .scale_losses_for(Precision::F16)
+            .with_initial_loss_scale(scale);
+        assert_eq!(opt.loss_scale(), scale);
+        be.upload_f32(p.grad, &g.map(|x| x * scale)).unwrap();
+        let b = opt.step(&mut be, 1.0).unwrap();
+        assert_eq!(b.loss_scale, Some(scale));
+        assert!(!b.update_skipped());
+        assert!((b.grad_norm - a.grad_norm).abs() < 1e-5, "{b:?} vs {a:?}");
+        let (va, vb) = (
+            be.download_f32(plain.value).unwrap(),
+            be.download_f32(p.value).unwrap(),
+        );
+        for (x, y) in va.iter().zip(&vb) {
+            assert!((x - y).abs() < 1e-6, "{va:?} vs {vb:?}");
+        }
+        // Overflowing (scaled) gradients with a finite loss: skipped, the
+        // scale halves, and three in a row do not stop the run (limit 2).
+        for k in 1..=3 {
+            be.upload_f32(p.grad, &[f32::INFINITY, 1.0]).unwrap();
+            let out = opt.step(&mut be, 1.0).unwrap();
+            assert!(out.overflowed && out.skipped.is_none(), "{out:?}");
+            assert_eq!(out.loss_scale, Some(scale / 2f32.powi(k - 1)));
+            assert!(out
+                .overflow_warning("sft", 1 + k as u64)
+                .unwrap()
+                .contains("overflowed"));
+            assert_eq!(be.download_f32(p.value).unwrap(), vb);
+        }
+        assert_eq!(opt.loss_scale(), scale / 8.0);
+        // A NaN loss is still a bad step (counted by the guard).
+        let out = opt.step(&mut be, f32::NAN).unwrap();
+        assert_eq!((out.skipped, out.overflowed), (Some(1), false));
     }
 }

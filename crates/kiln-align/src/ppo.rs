@@ -10,7 +10,7 @@
 //! Every figure of the iteration goes into one metrics record.
 
 use kiln_abi::BackendBox;
-use kiln_model::{Rng, SampleOptions};
+use kiln_model::{Precision, Rng, SampleOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::loss::ppo::{
@@ -131,7 +131,7 @@ pub struct PpoConfig {
     pub warmup: u64,
     pub grad_clip: Option<f32>,
     pub weight_decay: f32,
-    /// The policy's precision: "f32" or "bf16" (16-bit weights, activations
+    /// The policy's precision: "f32", "bf16" or "f16" (16-bit weights, activations
     /// and gradients; f32 master weights and AdamW moments). The value
     /// model trains in f32.
     #[serde(skip_serializing_if = "crate::precision::is_f32")]
@@ -376,7 +376,8 @@ pub fn train_ppo(
     let total = cfg.iterations * steps_per_iter;
     let value_total = (cfg.value_warmup + cfg.iterations) * steps_per_iter;
     crate::precision::apply_precision(be, &mut policy.model, &cfg.precision)?;
-    let mut policy_opt = AlignOptimizer::new(be, policy.param_refs(), &cfg.optim(cfg.lr), total)?;
+    let mut policy_opt = AlignOptimizer::new(be, policy.param_refs(), &cfg.optim(cfg.lr), total)?
+        .scale_losses_for(policy.model.precision());
     let mut value_opt = AlignOptimizer::new(
         be,
         value.param_refs(),
@@ -388,6 +389,8 @@ pub fn train_ppo(
     let mut shuffle_rng = Rng::new(cfg.seed ^ 0x00A1_1CE5);
     let mut records = Vec::new();
 
+    // f16: policy updates skipped for overflowing gradients, so far.
+    let mut policy_overflows = 0u64;
     for it in 0..cfg.value_warmup + cfg.iterations {
         let warming = it < cfg.value_warmup;
         let idx = sampler.next_batch(cfg.batch_size);
@@ -457,11 +460,15 @@ pub fn train_ppo(
                         cfg.clip_eps,
                     );
                     policy_opt.zero_grad(be)?;
+                    let ls = policy_opt.loss_scale();
+                    let g: Vec<f32> = pl.grad.iter().map(|g| g * ls).collect();
                     policy.backward_logprobs(
                         be,
-                        &scatter_responses(&pl.grad, &batch, &prompt_lens, sub_layout),
+                        &scatter_responses(&g, &batch, &prompt_lens, sub_layout),
                     )?;
-                    policy_opt.step(be, pl.loss)?;
+                    if policy_opt.step(be, pl.loss)?.overflowed {
+                        policy_overflows += 1;
+                    }
                     pg.add(pl.loss);
                     clip.add(pl.clip_frac);
                     akl.add(pl.approx_kl);
@@ -496,7 +503,16 @@ pub fn train_ppo(
             .with("value_loss", vf.get())
             .with("vf_clip_frac", vclip.get())
             .with("kl_coef", beta as f64)
-            .with("value_warmup", f64::from(u8::from(warming)));
+            .with("value_warmup", f64::from(u8::from(warming)))
+            .with_optional(
+                "loss_scale",
+                (policy.model.precision() == Precision::F16)
+                    .then(|| f64::from(policy_opt.loss_scale())),
+            )
+            .with_optional(
+                "policy_overflows",
+                (policy.model.precision() == Precision::F16).then_some(policy_overflows as f64),
+            );
         if let Some(gold) = gold {
             let total: f64 = (ro.prompt_index.iter().zip(&ro.texts))
                 .map(|(&i, text)| gold(i, text) as f64)

@@ -1,9 +1,11 @@
-//! Post-training precision: f32, or bf16 mixed precision (16-bit weights,
-//! activations and gradients; f32 master weights and AdamW moments; the
-//! optimizer rewrites the 16-bit copies after each update).
+//! Post-training precision: f32, or bf16/f16 mixed precision (16-bit
+//! weights, activations and gradients; f32 master weights and AdamW
+//! moments; the optimizer rewrites the 16-bit copies after each update).
 //!
-//! f16 is refused here: it needs a dynamic loss scale on every backward of
-//! every objective, which only pretraining has (kiln-train's `LossScaler`).
+//! f16 adds a dynamic loss scale: every objective multiplies its upstream
+//! gradients by [`crate::optim::AlignOptimizer::loss_scale`] and the
+//! optimizer unscales, backs off on overflow and grows the scale as
+//! PyTorch's GradScaler does.
 
 use kiln_abi::BackendBox;
 use kiln_model::{Gpt, Precision};
@@ -22,14 +24,7 @@ pub fn default_precision() -> String {
 
 /// Checks a post-training precision setting.
 pub fn parse_precision(p: &str) -> Result<Precision, AlignError> {
-    match Precision::parse(p).map_err(AlignError::Config)? {
-        Precision::F16 => Err(AlignError::Config(
-            "precision f16 needs a dynamic loss scale, which post-training does not have \
-             (only pretraining does); use bf16: same memory, f32's range, no scaling"
-                .into(),
-        )),
-        ok => Ok(ok),
-    }
+    Precision::parse(p).map_err(AlignError::Config)
 }
 
 /// Puts `model` in the policy named `p` (before its optimizer is built:

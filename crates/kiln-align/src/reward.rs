@@ -494,8 +494,9 @@ pub struct RewardConfig {
     pub group_by_length: bool,
     pub log_every: u64,
     pub max_bad_steps: u32,
-    /// Precision policy: "f32" or "bf16" (16-bit weights, activations and
-    /// gradients; f32 master weights and AdamW moments).
+    /// Precision policy: "f32", "bf16" or "f16" (16-bit weights, activations and
+    /// gradients; f32 master weights and AdamW moments; f16 adds a dynamic
+    /// loss scale).
     #[serde(skip_serializing_if = "crate::precision::is_f32")]
     pub precision: String,
 }
@@ -666,8 +667,9 @@ pub fn train_reward(
         total = total.min(config.max_steps);
     }
     crate::precision::apply_precision(be, &mut rm.lm.model, &config.precision)?;
-    let mut opt =
-        AlignOptimizer::new(be, rm.param_refs(), &config.optim(), total)?.guard_divergence();
+    let mut opt = AlignOptimizer::new(be, rm.param_refs(), &config.optim(), total)?
+        .guard_divergence()
+        .scale_losses_for(rm.lm.model.precision());
     let log = |r: &Record, metrics: &mut Option<&mut MetricsLog>| -> Result<(), AlignError> {
         if let Some(m) = metrics.as_deref_mut() {
             m.append(r).map_err(|e| AlignError::io(m.path(), e))?;
@@ -728,7 +730,7 @@ pub fn train_reward(
                     .d_chosen
                     .iter()
                     .chain(&out.d_rejected)
-                    .map(|&g| (g as f64 * share) as f32)
+                    .map(|&g| (g as f64 * share * opt.loss_scale() as f64) as f32)
                     .collect();
                 rm.backward(be, &d)?;
             }
@@ -738,6 +740,10 @@ pub fn train_reward(
             train_secs += secs;
             pairs_done += step_ids.len();
             let step = opt.steps();
+            if let Some(w) = out.overflow_warning("reward", step) {
+                summary.skipped_steps += 1;
+                progress.line(&w);
+            }
             if let Some(n) = out.skipped {
                 summary.skipped_steps += 1;
                 progress.line(&format!(
@@ -756,6 +762,7 @@ pub fn train_reward(
                 .with("margin", margin)
                 .with("lr", out.lr as f64)
                 .with("grad_norm", out.grad_norm as f64)
+                .with_optional("loss_scale", out.loss_scale.map(f64::from))
                 .with("pairs_per_s", n_step / secs.max(1e-9))
                 .with(
                     "epoch",

@@ -61,8 +61,9 @@ pub struct SftConfig {
     /// padded row per chat. Same loss and gradients, fewer rows. The
     /// validation loss is computed unpacked either way.
     pub packing: bool,
-    /// Precision policy: "f32" or "bf16" (16-bit weights, activations and
-    /// gradients; f32 master weights and AdamW moments).
+    /// Precision policy: "f32", "bf16" or "f16" (16-bit weights, activations and
+    /// gradients; f32 master weights and AdamW moments; f16 adds a dynamic
+    /// loss scale).
     #[serde(skip_serializing_if = "crate::precision::is_f32")]
     pub precision: String,
 }
@@ -324,17 +325,19 @@ pub fn eval_loss(
 }
 
 /// The SFT loss of one optimizer step over `batches` (mean over all their
-/// counted targets) and `grads += ∂loss/∂θ`. Returns (loss, counted).
+/// counted targets) and `grads += loss_scale * ∂loss/∂θ` (`loss_scale` is 1
+/// but in f16). Returns (loss, counted).
 pub fn accumulate_grads(
     be: &mut BackendBox,
     policy: &mut Policy,
     batches: &[SftBatch],
+    loss_scale: f32,
 ) -> Result<(f32, usize), AlignError> {
     let counted: usize = batches.iter().map(|b| b.batch.counted()).sum();
     if counted == 0 {
         return Ok((0.0, 0));
     }
-    let w = 1.0 / counted as f32;
+    let w = loss_scale / counted as f32;
     let mut loss_sum = 0f64;
     for sft_batch in batches {
         let losses = sft_batch.token_losses(be, policy)?;
@@ -388,8 +391,9 @@ pub fn train_sft(
         total = total.min(config.max_steps);
     }
     crate::precision::apply_precision(be, &mut policy.model, &config.precision)?;
-    let mut opt =
-        AlignOptimizer::new(be, policy.param_refs(), &config.optim(), total)?.guard_divergence();
+    let mut opt = AlignOptimizer::new(be, policy.param_refs(), &config.optim(), total)?
+        .guard_divergence()
+        .scale_losses_for(policy.model.precision());
     let log = |r: &Record, metrics: &mut Option<&mut MetricsLog>| -> Result<(), AlignError> {
         if let Some(m) = metrics.as_deref_mut() {
             m.append(r).map_err(|e| AlignError::io(m.path(), e))?;
@@ -445,12 +449,16 @@ pub fn train_sft(
             summary.rows += rows as u64;
             cells += step_cells as u64;
             opt.zero_grad(be)?;
-            let (loss, counted) = accumulate_grads(be, policy, &batches)?;
+            let (loss, counted) = accumulate_grads(be, policy, &batches, opt.loss_scale())?;
             let out = opt.step(be, loss)?;
             let secs = t0.elapsed().as_secs_f64();
             train_secs += secs;
             positions += real as u64;
             let step = opt.steps();
+            if let Some(w) = out.overflow_warning("sft", step) {
+                summary.skipped_steps += 1;
+                progress.line(&w);
+            }
             if let Some(n) = out.skipped {
                 summary.skipped_steps += 1;
                 progress.line(&format!(
@@ -468,6 +476,7 @@ pub fn train_sft(
                 .with("loss", loss as f64)
                 .with("lr", out.lr as f64)
                 .with("grad_norm", out.grad_norm as f64)
+                .with_optional("loss_scale", out.loss_scale.map(f64::from))
                 .with("tokens", counted as f64)
                 .with("tokens_per_s", real as f64 / secs.max(1e-9))
                 .with("rows", rows as f64)
@@ -540,7 +549,7 @@ mod tests {
     fn grads_of(be: &mut BackendBox, p: &mut Policy, batches: &[TokenBatch]) -> (f32, Vec<f32>) {
         let batches: Vec<SftBatch> = batches.iter().cloned().map(SftBatch::from).collect();
         p.model.zero_grad(be).unwrap();
-        let (loss, _) = accumulate_grads(be, p, &batches).unwrap();
+        let (loss, _) = accumulate_grads(be, p, &batches, 1.0).unwrap();
         (loss, p.model.read_grads(be).unwrap().concat())
     }
 
@@ -736,7 +745,7 @@ mod tests {
 
         let grads = |be: &mut BackendBox, p: &mut Policy, b: &SftBatch| {
             p.model.zero_grad(be).unwrap();
-            let (loss, counted) = accumulate_grads(be, p, std::slice::from_ref(b)).unwrap();
+            let (loss, counted) = accumulate_grads(be, p, std::slice::from_ref(b), 1.0).unwrap();
             (loss, counted, p.model.read_grads(be).unwrap().concat())
         };
         let (loss_a, counted_a, grads_a) = grads(&mut be, &mut p, &plain);

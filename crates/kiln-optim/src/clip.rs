@@ -51,8 +51,20 @@ pub fn clip_scale(
     params: &[ParamRef],
     max_norm: Option<f32>,
 ) -> Result<(f32, f32), OptimError> {
+    clip_scale_unscaling(be, params, max_norm, 1.0)
+}
+
+/// [`clip_scale`] for gradients of `loss_scale * loss` (f16's dynamic loss
+/// scale): the norm returned is the unscaled one, and the factor includes
+/// `inv_loss_scale`, so AdamW sees the gradients of the loss itself.
+pub fn clip_scale_unscaling(
+    be: &mut BackendBox,
+    params: &[ParamRef],
+    max_norm: Option<f32>,
+    inv_loss_scale: f32,
+) -> Result<(f32, f32), OptimError> {
     let stats = be.alloc_buf(DType::F32, STAT_SLOTS)?;
-    let result = grad_norm_on_backend(be, params, stats, max_norm, 1.0)
+    let result = grad_norm_on_backend(be, params, stats, max_norm, inv_loss_scale)
         .and_then(|()| Ok(be.download_f32(stats)?));
     be.free_buf(stats)?;
     let s = result?;

@@ -11,7 +11,7 @@ mod error;
 mod schedule;
 
 pub use adamw::{AdamW, AdamWConfig, AdamWState};
-pub use clip::{clip_limit, clip_scale, grad_norm_on_backend};
+pub use clip::{clip_limit, clip_scale, clip_scale_unscaling, grad_norm_on_backend};
 pub use error::OptimError;
 pub use schedule::LrSchedule;
 

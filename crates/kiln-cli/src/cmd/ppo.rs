@@ -64,6 +64,11 @@ pub struct Args {
     pub max_new_tokens: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Precision policy: f32, bf16 or f16 (16-bit weights, activations and
+    /// gradients with f32 master weights and AdamW moments; f16 adds a
+    /// dynamic loss scale). Same as `precision` in the TOML file.
+    #[arg(long)]
+    pub precision: Option<String>,
 }
 
 fn config_of(args: &Args) -> Result<PpoConfig> {
@@ -89,6 +94,9 @@ fn config_of(args: &Args) -> Result<PpoConfig> {
     }
     if let Some(v) = args.seed {
         c.seed = v;
+    }
+    if let Some(v) = &args.precision {
+        c.precision = v.clone();
     }
     c.validate().context("ppo settings")?;
     Ok(c)

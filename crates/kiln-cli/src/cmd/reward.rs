@@ -55,6 +55,11 @@ pub struct Args {
     pub lr: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Precision policy: f32, bf16 or f16 (16-bit weights, activations and
+    /// gradients with f32 master weights and AdamW moments; f16 adds a
+    /// dynamic loss scale). Same as `precision` in the TOML file.
+    #[arg(long)]
+    pub precision: Option<String>,
     /// Reward centering coefficient (TRL recommends 0.01).
     #[arg(long)]
     pub center_coef: Option<f32>,
@@ -82,6 +87,9 @@ fn config_of(args: &Args) -> Result<RewardConfig> {
     }
     if let Some(v) = args.seed {
         c.seed = v;
+    }
+    if let Some(v) = &args.precision {
+        c.precision = v.clone();
     }
     if let Some(v) = args.center_coef {
         c.center_coef = v;

@@ -49,6 +49,11 @@ pub struct Args {
     pub lr: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Precision policy: f32, bf16 or f16 (16-bit weights, activations and
+    /// gradients with f32 master weights and AdamW moments; f16 adds a
+    /// dynamic loss scale). Same as `precision` in the TOML file.
+    #[arg(long)]
+    pub precision: Option<String>,
     #[arg(long)]
     pub eval_fraction: Option<f32>,
 }
@@ -102,6 +107,9 @@ fn config_of(args: &Args, packing: bool) -> Result<SftConfig> {
     }
     if let Some(v) = args.seed {
         c.seed = v;
+    }
+    if let Some(v) = &args.precision {
+        c.precision = v.clone();
     }
     if let Some(v) = args.eval_fraction {
         c.eval_fraction = v;

@@ -338,6 +338,7 @@ pub(super) fn run(
             batch_size: None,
             lr: None,
             seed: None,
+            precision: None,
             eval_fraction: None,
         })?;
         Ok(serde_json::to_value(&s)?)
@@ -434,6 +435,7 @@ pub(super) fn run(
             batch_size: None,
             lr: None,
             seed: None,
+            precision: None,
         })?;
         Ok(serde_json::to_value(&s)?)
     })?;
@@ -470,6 +472,7 @@ pub(super) fn train_reward_stage(
         batch_size: None,
         lr: None,
         seed: None,
+        precision: None,
         center_coef: None,
         eval_fraction: None,
     })?;

@@ -114,6 +114,7 @@ pub(super) fn run(
                 kl_coef: None,
                 max_new_tokens: None,
                 seed: None,
+                precision: None,
             })?;
             Ok(serde_json::to_value(&s)?)
         })?;
