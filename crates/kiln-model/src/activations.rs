@@ -112,15 +112,18 @@ impl Activations {
             Ok(id)
         };
         // Activations and their gradients in the policy's dtype `act`;
-        // statistics (norm mean/rstd, lse, losses and their weights) and the
-        // attention workspace stay f32.
+        // statistics (norm mean/rstd, lse, losses and their weights), the
+        // attention workspace and the residual stream `r` (and its gradient)
+        // stay f32, as under PyTorch's autocast, where `x + f(x)` adds a
+        // 16-bit branch to an f32 stream.
         let f = act;
         let s = DType::F32;
+        let r = DType::F32;
         let tokens = buf(DType::U32, rows)?;
         let targets = buf(DType::U32, rows)?;
         let positions = buf(DType::U32, rows)?;
         let segments = buf(DType::U32, rows)?;
-        let encoded = buf(f, rows * c)?;
+        let encoded = buf(r, rows * c)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for _ in 0..cfg.n_layer {
             layers.push(LayerActs {
@@ -131,14 +134,14 @@ impl Activations {
                 atty: buf(f, rows * c)?,
                 att: buf(s, att_len)?,
                 attproj: buf(f, rows * c)?,
-                residual2: buf(f, rows * c)?,
+                residual2: buf(r, rows * c)?,
                 ln2: buf(f, rows * c)?,
                 ln2_mean: buf(s, rows)?,
                 ln2_rstd: buf(s, rows)?,
                 fch: buf(f, rows * 4 * c)?,
                 fch_gelu: buf(f, rows * 4 * c)?,
                 fcproj: buf(f, rows * c)?,
-                residual3: buf(f, rows * c)?,
+                residual3: buf(r, rows * c)?,
             });
         }
         let lnf = buf(f, rows * c)?;
@@ -148,7 +151,7 @@ impl Activations {
         let lse = buf(s, rows)?;
         let losses = buf(s, rows)?;
         let grads = GradScratch {
-            dresidual: buf(f, rows * c)?,
+            dresidual: buf(r, rows * c)?,
             dln: buf(f, rows * c)?,
             datty: buf(f, rows * c)?,
             dqkv: buf(f, rows * 3 * c)?,

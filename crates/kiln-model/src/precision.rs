@@ -5,9 +5,12 @@
 //! weight, f32 parameter gradients (accumulated across micro-batches in
 //! f32, as Megatron's `main_grad`) and f32 AdamW moments; norm statistics,
 //! softmax log-sum-exps, losses and the optimizer stay f32 (the Backend ABI's
-//! rule). Measured: 16-bit parameter gradients cost tiny's loss 2.5-2.7%
-//! against f32 after 80 steps (tests/it/precision.rs); f32 ones keep it
-//! within 2%. bf16 needs no loss scaling;
+//! rule), and so does the residual stream and its gradient (as under
+//! PyTorch's autocast, the 16-bit output of each attention and MLP branch
+//! is added to an f32 stream). Measured on tiny after 80 steps
+//! (tests/it/precision.rs): bf16 +0.3% against f32 with the f32 stream,
+//! +2.9-3.7% with a 16-bit one; 16-bit parameter gradients cost another
+//! 2.5%, so those stay f32 too. bf16 needs no loss scaling;
 //! f16 needs a dynamic loss scale (kiln-train's `LossScaler`).
 
 use kiln_abi::DType;
