@@ -162,6 +162,40 @@ fn bytes_per_parameter_follow_the_formula() {
     }
 }
 
+/// The activation memory each policy allocates is the formula
+/// `kiln_model::activation_bytes` states, so docs/perf.md's predicted
+/// saving of bf16 over f32 is the layout's, not a guess.
+#[test]
+fn activation_bytes_follow_the_formula() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    let mut sizes = Vec::new();
+    for p in Precision::ALL {
+        let c = with_precision(tiny_config(1), p);
+        let (b, t) = (c.batch_size, c.seq_len);
+        let be = kiln_tensor::cpu_backend(Some(1));
+        let mut trainer =
+            Trainer::start(be, c, &data, &dir.path().join(p.name()), Init::Preset).unwrap();
+        trainer.train_step(&mut Quiet).unwrap();
+        let (model, be) = trainer.model_mut();
+        let cfg = model.config.clone();
+        let shape = kiln_abi::AttentionShape {
+            b,
+            t,
+            nh: cfg.n_head,
+            nkv: cfg.n_head,
+            hd: cfg.n_embd / cfg.n_head,
+            window: 0,
+        };
+        let workspace = be.attention_workspace_len(shape).into_result().unwrap();
+        let want = kiln_model::activation_bytes(&cfg, b * t, workspace, p);
+        assert_eq!(model.activation_bytes(), Some(want), "{p}");
+        sizes.push(want);
+    }
+    // 16-bit policies hold less than f32, and both 16-bit types the same.
+    assert!(sizes[1] < sizes[0] && sizes[1] == sizes[2], "{sizes:?}");
+}
+
 #[test]
 fn resume_is_exact_in_every_precision() {
     let dir = tempfile::tempdir().unwrap();

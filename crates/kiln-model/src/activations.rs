@@ -93,6 +93,7 @@ pub(crate) struct Activations {
     pub losses: BufId,
     pub grads: GradScratch,
     all: Vec<BufId>,
+    bytes: usize,
 }
 
 impl Activations {
@@ -106,9 +107,11 @@ impl Activations {
         let c = cfg.n_embd;
         let vp = cfg.padded_vocab_size;
         let mut all = Vec::new();
+        let mut bytes = 0usize;
         let mut buf = |dtype: DType, len: usize| -> Result<BufId, ModelError> {
             let id = be.alloc(dtype, len.max(1)).ok_or_err()?;
             all.push(id);
+            bytes += len.max(1) * dtype.size();
             Ok(id)
         };
         // Activations and their gradients in the policy's dtype `act`;
@@ -176,7 +179,13 @@ impl Activations {
             losses,
             grads,
             all,
+            bytes,
         })
+    }
+
+    /// Bytes of every buffer allocated here.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The final LayerNorm: `lnf = LN(top)`.

@@ -34,6 +34,6 @@ pub use error::ModelError;
 pub use model::Gpt;
 pub use packing::Packing;
 pub use params::Param;
-pub use precision::{BytesPerParam, Precision};
+pub use precision::{activation_bytes, BytesPerParam, Precision};
 pub use rng::Rng;
 pub use sample::{sample_token, SampleOptions};

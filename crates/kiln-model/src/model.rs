@@ -126,6 +126,12 @@ impl Gpt {
         self.refresh_compute_weights(be)
     }
 
+    /// Bytes of the training activations allocated so far (None before
+    /// the first training forward); see [`crate::precision::activation_bytes`].
+    pub fn activation_bytes(&self) -> Option<usize> {
+        self.acts.as_ref().map(|a| a.bytes())
+    }
+
     /// The precision policy the model computes in (f32 unless set).
     pub fn precision(&self) -> Precision {
         self.precision

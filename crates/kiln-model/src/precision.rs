@@ -93,6 +93,28 @@ impl BytesPerParam {
     }
 }
 
+/// Bytes of the training activations and gradient scratch for `rows = B*T`
+/// rows under `precision`, with an attention workspace of `workspace` f32
+/// elements per layer (the backend's `attention_workspace_len`). Per row
+/// and layer: 16 C values in the compute dtype (ln1, qkv 3C, attention
+/// output, its projection, ln2, fc 4C, GELU 4C, fc projection) and 2 C in
+/// f32 (the residual stream), plus 4 f32 norm statistics; per row once: the
+/// encoder output and d(residual) (C each, f32), lnf and 13 C of gradient
+/// scratch (compute dtype), the padded logits (compute dtype, reused for
+/// their gradient), 2 lnf statistics, lse, loss and loss weight (f32), and
+/// 4 u32 ids (tokens, targets, positions, segments).
+pub fn activation_bytes(
+    cfg: &crate::GptConfig,
+    rows: usize,
+    workspace: usize,
+    precision: Precision,
+) -> usize {
+    let (a, f, c) = (precision.compute_dtype().size(), 4, cfg.n_embd);
+    let layer = rows * (16 * c * a + 2 * c * f + 4 * f) + workspace.max(1) * f;
+    let once = rows * (2 * c * f + 14 * c * a + cfg.padded_vocab_size * a + 5 * f + 4 * 4);
+    cfg.n_layer * layer + once
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
