@@ -137,39 +137,52 @@ fn recomputed_backward_matches_the_f64_reference_over_several_blocks() {
     );
 }
 
+/// CPU time of this process so far in ms (user + system, from
+/// `/proc/self/stat`, in clock ticks of 10 ms).
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the parenthesised command name; utime, stime are 14, 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) * 10.0
+}
+
 /// `cargo test -p kiln-tensor --test attention_workspace -- --ignored
-/// --nocapture`: best-of wall time of forward and backward at the shape of
-/// `benches/benches/ops.rs` (B=8, T=256, C=384, 6 heads), 2 threads.
+/// --nocapture`: CPU time per forward and backward (one thread, so other
+/// load on the machine distorts it less than wall time), at the shape of
+/// `benches/benches/ops.rs` (B=8, T=256, C=384, 6 heads) and at gpt2-124m's
+/// (B=1, T=1024, C=768, 12 heads). The test profile's overflow checks keep
+/// `fastmath::exp` scalar; for figures close to a release build run it with
+/// `CARGO_PROFILE_TEST_OPT_LEVEL=3 CARGO_PROFILE_TEST_OVERFLOW_CHECKS=false
+/// CARGO_PROFILE_TEST_DEBUG_ASSERTIONS=false`.
 #[test]
 #[ignore]
 fn timing() {
-    let s = mha(8, 256, 384, 6);
-    let row = 3 * 384;
-    let n_out = s.b * s.t * 384;
-    let mut rng = Rng::new(1);
-    let mut be = backend(2);
-    let qi = upload(&mut be, &rng.vec(s.b * s.t * row, 1.0));
-    let gi = upload(&mut be, &rng.vec(n_out, 1.0));
-    let di = zeros(&mut be, s.b * s.t * row);
-    let ws_len = be.attention_workspace_len(s).ok_or_err().unwrap();
-    let (out, ws) = (zeros(&mut be, n_out), zeros(&mut be, ws_len));
-    let best = |f: &mut dyn FnMut()| {
-        f();
-        (0..10)
-            .map(|_| {
-                let t0 = std::time::Instant::now();
-                f();
-                t0.elapsed().as_secs_f64() * 1e3
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
-    let fwd = best(&mut || attn_fwd(&mut be, out, ws, qi, None, s).ok_or_err().unwrap());
-    let bwd = best(&mut || {
-        attn_bwd(&mut be, di, gi, qi, out, ws, None, s)
-            .ok_or_err()
-            .unwrap()
-    });
-    eprintln!(
-        "attention {s:?}: forward {fwd:.2} ms, backward {bwd:.2} ms (workspace {ws_len} floats)"
-    );
+    for (bsz, t, c, nh) in [(8, 256, 384, 6), (1, 1024, 768, 12)] {
+        let s = mha(bsz, t, c, nh);
+        let n_out = bsz * t * c;
+        let mut rng = Rng::new(1);
+        let mut be = backend(1);
+        let qi = upload(&mut be, &rng.vec(3 * n_out, 1.0));
+        let gi = upload(&mut be, &rng.vec(n_out, 1.0));
+        let di = zeros(&mut be, 3 * n_out);
+        let ws_len = be.attention_workspace_len(s).ok_or_err().unwrap();
+        let (out, ws) = (zeros(&mut be, n_out), zeros(&mut be, ws_len));
+        let per_call = |f: &mut dyn FnMut()| {
+            f();
+            let (n, t0) = (10, cpu_ms());
+            (0..n).for_each(|_| f());
+            (cpu_ms() - t0) / n as f64
+        };
+        let fwd = per_call(&mut || attn_fwd(&mut be, out, ws, qi, None, s).ok_or_err().unwrap());
+        let bwd = per_call(&mut || {
+            attn_bwd(&mut be, di, gi, qi, out, ws, None, s)
+                .ok_or_err()
+                .unwrap()
+        });
+        eprintln!(
+            "attention B={bsz} T={t} C={c} nh={nh}: forward {fwd:.1} ms, backward {bwd:.1} ms CPU \
+             (workspace {ws_len} floats)"
+        );
+    }
 }
