@@ -241,8 +241,8 @@ pub struct AttentionShape {
 /// Attention forward: writes `out [B,T,nh*hd]` (heads concatenated) and
 /// whatever the backend keeps for backward in `workspace`, an f32 buffer of
 /// at least [`crate::Backend::attention_workspace_len`] elements (a backend
-/// may keep the probabilities, or only log-sum-exps and recompute, flash
-/// style). With `segments` (u32 `[B,T]`) a query sees only keys of its own
+/// may keep the probabilities, or only per-row log-sum-exps and recompute
+/// them, flash style, as the CPU backend does). With `segments` (u32 `[B,T]`) a query sees only keys of its own
 /// segment (packed rows). `scale` multiplies q·k (usually `1/sqrt(hd)`).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
@@ -256,7 +256,8 @@ pub struct AttentionArgs {
 }
 
 /// Attention backward: accumulates `dqkv` from `dout`, given the forward's
-/// `qkv`, `out` and `workspace` (unchanged since that forward).
+/// `qkv`, `out` and `workspace` (unchanged since that forward) and the same
+/// `segments` (a backend that recomputes the probabilities needs the mask).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
 pub struct AttentionBackwardArgs {

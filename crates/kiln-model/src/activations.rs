@@ -1,6 +1,8 @@
 //! Activation and gradient-scratch buffers for training forward/backward.
 //!
-//! Sized for a capacity of `rows = B*T` and `att = B*NH*T*T` elements; a call
+//! Sized for a capacity of `rows = B*T` and `att =
+//! attention_workspace_len(shape)` elements (the backend's attention
+//! workspace; per-row softmax statistics on the CPU); a call
 //! with a larger batch reallocates once, smaller ones reuse the buffers (ops
 //! accept buffers larger than they need), so steady-state steps allocate
 //! nothing.
@@ -70,7 +72,8 @@ pub(crate) struct GradScratch {
 }
 
 pub(crate) struct Activations {
-    /// Capacity: rows (B*T) and attention elements (B*NH*T*T).
+    /// Capacity: rows (B*T) and attention workspace elements (as
+    /// `attention_workspace_len` asks).
     pub rows: usize,
     pub att_len: usize,
     pub tokens: BufId,

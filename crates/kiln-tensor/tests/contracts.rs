@@ -389,11 +389,12 @@ fn cases(d: Dims) -> Vec<Case> {
             ],
             call: |be, i, d| be.swiglu_backward(i[0], i[1], i[2], d.b * d.t, d.c),
         },
+        // The CPU attention workspace: 2 statistics per (batch, head, query).
         Case {
             op: "attention_forward",
             args: vec![
                 ("out", F32, btc),
-                ("workspace", F32, b * nh * t * t),
+                ("workspace", F32, b * nh * t * 2),
                 ("qkv", F32, d.qkv(true)),
             ],
             call: |be, i, d| be.attention_forward(att(i, d, true, false)),
@@ -402,7 +403,7 @@ fn cases(d: Dims) -> Vec<Case> {
             op: "attention_forward",
             args: vec![
                 ("out", BF16, btc),
-                ("workspace", F32, b * nh * t * t),
+                ("workspace", F32, b * nh * t * 2),
                 ("qkv", BF16, d.qkv(false)),
                 ("segments", U32, bt),
             ],
@@ -415,7 +416,7 @@ fn cases(d: Dims) -> Vec<Case> {
                 ("dout", F32, btc),
                 ("qkv", F32, d.qkv(false)),
                 ("out", F32, btc),
-                ("workspace", F32, b * nh * t * t),
+                ("workspace", F32, b * nh * t * 2),
             ],
             call: |be, i, d| {
                 let a = att(&[i[3], i[4], i[2]], d, false, false);

@@ -49,7 +49,7 @@ fn chain(threads: usize) -> Vec<Vec<u32>> {
         .unwrap();
     keep(&mut be, qkv);
 
-    let (att_out, att) = (zeros(&mut be, bt * c), zeros(&mut be, b * nh * t * t));
+    let (att_out, att) = (zeros(&mut be, bt * c), workspace(&mut be, mha(b, t, c, nh)));
     attn_fwd(&mut be, att_out, att, qkv, None, mha(b, t, c, nh))
         .ok_or_err()
         .unwrap();

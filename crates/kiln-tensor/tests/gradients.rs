@@ -285,13 +285,13 @@ fn attention_case(bsz: usize, t: usize, c: usize, nh: usize, seed: u64, check_gr
     let qi = upload(&mut be, &qkv);
     let (out, att) = (
         zeros(&mut be, bsz * t * c),
-        zeros(&mut be, bsz * nh * t * t),
+        workspace(&mut be, mha(bsz, t, c, nh)),
     );
     attn_fwd(&mut be, out, att, qi, None, mha(bsz, t, c, nh))
         .ok_or_err()
         .unwrap();
-    let (want_out, want_att) = r::attention(&to_f64(&qkv), bsz, t, c, nh);
-    assert_close("att", &download(&mut be, att), &want_att, 1e-5, 1e-6);
+    // The workspace is the backend's own (per-row statistics on the CPU).
+    let (want_out, _) = r::attention(&to_f64(&qkv), bsz, t, c, nh);
     assert_close("out", &download(&mut be, out), &want_out, 1e-5, 1e-5);
     if !check_grad {
         return;
@@ -335,7 +335,7 @@ fn kv_cache_attention_equals_full_attention() {
     let qi = upload(&mut be, &qkv);
     let (out, att) = (
         zeros(&mut be, bsz * t * c),
-        zeros(&mut be, bsz * nh * t * t),
+        workspace(&mut be, mha(bsz, t, c, nh)),
     );
     attn_fwd(&mut be, out, att, qi, None, mha(bsz, t, c, nh))
         .ok_or_err()

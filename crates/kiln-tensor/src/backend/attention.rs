@@ -3,7 +3,10 @@
 use kiln_abi::{AttentionArgs, AttentionBackwardArgs, AttentionShape, KvAttentionArgs};
 
 use super::CpuBackend;
-use crate::ops::{self, attention::Shape};
+use crate::ops::{
+    self,
+    attention::{Shape, ROW_STATS},
+};
 use crate::validate::{ensure, product};
 
 /// Element counts of one attention call.
@@ -14,7 +17,8 @@ struct Sizes {
     qkv: usize,
     /// `B*T*nh*hd`.
     out: usize,
-    /// The saved probabilities `B*nh*T*T`.
+    /// The saved per-row softmax statistics `B*nh*T*ROW_STATS` (no
+    /// probabilities: backward recomputes them).
     workspace: usize,
 }
 
@@ -42,7 +46,7 @@ fn check_shape(op: &str, s: AttentionShape, scale: Option<f32>) -> Result<(Shape
         bt,
         qkv: product(op, "B*T*(nh+2nkv)*hd", &[bt, heads, s.hd])?,
         out: product(op, "B*T*nh*hd", &[bt, s.nh, s.hd])?,
-        workspace: product(op, "B*nh*T*T", &[s.b, s.nh, s.t, s.t])?,
+        workspace: product(op, "B*nh*T*2", &[s.b, s.nh, s.t, ROW_STATS])?,
     };
     let shape = Shape {
         b: s.b,
@@ -89,8 +93,9 @@ impl CpuBackend {
         let op = "attention_backward";
         let (sh, n) = check_shape(op, a.shape, Some(a.scale))?;
         let engine = self.engine;
-        // `out` and `segments` are not read (the saved probabilities carry
-        // the masks) but are checked like every operand.
+        // `out` is not read (the softmax backward's row sums `p.dp` come
+        // from the recomputed probabilities, exact whatever out's dtype) but
+        // is checked like every operand. `segments` must be the forward's.
         let ins = [
             ("dout", Some(a.dout)),
             ("qkv", Some(a.qkv)),
@@ -102,11 +107,11 @@ impl CpuBackend {
             let dout = o.widened("dout", n.out)?;
             let qkv = o.widened("qkv", n.qkv)?;
             o.float("out", n.out)?;
-            o.u32_opt("segments", n.bt)?;
+            let segments = o.u32_opt("segments", n.bt)?;
             let ws = o.f32("workspace", n.workspace)?;
             let mut d = o.float_mut("dqkv", n.qkv)?;
             if n.out > 0 {
-                ops::attention::backward(engine, d.f32(), &dout, &qkv, ws, sh, a.scale);
+                ops::attention::backward(engine, d.f32(), &dout, &qkv, ws, segments, sh, a.scale);
             }
             d.finish();
             Ok(())

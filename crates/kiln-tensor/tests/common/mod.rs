@@ -139,6 +139,14 @@ pub fn mha(b: usize, t: usize, c: usize, nh: usize) -> AttentionShape {
     }
 }
 
+/// An attention workspace of the size the backend asks for.
+pub fn workspace(be: &mut BackendBox, s: AttentionShape) -> BufId {
+    let len = be
+        .attention_workspace_len(s)
+        .expect("attention_workspace_len");
+    zeros(be, len)
+}
+
 pub fn scale_of(s: AttentionShape) -> f32 {
     1.0 / (s.hd as f32).sqrt()
 }

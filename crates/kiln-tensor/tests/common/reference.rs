@@ -267,3 +267,54 @@ pub fn softmax(x: &[f64], rows: usize, cols: usize) -> (Vec<f64>, Vec<f64>) {
     }
     (out, lse)
 }
+
+/// Analytic gradient of [`attention_gqa`]'s `out` weighted by `dout`
+/// (`sum(dout * out)`), w.r.t. `qkv`: the softmax backward in f64, for shapes
+/// too large for central differences.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_gqa_backward(
+    qkv: &[f64],
+    dout: &[f64],
+    bsz: usize,
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    window: usize,
+    segments: Option<&[u32]>,
+) -> Vec<f64> {
+    let row = (nh + 2 * nkv) * hd;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let (_, att) = attention_gqa(qkv, bsz, t, nh, nkv, hd, window, segments);
+    let mut d = vec![0.0; qkv.len()];
+    for b in 0..bsz {
+        for h in 0..nh {
+            let kvh = h / (nh / nkv);
+            let (qo, ko, vo) = (h * hd, (nh + kvh) * hd, (nh + nkv + kvh) * hd);
+            for i in 0..t {
+                let p = &att[((b * nh + h) * t + i) * t..][..t];
+                let go = &dout[(b * t + i) * nh * hd + h * hd..][..hd];
+                let dp: Vec<f64> = (0..t)
+                    .map(|j| {
+                        let v = &qkv[(b * t + j) * row + vo..][..hd];
+                        go.iter().zip(v).map(|(x, y)| x * y).sum()
+                    })
+                    .collect();
+                let dsum: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                for j in 0..t {
+                    if p[j] == 0.0 {
+                        continue;
+                    }
+                    let ds = p[j] * (dp[j] - dsum) * scale;
+                    for x in 0..hd {
+                        let (qi, kj) = ((b * t + i) * row + qo + x, (b * t + j) * row + ko + x);
+                        d[qi] += ds * qkv[kj];
+                        d[kj] += ds * qkv[qi];
+                        d[(b * t + j) * row + vo + x] += p[j] * go[x];
+                    }
+                }
+            }
+        }
+    }
+    d
+}
