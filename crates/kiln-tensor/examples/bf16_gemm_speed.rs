@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use half::bf16;
 use kiln_tensor::gemm::{sgemm, GemmEngine, Mat, MatMut};
-use kiln_tensor::gemm_bf16::{available, gemm_bf16, Bf16Mat};
+use kiln_tensor::gemm_bf16::{available, gemm_bf16_with, Bf16Kernel, Bf16Mat};
 
 fn best(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -71,34 +71,42 @@ fn main() {
                 )
             })
         });
-        let t16 = pool.install(|| {
-            best(reps, || {
-                gemm_bf16(
-                    m,
-                    n,
-                    k,
-                    1.0,
-                    Bf16Mat {
-                        data: &ha,
-                        ld: lda,
-                        trans: ta,
-                    },
-                    Bf16Mat {
-                        data: &hb,
-                        ld: ldb,
-                        trans: tb,
-                    },
-                    0.0,
-                    &mut c,
-                    n,
-                )
-            })
-        });
+        let mut t16 = [f64::NAN; 2];
+        for (t, kernel) in t16.iter_mut().zip([Bf16Kernel::Avx512, Bf16Kernel::Amx]) {
+            if !kernel.available() {
+                continue;
+            }
+            *t = pool.install(|| {
+                best(reps, || {
+                    gemm_bf16_with(
+                        kernel,
+                        m,
+                        n,
+                        k,
+                        1.0,
+                        Bf16Mat {
+                            data: &ha,
+                            ld: lda,
+                            trans: ta,
+                        },
+                        Bf16Mat {
+                            data: &hb,
+                            ld: ldb,
+                            trans: tb,
+                        },
+                        0.0,
+                        &mut c,
+                        n,
+                    )
+                })
+            });
+        }
         println!(
-            "m={m:5} n={n:5} k={k:5} ta={ta:5} tb={tb:5}  f32 {:6.1} GFLOP/s  bf16 {:6.1} GFLOP/s  x{:.2}",
+            "m={m:5} n={n:5} k={k:5} ta={ta:5} tb={tb:5}  f32 {:6.1}  avx512-bf16 {:6.1}  amx {:6.1} GFLOP/s  amx/f32 x{:.2}",
             flops / t32 / 1e9,
-            flops / t16 / 1e9,
-            t32 / t16
+            flops / t16[0] / 1e9,
+            flops / t16[1] / 1e9,
+            t32 / t16[1]
         );
     }
 }

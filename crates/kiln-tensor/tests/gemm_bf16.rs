@@ -10,9 +10,18 @@ use half::bf16;
 use kiln_abi::{
     abi_stable::sabi_trait::TD_Opaque, BackendBox, BackendExt, Backend_TO, DType, IntoBResult,
 };
-use kiln_tensor::gemm_bf16::{available, gemm_bf16, Bf16Mat};
+use kiln_tensor::gemm_bf16::{available, gemm_bf16_with, Bf16Kernel, Bf16Mat};
 use kiln_tensor::CpuBackend;
 use proptest::prelude::*;
+
+/// The kernels this CPU runs (each is tested).
+fn kernels() -> Vec<Bf16Kernel> {
+    let all = [Bf16Kernel::Amx, Bf16Kernel::Avx512];
+    for k in all.iter().filter(|k| !k.available()) {
+        eprintln!("skipped: the {k:?} bf16 kernel does not run on this CPU");
+    }
+    all.into_iter().filter(|k| k.available()).collect()
+}
 
 fn skip() -> bool {
     if !available() {
@@ -96,10 +105,11 @@ impl Case {
         self.b[idx].to_f64()
     }
 
-    /// Runs the kernel on the current rayon pool; returns all of `c`.
-    fn run(&self) -> Vec<f32> {
+    /// Runs `kernel` on the current rayon pool; returns all of `c`.
+    fn run(&self, kernel: Bf16Kernel) -> Vec<f32> {
         let mut c = self.c.clone();
-        gemm_bf16(
+        gemm_bf16_with(
+            kernel,
             self.m,
             self.n,
             self.k,
@@ -123,7 +133,7 @@ impl Case {
 
     /// Checks `got` against f64: products are exact, so the only error is
     /// f32 summation, bounded by `k * 2^-23 * sum |a b|` (plus the scalars').
-    fn check(&self, got: &[f32]) {
+    fn check(&self, kernel: Bf16Kernel, got: &[f32]) {
         for i in 0..self.m {
             for j in 0..self.ldc {
                 let at = i * self.ldc + j;
@@ -145,7 +155,7 @@ impl Case {
                 let g = got[at] as f64;
                 assert!(
                     (g - want).abs() <= tol,
-                    "m={} n={} k={} ta={} tb={} [{i},{j}]: got {g}, want {want}, tol {tol:e}",
+                    "{kernel:?} m={} n={} k={} ta={} tb={} [{i},{j}]: got {g}, want {want}, tol {tol:e}",
                     self.m,
                     self.n,
                     self.k,
@@ -180,7 +190,9 @@ proptest! {
     ) {
         if !skip() {
             let case = Case::new((m, n, k), ta, tb, pad, alpha, beta, seed);
-            case.check(&case.run());
+            for kernel in kernels() {
+                case.check(kernel, &case.run(kernel));
+            }
         }
     }
 }
@@ -197,11 +209,15 @@ fn large_shapes_and_k_blocks() {
         (1, 300, 385),
         (300, 1, 384),
         (200, 257, 3),
+        (70, 40, 1100),
+        (33, 290, 513),
     ];
     for (s, &shape) in shapes.iter().enumerate() {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let case = Case::new(shape, ta, tb, 1, 1.0, 0.5, s as u64);
-            case.check(&pool(3).install(|| case.run()));
+            for kernel in kernels() {
+                case.check(kernel, &pool(3).install(|| case.run(kernel)));
+            }
         }
     }
 }
@@ -214,8 +230,10 @@ fn beta_zero_ignores_nan() {
     }
     let mut case = Case::new((13, 35, 9), false, true, 0, 1.0, 0.0, 5);
     case.c.iter_mut().for_each(|v| *v = f32::NAN);
-    let got = case.run();
-    assert!(got.iter().all(|v| v.is_finite()));
+    for kernel in kernels() {
+        let got = case.run(kernel);
+        assert!(got.iter().all(|v| v.is_finite()), "{kernel:?}");
+    }
 }
 
 /// Bit-identical for 1, 2 and 3 threads (and run after run).
@@ -230,15 +248,17 @@ fn deterministic_across_thread_counts() {
         ((64, 2048, 512), false, false),
     ] {
         let case = Case::new(shape, ta, tb, 0, 1.0, 1.0, 11);
-        let one = pool(1).install(|| case.run());
-        for threads in [2, 3, 2] {
-            let other = pool(threads).install(|| case.run());
-            assert!(
-                one.iter()
-                    .zip(&other)
-                    .all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{shape:?}: {threads} threads differ from 1"
-            );
+        for kernel in kernels() {
+            let one = pool(1).install(|| case.run(kernel));
+            for threads in [2, 3, 2] {
+                let other = pool(threads).install(|| case.run(kernel));
+                assert!(
+                    one.iter()
+                        .zip(&other)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{kernel:?} {shape:?}: {threads} threads differ from 1"
+                );
+            }
         }
     }
 }

@@ -41,22 +41,63 @@ const TN: usize = 8 * NR;
 /// Products below this many multiply-adds run on the calling thread.
 const SERIAL_MACS: usize = 1 << 18;
 
-/// Whether this CPU runs the kernel (detected once).
+#[cfg(target_arch = "x86_64")]
+mod amx;
+
+/// Which instruction set runs a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// AMX tiles (`TDPBF16PS`), see `amx.rs`.
+    Amx,
+    /// AVX512-BF16 (`VDPBF16PS`) on zmm registers, in this file.
+    Avx512,
+}
+
+impl Bf16Kernel {
+    /// Whether this CPU (and OS, for AMX) runs it; detected once.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Bf16Kernel::Amx => amx::available() && avx512_available(),
+                Bf16Kernel::Avx512 => avx512_available(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx512bf16")
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+    })
+}
+
+/// The kernel [`gemm_bf16`] uses: AMX where it runs (unless the environment
+/// sets `KILN_CPU_BF16_AMX=0`), else AVX512-BF16, else none.
+pub fn best_kernel() -> Option<Bf16Kernel> {
+    use std::sync::OnceLock;
+    static BEST: OnceLock<Option<Bf16Kernel>> = OnceLock::new();
+    *BEST.get_or_init(|| {
+        let amx_ok = std::env::var("KILN_CPU_BF16_AMX").map_or(true, |v| v.trim() != "0");
+        [Bf16Kernel::Amx, Bf16Kernel::Avx512]
+            .into_iter()
+            .filter(|&k| k != Bf16Kernel::Amx || amx_ok)
+            .find(|k| k.available())
+    })
+}
+
+/// Whether this CPU runs a native bf16 kernel at all.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| {
-            is_x86_feature_detected!("avx512bf16")
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    best_kernel().is_some()
 }
 
 /// The default for new CPU backends: [`available`], unless the environment
@@ -213,7 +254,32 @@ pub fn gemm_bf16(
     c: &mut [f32],
     ldc: usize,
 ) {
-    assert!(available(), "gemm_bf16: this CPU lacks avx512bf16");
+    let kernel = best_kernel().expect("gemm_bf16: this CPU lacks avx512bf16");
+    gemm_bf16_with(kernel, m, n, k, alpha, a, b, beta, c, ldc)
+}
+
+/// As [`gemm_bf16`] with a chosen kernel (both paths are tested on CPUs
+/// that run both).
+///
+/// # Panics
+/// When `kernel` does not run here, or as [`gemm_bf16`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_with(
+    kernel: Bf16Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Bf16Mat<'_>,
+    b: Bf16Mat<'_>,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(
+        kernel.available(),
+        "gemm_bf16: {kernel:?} does not run on this CPU"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -230,16 +296,21 @@ pub fn gemm_bf16(
         }
         return;
     }
+    let out = Out {
+        ptr: c.as_mut_ptr(),
+        ld: ldc,
+    };
+    let parallel = m.saturating_mul(n).saturating_mul(k) >= SERIAL_MACS;
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Bf16Kernel::Amx {
+        return amx::gemm(m, n, k, alpha, a, b, beta, out, parallel);
+    }
     let kp = k.div_ceil(2);
     let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
     let mut apack = vec![0u32; mp * kp * MR];
     let mut bpack = vec![0u32; np * kp * NR];
     pack_a(a, m, k, kp, &mut apack);
     pack_b(b, n, k, kp, &mut bpack);
-    let out = Out {
-        ptr: c.as_mut_ptr(),
-        ld: ldc,
-    };
     let (tm, tn) = (m.div_ceil(TM), n.div_ceil(TN));
     let task = |t: usize| {
         let (ti, tj) = (t / tn, t % tn);
@@ -250,10 +321,10 @@ pub fn gemm_bf16(
         // kp pairs per row/column.
         unsafe { tile(&apack, &bpack, kp, i0, i1, j0, j1, alpha, beta, out) }
     };
-    if m.saturating_mul(n).saturating_mul(k) < SERIAL_MACS {
-        (0..tm * tn).for_each(task);
-    } else {
+    if parallel {
         (0..tm * tn).into_par_iter().for_each(task);
+    } else {
+        (0..tm * tn).for_each(task);
     }
 }
 
