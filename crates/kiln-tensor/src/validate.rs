@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use kiln_abi::{BufId, DType};
+use rayon::prelude::*;
 
 use crate::store::{Region, Store};
 
@@ -76,12 +77,12 @@ impl<'a> FloatIn<'a> {
             FloatIn::F32(v) => Cow::Borrowed(v),
             FloatIn::BF16(v) => {
                 let mut out = vec![0f32; v.len()];
-                v.convert_to_f32_slice(&mut out);
+                widen_into(v, &mut out);
                 Cow::Owned(out)
             }
             FloatIn::F16(v) => {
                 let mut out = vec![0f32; v.len()];
-                v.convert_to_f32_slice(&mut out);
+                widen_into(v, &mut out);
                 Cow::Owned(out)
             }
         }
@@ -116,8 +117,8 @@ impl FloatOut<'_> {
     pub fn finish(self) {
         match self {
             FloatOut::F32(_) => {}
-            FloatOut::BF16(d, s) => d.convert_from_f32_slice(&s),
-            FloatOut::F16(d, s) => d.convert_from_f32_slice(&s),
+            FloatOut::BF16(d, s) => narrow_into(&s, d),
+            FloatOut::F16(d, s) => narrow_into(&s, d),
         }
     }
 }
@@ -296,6 +297,17 @@ impl<'a> Operands<'a> {
 
     /// A float output of any storage type (see [`FloatOut`]).
     pub fn float_mut(&self, name: &str, need: usize) -> Result<FloatOut<'a>, String> {
+        self.float_mut_with(name, need, true)
+    }
+
+    /// As [`Operands::float_mut`] for an op that overwrites all `need`
+    /// elements without reading them: a 16-bit output's scratch starts at
+    /// zero instead of widened.
+    pub fn float_mut_overwrite(&self, name: &str, need: usize) -> Result<FloatOut<'a>, String> {
+        self.float_mut_with(name, need, false)
+    }
+
+    fn float_mut_with(&self, name: &str, need: usize, widen: bool) -> Result<FloatOut<'a>, String> {
         let r = self.take(name)?;
         self.check(name, &r, need, &[DType::F32, DType::BF16, DType::F16])?;
         Ok(match r.dtype {
@@ -303,13 +315,17 @@ impl<'a> Operands<'a> {
             DType::BF16 => {
                 let d: &mut [bf16] = Self::slice_mut(&r, need);
                 let mut s = scratch(self.op, need)?;
-                d.convert_to_f32_slice(&mut s);
+                if widen {
+                    widen_into(d, &mut s);
+                }
                 FloatOut::BF16(d, s)
             }
             _ => {
                 let d: &mut [f16] = Self::slice_mut(&r, need);
                 let mut s = scratch(self.op, need)?;
-                d.convert_to_f32_slice(&mut s);
+                if widen {
+                    widen_into(d, &mut s);
+                }
                 FloatOut::F16(d, s)
             }
         })
@@ -343,6 +359,36 @@ pub fn round_to(dtype: DType, x: &mut [f32]) {
         DType::F16 => x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
         _ => {}
     }
+}
+
+/// Elements per task of the conversions below (elementwise, so the split
+/// cannot change results).
+const CONVERT_CHUNK: usize = 1 << 15;
+
+/// 16-bit to f32 over the current rayon pool.
+pub fn widen_into<T: Copy + Sync>(src: &[T], dst: &mut [f32])
+where
+    [T]: HalfFloatSliceExt,
+{
+    if src.len() < CONVERT_CHUNK {
+        return src.convert_to_f32_slice(dst);
+    }
+    dst.par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(d, s)| s.convert_to_f32_slice(d));
+}
+
+/// f32 to 16-bit (nearest even) over the current rayon pool.
+pub fn narrow_into<T: Copy + Send>(src: &[f32], dst: &mut [T])
+where
+    [T]: HalfFloatSliceExt,
+{
+    if src.len() < CONVERT_CHUNK {
+        return dst.convert_from_f32_slice(src);
+    }
+    dst.par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(d, s)| d.convert_from_f32_slice(s));
 }
 
 /// A zeroed f32 scratch vector; an error instead of an abort when memory runs out.

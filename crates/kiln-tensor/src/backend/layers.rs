@@ -210,9 +210,18 @@ impl CpuBackend {
                 ops::matmul::Operands::F32(o.widened("a", a_need)?, o.widened("b", b_need)?)
             };
             let bias = o.widened_opt("bias", a.n)?;
-            let mut out = o.float_mut("out", c_need)?;
+            // beta = 0 over a packed output writes every element unread.
+            let mut out = if a.beta == 0.0 && ldc == a.n {
+                o.float_mut_overwrite("out", c_need)?
+            } else {
+                o.float_mut("out", c_need)?
+            };
             if gelu {
-                let mut pre = o.float_mut("pre_act", c_need)?;
+                let mut pre = if ldc == a.n {
+                    o.float_mut_overwrite("pre_act", c_need)?
+                } else {
+                    o.float_mut("pre_act", c_need)?
+                };
                 ops::matmul::forward(engine, pre.f32(), &operands, bias.as_deref(), dims);
                 ops::matmul::gelu_epilogue(out.f32(), pre.f32(), dims);
                 pre.finish();

@@ -21,7 +21,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::{pair, Bf16Mat, Out};
+use super::{pair, with_buffer, Bf16Mat, Out};
 
 /// Output rows / columns per task (multiples of 32).
 const TM: usize = 128;
@@ -213,10 +213,28 @@ pub fn gemm(
 ) {
     let nkb = k.div_ceil(32);
     let (mp, np) = (m.div_ceil(32), n.div_ceil(32));
-    let mut apack = vec![0u32; mp * nkb * 512];
-    let mut bpack = vec![0u32; np * nkb * 512];
-    pack_a(a, m, k, nkb, &mut apack);
-    pack_b(b, n, k, nkb, &mut bpack);
+    with_buffer(0, mp * nkb * 512, |apack| {
+        with_buffer(1, np * nkb * 512, |bpack| {
+            pack_a(a, m, k, nkb, apack);
+            pack_b(b, n, k, nkb, bpack);
+            tiles(apack, bpack, m, n, nkb, alpha, beta, c, parallel)
+        })
+    })
+}
+
+/// Runs the tasks over packed operands.
+#[allow(clippy::too_many_arguments)]
+fn tiles(
+    apack: &[u32],
+    bpack: &[u32],
+    m: usize,
+    n: usize,
+    nkb: usize,
+    alpha: f32,
+    beta: f32,
+    c: Out,
+    parallel: bool,
+) {
     let (tm, tn) = (m.div_ceil(TM), n.div_ceil(TN));
     let task = |t: usize| {
         let (ti, tj) = (t / tn, t % tn);
@@ -224,7 +242,7 @@ pub fn gemm(
         let (i1, j1) = ((i0 + TM).min(m), (j0 + TN).min(n));
         // SAFETY: AMX is enabled (caller); the tile is inside `c` and no
         // other task writes it; packed panels hold `nkb` k-blocks.
-        unsafe { tile(&apack, &bpack, nkb, i0, i1, j0, j1, alpha, beta, c) }
+        unsafe { tile(apack, bpack, nkb, i0, i1, j0, j1, alpha, beta, c) }
     };
     if parallel {
         (0..tm * tn).into_par_iter().for_each(task);
@@ -264,8 +282,32 @@ unsafe fn tile(
     c: Out,
 ) {
     let (mi, nj) = ((i1 - i0).div_ceil(32), (j1 - j0).div_ceil(32));
-    // Partial sums: one 4 KiB block (tiles 0-3 of 16x16 f32) per micro-tile.
-    let mut acc = vec![0f32; mi * nj * 1024];
+    // Partial sums: one 4 KiB block (tiles 0-3 of 16x16 f32) per micro-tile,
+    // each stored before it is read (kb0 == 0 starts from tilezero).
+    with_buffer(2, mi * nj * 1024, |acc| {
+        tile_in(
+            apack, bpack, nkb, i0, i1, j0, j1, alpha, beta, c, mi, nj, acc,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_in(
+    apack: &[u32],
+    bpack: &[u32],
+    nkb: usize,
+    i0: usize,
+    i1: usize,
+    j0: usize,
+    j1: usize,
+    alpha: f32,
+    beta: f32,
+    c: Out,
+    mi: usize,
+    nj: usize,
+    acc: &mut [u32],
+) {
+    let acc: &mut [f32] = bytemuck::cast_slice_mut(acc);
     asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
     let stride = 64usize;
     let mut kb0 = 0;

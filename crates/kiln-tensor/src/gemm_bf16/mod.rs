@@ -226,6 +226,28 @@ fn pack_b(b: Bf16Mat<'_>, n: usize, k: usize, kp: usize, out: &mut [u32]) {
     }
 }
 
+/// Runs `f` on a u32 buffer of `len` elements reused across calls on this
+/// thread (`slot` picks one of a few), so repeated products neither fault in
+/// fresh pages nor zero them. Its contents on entry are arbitrary: callers
+/// write every element before reading it. A re-entrant call gets a fresh one.
+fn with_buffer<R>(slot: usize, len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+    use std::cell::RefCell;
+    /// Larger buffers are freed after use.
+    const KEEP: usize = 16 << 20;
+    thread_local! {
+        static BUFS: RefCell<[Vec<u32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    }
+    let mut buf = BUFS.with(|b| std::mem::take(&mut b.borrow_mut()[slot]));
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let r = f(&mut buf[..len]);
+    if buf.len() <= KEEP {
+        BUFS.with(|b| b.borrow_mut()[slot] = buf);
+    }
+    r
+}
+
 /// Writable output: element `(i, j)` at `ptr + i * ld + j`.
 #[derive(Clone, Copy)]
 struct Out {
@@ -307,10 +329,28 @@ pub fn gemm_bf16_with(
     }
     let kp = k.div_ceil(2);
     let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
-    let mut apack = vec![0u32; mp * kp * MR];
-    let mut bpack = vec![0u32; np * kp * NR];
-    pack_a(a, m, k, kp, &mut apack);
-    pack_b(b, n, k, kp, &mut bpack);
+    with_buffer(0, mp * kp * MR, |apack| {
+        with_buffer(1, np * kp * NR, |bpack| {
+            pack_a(a, m, k, kp, apack);
+            pack_b(b, n, k, kp, bpack);
+            avx512_tiles(apack, bpack, m, n, kp, alpha, beta, out, parallel)
+        })
+    })
+}
+
+/// Runs the AVX512-BF16 tasks over packed operands.
+#[allow(clippy::too_many_arguments)]
+fn avx512_tiles(
+    apack: &[u32],
+    bpack: &[u32],
+    m: usize,
+    n: usize,
+    kp: usize,
+    alpha: f32,
+    beta: f32,
+    out: Out,
+    parallel: bool,
+) {
     let (tm, tn) = (m.div_ceil(TM), n.div_ceil(TN));
     let task = |t: usize| {
         let (ti, tj) = (t / tn, t % tn);
@@ -319,7 +359,7 @@ pub fn gemm_bf16_with(
         // SAFETY: the feature is present (asserted above); tiles are
         // disjoint and inside `c` (checked above); packed panels hold
         // kp pairs per row/column.
-        unsafe { tile(&apack, &bpack, kp, i0, i1, j0, j1, alpha, beta, out) }
+        unsafe { tile(apack, bpack, kp, i0, i1, j0, j1, alpha, beta, out) }
     };
     if parallel {
         (0..tm * tn).into_par_iter().for_each(task);
