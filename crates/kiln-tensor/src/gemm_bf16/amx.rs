@@ -19,6 +19,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
+use half::bf16;
 use rayon::prelude::*;
 
 use super::{pair, with_buffer, Bf16Mat, Out};
@@ -27,7 +28,7 @@ use super::{pair, with_buffer, Bf16Mat, Out};
 const TM: usize = 128;
 const TN: usize = 128;
 /// k-blocks (of 32) per cache block.
-const KBC: usize = 16;
+const KBC: usize = 8;
 
 /// Whether the CPU and OS run AMX-BF16 (asks Linux for the tile state once).
 pub fn available() -> bool {
@@ -115,10 +116,9 @@ fn pack_a(a: Bf16Mat<'_>, m: usize, k: usize, nkb: usize, out: &mut [u32]) {
                     let d = &mut dst[kb * 512 + r * 16..][..16];
                     let k0 = kb * 32;
                     if k0 + 32 <= k {
-                        let src = &row[k0..k0 + 32];
-                        for (pp, d) in d.iter_mut().enumerate() {
-                            *d = pair(src[2 * pp].to_bits(), src[2 * pp + 1].to_bits());
-                        }
+                        // Little-endian pairs are the row's own bytes.
+                        let d: &mut [bf16] = bytemuck::cast_slice_mut(d);
+                        d.copy_from_slice(&row[k0..k0 + 32]);
                     } else {
                         for (pp, d) in d.iter_mut().enumerate() {
                             let at = |kk: usize| row.get(kk).map_or(0, |x| x.to_bits());
@@ -308,6 +308,7 @@ unsafe fn tile_in(
     acc: &mut [u32],
 ) {
     let acc: &mut [f32] = bytemuck::cast_slice_mut(acc);
+    let direct = alpha == 1.0 && beta == 0.0;
     asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
     let stride = 64usize;
     let mut kb0 = 0;
@@ -317,7 +318,25 @@ unsafe fn tile_in(
             let bp = bpack.as_ptr().add(((j0 / 32) + jj) * nkb * 512 + kb0 * 512);
             for ii in 0..mi {
                 let ap = apack.as_ptr().add(((i0 / 32) + ii) * nkb * 512 + kb0 * 512);
-                let cp = acc.as_mut_ptr().add((jj * mi + ii) * 1024);
+                // Where the partial sums live: straight in `c` for a whole
+                // micro-tile when nothing scales them (alpha = 1, beta = 0),
+                // else in `acc` (for `store`). Tiles 0-3 at `cp + off[t]`,
+                // rows `cs` bytes apart; loads and stores are exact.
+                let (i, j) = (i0 + ii * 32, j0 + jj * 32);
+                let (cp, cs, off) = if direct && i + 32 <= i1 && j + 32 <= j1 {
+                    let cs = c.ld * 4;
+                    (
+                        c.ptr.add(i * c.ld + j).cast::<u8>(),
+                        cs,
+                        [0, 64, 16 * cs, 16 * cs + 64],
+                    )
+                } else {
+                    (
+                        acc.as_mut_ptr().add((jj * mi + ii) * 1024).cast::<u8>(),
+                        64,
+                        [0, 1024, 2048, 3072],
+                    )
+                };
                 if kb0 == 0 {
                     asm!(
                         "tilezero tmm0",
@@ -328,12 +347,15 @@ unsafe fn tile_in(
                     );
                 } else {
                     asm!(
-                        "tileloadd tmm0, [{c} + {s}]",
-                        "tileloadd tmm1, [{c} + {s} + 1024]",
-                        "tileloadd tmm2, [{c} + {s} + 2048]",
-                        "tileloadd tmm3, [{c} + {s} + 3072]",
-                        c = in(reg) cp,
-                        s = in(reg) stride,
+                        "tileloadd tmm0, [{c0} + {s}]",
+                        "tileloadd tmm1, [{c1} + {s}]",
+                        "tileloadd tmm2, [{c2} + {s}]",
+                        "tileloadd tmm3, [{c3} + {s}]",
+                        c0 = in(reg) cp.add(off[0]),
+                        c1 = in(reg) cp.add(off[1]),
+                        c2 = in(reg) cp.add(off[2]),
+                        c3 = in(reg) cp.add(off[3]),
+                        s = in(reg) cs,
                         options(nostack, readonly)
                     );
                 }
@@ -354,12 +376,15 @@ unsafe fn tile_in(
                     );
                 }
                 asm!(
-                    "tilestored [{c} + {s}], tmm0",
-                    "tilestored [{c} + {s} + 1024], tmm1",
-                    "tilestored [{c} + {s} + 2048], tmm2",
-                    "tilestored [{c} + {s} + 3072], tmm3",
-                    c = in(reg) cp,
-                    s = in(reg) stride,
+                    "tilestored [{c0} + {s}], tmm0",
+                    "tilestored [{c1} + {s}], tmm1",
+                    "tilestored [{c2} + {s}], tmm2",
+                    "tilestored [{c3} + {s}], tmm3",
+                    c0 = in(reg) cp.add(off[0]),
+                    c1 = in(reg) cp.add(off[1]),
+                    c2 = in(reg) cp.add(off[2]),
+                    c3 = in(reg) cp.add(off[3]),
+                    s = in(reg) cs,
                     options(nostack)
                 );
             }
@@ -370,6 +395,9 @@ unsafe fn tile_in(
     for jj in 0..nj {
         for ii in 0..mi {
             let (i, j) = (i0 + ii * 32, j0 + jj * 32);
+            if direct && i + 32 <= i1 && j + 32 <= j1 {
+                continue;
+            }
             store(
                 &acc[(jj * mi + ii) * 1024..][..1024],
                 c.ptr.add(i * c.ld + j),
