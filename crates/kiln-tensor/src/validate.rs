@@ -365,30 +365,118 @@ pub fn round_to(dtype: DType, x: &mut [f32]) {
 /// cannot change results).
 const CONVERT_CHUNK: usize = 1 << 15;
 
-/// 16-bit to f32 over the current rayon pool.
-pub fn widen_into<T: Copy + Sync>(src: &[T], dst: &mut [f32])
-where
-    [T]: HalfFloatSliceExt,
-{
+/// 16-bit to f32 over the current rayon pool (`f` converts one chunk).
+fn par_convert<S: Sync, D: Send>(src: &[S], dst: &mut [D], f: impl Fn(&[S], &mut [D]) + Sync) {
     if src.len() < CONVERT_CHUNK {
-        return src.convert_to_f32_slice(dst);
+        return f(src, dst);
     }
     dst.par_chunks_mut(CONVERT_CHUNK)
         .zip(src.par_chunks(CONVERT_CHUNK))
-        .for_each(|(d, s)| s.convert_to_f32_slice(d));
+        .for_each(|(d, s)| f(s, d));
 }
 
-/// f32 to 16-bit (nearest even) over the current rayon pool.
-pub fn narrow_into<T: Copy + Send>(src: &[f32], dst: &mut [T])
-where
-    [T]: HalfFloatSliceExt,
-{
-    if src.len() < CONVERT_CHUNK {
-        return dst.convert_from_f32_slice(src);
+/// `half`'s `bf16::to_f32`, branch-free so that it vectorizes (same bits,
+/// NaNs quieted the same way).
+#[inline(always)]
+fn bf16_bits_to_f32(i: u16) -> f32 {
+    let q = if i & 0x7FFF > 0x7F80 { i | 0x0040 } else { i };
+    f32::from_bits((q as u32) << 16)
+}
+
+/// `half`'s `bf16::from_f32` (nearest even), branch-free (same bits).
+#[inline(always)]
+fn f32_to_bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let up = (x & 0x8000 != 0) & (x & 0x17FFF != 0);
+    let r = ((x >> 16) + up as u32) as u16;
+    if x & 0x7FFF_FFFF > 0x7F80_0000 {
+        ((x >> 16) | 0x0040) as u16
+    } else {
+        r
     }
-    dst.par_chunks_mut(CONVERT_CHUNK)
-        .zip(src.par_chunks(CONVERT_CHUNK))
-        .for_each(|(d, s)| d.convert_from_f32_slice(s));
+}
+
+/// Widens a 16-bit slice into `dst` over the current rayon pool.
+pub trait Widen: Copy + Sync + Send {
+    fn widen_into(src: &[Self], dst: &mut [f32]);
+    fn narrow_into(src: &[f32], dst: &mut [Self]);
+}
+
+impl Widen for bf16 {
+    fn widen_into(src: &[bf16], dst: &mut [f32]) {
+        par_convert(src, dst, |s, d| {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d = bf16_bits_to_f32(s.to_bits());
+            }
+        })
+    }
+    fn narrow_into(src: &[f32], dst: &mut [bf16]) {
+        par_convert(src, dst, |s, d| {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d = bf16::from_bits(f32_to_bf16_bits(*s));
+            }
+        })
+    }
+}
+
+impl Widen for f16 {
+    fn widen_into(src: &[f16], dst: &mut [f32]) {
+        par_convert(src, dst, |s, d| s.convert_to_f32_slice(d))
+    }
+    fn narrow_into(src: &[f32], dst: &mut [f16]) {
+        par_convert(src, dst, |s, d| d.convert_from_f32_slice(s))
+    }
+}
+
+fn widen_into<T: Widen>(src: &[T], dst: &mut [f32]) {
+    T::widen_into(src, dst)
+}
+
+fn narrow_into<T: Widen>(src: &[f32], dst: &mut [T]) {
+    T::narrow_into(src, dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_conversions_match_half() {
+        for i in 0..=u16::MAX {
+            let want = bf16::from_bits(i).to_f32().to_bits();
+            assert_eq!(bf16_bits_to_f32(i).to_bits(), want, "{i:#06x}");
+        }
+        let mut x = 0u32;
+        let specials = [
+            0x7F7F_8000u32,
+            0x7F7F_7FFF,
+            0x7F80_0000,
+            0x7F80_0001,
+            0xFFC0_0000,
+            0x0000_8000,
+            0x0001_8000,
+            0x0000_8001,
+            0x8000_8000,
+            0x3F80_8000,
+            0x3F81_8000,
+        ];
+        for &bits in specials.iter().chain(
+            std::iter::from_fn(|| {
+                x = x.wrapping_add(0x0001_0003);
+                (x > 0x0001_0003).then_some(x)
+            })
+            .take(200_000)
+            .collect::<Vec<_>>()
+            .iter(),
+        ) {
+            let v = f32::from_bits(bits);
+            assert_eq!(
+                f32_to_bf16_bits(v),
+                bf16::from_f32(v).to_bits(),
+                "{bits:#010x}"
+            );
+        }
+    }
 }
 
 /// A zeroed f32 scratch vector; an error instead of an abort when memory runs out.
