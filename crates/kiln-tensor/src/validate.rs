@@ -436,49 +436,6 @@ fn narrow_into<T: Widen>(src: &[f32], dst: &mut [T]) {
     T::narrow_into(src, dst)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bf16_conversions_match_half() {
-        for i in 0..=u16::MAX {
-            let want = bf16::from_bits(i).to_f32().to_bits();
-            assert_eq!(bf16_bits_to_f32(i).to_bits(), want, "{i:#06x}");
-        }
-        let mut x = 0u32;
-        let specials = [
-            0x7F7F_8000u32,
-            0x7F7F_7FFF,
-            0x7F80_0000,
-            0x7F80_0001,
-            0xFFC0_0000,
-            0x0000_8000,
-            0x0001_8000,
-            0x0000_8001,
-            0x8000_8000,
-            0x3F80_8000,
-            0x3F81_8000,
-        ];
-        for &bits in specials.iter().chain(
-            std::iter::from_fn(|| {
-                x = x.wrapping_add(0x0001_0003);
-                (x > 0x0001_0003).then_some(x)
-            })
-            .take(200_000)
-            .collect::<Vec<_>>()
-            .iter(),
-        ) {
-            let v = f32::from_bits(bits);
-            assert_eq!(
-                f32_to_bf16_bits(v),
-                bf16::from_f32(v).to_bits(),
-                "{bits:#010x}"
-            );
-        }
-    }
-}
-
 /// A zeroed f32 scratch vector; an error instead of an abort when memory runs out.
 pub fn scratch(op: &str, n: usize) -> Result<Vec<f32>, String> {
     let mut v = Vec::new();
@@ -524,5 +481,48 @@ pub fn check_indices(
             idx[i]
         )),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_conversions_match_half() {
+        for i in 0..=u16::MAX {
+            let want = bf16::from_bits(i).to_f32().to_bits();
+            assert_eq!(bf16_bits_to_f32(i).to_bits(), want, "{i:#06x}");
+        }
+        let mut x = 0u32;
+        let specials = [
+            0x7F7F_8000u32,
+            0x7F7F_7FFF,
+            0x7F80_0000,
+            0x7F80_0001,
+            0xFFC0_0000,
+            0x0000_8000,
+            0x0001_8000,
+            0x0000_8001,
+            0x8000_8000,
+            0x3F80_8000,
+            0x3F81_8000,
+        ];
+        for &bits in specials.iter().chain(
+            std::iter::from_fn(|| {
+                x = x.wrapping_add(0x0001_0003);
+                (x > 0x0001_0003).then_some(x)
+            })
+            .take(200_000)
+            .collect::<Vec<_>>()
+            .iter(),
+        ) {
+            let v = f32::from_bits(bits);
+            assert_eq!(
+                f32_to_bf16_bits(v),
+                bf16::from_f32(v).to_bits(),
+                "{bits:#010x}"
+            );
+        }
     }
 }

@@ -1,29 +1,35 @@
-//! bf16 x bf16 GEMM with f32 accumulation on AVX512-BF16 (`VDPBF16PS`).
+//! bf16 x bf16 GEMM with f32 accumulation on the CPU's own bf16 units.
 //!
 //! Why: the widening path (16-bit operands converted to f32, then the f32
 //! GEMM) makes a bf16 product cost as much as an f32 one plus two
-//! conversions. `VDPBF16PS` multiplies adjacent bf16 pairs along k and
-//! accumulates in f32 lanes, so a bf16 product reads half the bytes and
-//! needs half the instructions per multiply-add. [`available`] detects the
-//! feature once at run time; callers keep the widening path otherwise.
+//! conversions. Two native kernels, chosen once at run time
+//! ([`best_kernel`]); callers keep the widening path where neither runs:
+//! - AMX-BF16 (`amx.rs`, `TDPBF16PS` on 16x16 f32 tiles): 2-5x the f32
+//!   GEMM on Sapphire Rapids-class CPUs. Off with `KILN_CPU_BF16_AMX=0`.
+//! - AVX512-BF16 (this file, `VDPBF16PS`: bf16 pairs along k multiplied and
+//!   accumulated in f32 lanes). On Sapphire Rapids it issues at half the
+//!   rate of `VFMADD231PS`, so it is *slower* than the f32 GEMM there (hence
+//!   AMX first); it pays where it issues at the FMA rate (e.g. Zen 4/5).
 //!
-//! Layout:
+//! AVX512-BF16 layout:
 //! - Both operands are packed once per call (in parallel; packing is a pure
-//!   copy, so it cannot affect results). k is cut into pairs, an odd k is
-//!   padded with a zero. `A` becomes panels of [`MR`] rows, each
-//!   `[kpair][MR]` of u32 (one bf16 pair per row, broadcast by the kernel);
-//!   `B` becomes panels of [`NR`] = 32 columns, each `[kpair][32]` of u32
-//!   (two zmm per k-pair). Tails are zero-padded panels.
+//!   copy, so it cannot affect results) into per-thread reused buffers. k is
+//!   cut into pairs, an odd k is padded with a zero. `A` becomes panels of
+//!   [`MR`] rows, each `[kpair][MR]` of u32 (one bf16 pair per row, broadcast
+//!   by the kernel); `B` becomes panels of [`NR`] = 32 columns, each
+//!   `[kpair][32]` of u32 (two zmm per k-pair). Tails are zero-padded panels.
 //! - The micro-kernel keeps an `MR x 32` tile of f32 in 2*MR zmm registers
 //!   and runs over one k-block of at most [`KC`] elements.
-//! - Parallelism: the output is cut into tiles of [`TM`] x [`TN`] (fixed,
-//!   shape-independent sizes); each tile is one serial task that walks the
-//!   k-blocks in order. Every output element is therefore computed by one
-//!   task with a fixed summation order: bit-identical for any thread count.
+//!
+//! Determinism (both kernels): the output is cut into tiles of fixed size;
+//! each tile is one serial task that walks the k-blocks in order. Every
+//! output element is therefore computed by one task with a fixed summation
+//! order: bit-identical for any thread count.
 //!
 //! Semantics: `c = alpha * op(a) @ op(b) + beta * c`; `beta == 0` never reads
-//! `c`. Like the instruction, subnormal bf16 inputs and f32 results inside a
-//! k-block flush to zero (round to nearest even otherwise).
+//! `c`. Like the instructions, subnormal bf16 inputs and subnormal f32
+//! partial sums flush to zero (round to nearest even otherwise); results
+//! differ from the widening path only in summation order and that flush.
 
 use half::bf16;
 use rayon::prelude::*;
