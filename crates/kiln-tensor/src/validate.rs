@@ -76,8 +76,12 @@ impl<'a> FloatIn<'a> {
         match self {
             FloatIn::F32(v) => Cow::Borrowed(v),
             FloatIn::BF16(v) => {
-                let mut out = vec![0f32; v.len()];
-                widen_into(v, &mut out);
+                // Collected straight into fresh capacity: no zeroing pass.
+                let mut out = Vec::new();
+                v.par_iter()
+                    .with_min_len(CONVERT_CHUNK)
+                    .map(|x| bf16_bits_to_f32(x.to_bits()))
+                    .collect_into_vec(&mut out);
                 Cow::Owned(out)
             }
             FloatIn::F16(v) => {
