@@ -121,8 +121,14 @@ impl FloatOut<'_> {
     pub fn finish(self) {
         match self {
             FloatOut::F32(_) => {}
-            FloatOut::BF16(d, s) => narrow_into(&s, d),
-            FloatOut::F16(d, s) => narrow_into(&s, d),
+            FloatOut::BF16(d, s) => {
+                narrow_into(&s, d);
+                recycle(s);
+            }
+            FloatOut::F16(d, s) => {
+                narrow_into(&s, d);
+                recycle(s);
+            }
         }
     }
 }
@@ -305,8 +311,8 @@ impl<'a> Operands<'a> {
     }
 
     /// As [`Operands::float_mut`] for an op that overwrites all `need`
-    /// elements without reading them: a 16-bit output's scratch starts at
-    /// zero instead of widened.
+    /// elements without reading them: a 16-bit output's scratch is not
+    /// widened (its contents are arbitrary until the op writes them).
     pub fn float_mut_overwrite(&self, name: &str, need: usize) -> Result<FloatOut<'a>, String> {
         self.float_mut_with(name, need, false)
     }
@@ -318,7 +324,7 @@ impl<'a> Operands<'a> {
             DType::F32 => FloatOut::F32(Self::slice_mut(&r, need)),
             DType::BF16 => {
                 let d: &mut [bf16] = Self::slice_mut(&r, need);
-                let mut s = scratch(self.op, need)?;
+                let mut s = pooled_scratch(self.op, need)?;
                 if widen {
                     widen_into(d, &mut s);
                 }
@@ -326,7 +332,7 @@ impl<'a> Operands<'a> {
             }
             _ => {
                 let d: &mut [f16] = Self::slice_mut(&r, need);
-                let mut s = scratch(self.op, need)?;
+                let mut s = pooled_scratch(self.op, need)?;
                 if widen {
                     widen_into(d, &mut s);
                 }
@@ -438,6 +444,50 @@ fn widen_into<T: Widen>(src: &[T], dst: &mut [f32]) {
 
 fn narrow_into<T: Widen>(src: &[f32], dst: &mut [T]) {
     T::narrow_into(src, dst)
+}
+
+/// Scratch vectors of 16-bit outputs kept for reuse (at most this many,
+/// none larger than [`POOL_MAX`] elements): repeated ops then neither fault
+/// in fresh pages nor zero them.
+const POOL_LEN: usize = 8;
+const POOL_MAX: usize = 16 << 20;
+static POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
+/// An f32 scratch of `n` elements with *arbitrary* contents (a recycled one
+/// where the pool has one large enough): for a [`FloatOut`], whose scratch
+/// is widened from the output or fully overwritten by the op.
+fn pooled_scratch(op: &str, n: usize) -> Result<Vec<f32>, String> {
+    let reused = POOL.lock().ok().and_then(|mut p| {
+        let i = p.iter().position(|v| v.capacity() >= n)?;
+        Some(p.swap_remove(i))
+    });
+    match reused {
+        Some(mut v) => {
+            // Only elements past its old length are written here.
+            v.resize(n, 0.0);
+            v.truncate(n);
+            Ok(v)
+        }
+        None => scratch(op, n),
+    }
+}
+
+fn recycle(v: Vec<f32>) {
+    if v.capacity() > POOL_MAX || v.capacity() < CONVERT_CHUNK {
+        return;
+    }
+    if let Ok(mut p) = POOL.lock() {
+        if p.len() >= POOL_LEN {
+            // Keep the larger ones.
+            if let Some((i, _)) = p.iter().enumerate().min_by_key(|(_, x)| x.capacity()) {
+                if p[i].capacity() < v.capacity() {
+                    p[i] = v;
+                }
+            }
+        } else {
+            p.push(v);
+        }
+    }
 }
 
 /// A zeroed f32 scratch vector; an error instead of an abort when memory runs out.
