@@ -57,6 +57,8 @@ fn matmul(c: &mut Criterion) {
         ("small lm_head fwd", bt, VP, C, false, true),
         ("small lm_head dinp", bt, C, VP, false, false),
         ("small lm_head dW", VP, C, bt, true, false),
+        ("small fc dinp", bt, C, 4 * C, false, false),
+        ("small fc dW", 4 * C, C, bt, true, false),
         ("gpt2 1024x768x768", 1024, 768, 768, false, true),
         ("gpt2 1024x3072x768", 1024, 3072, 768, false, true),
     ];
@@ -84,33 +86,47 @@ fn matmul(c: &mut Criterion) {
             }
         }
     }
-    // bf16 operands and output (the mixed-precision policy's GEMMs), built-in engine.
-    let mut be = backend(GemmEngine::Gemm);
-    for &(label, m, n, k, ta, tb) in &shapes {
-        let to_bf16 = |be: &mut BackendBox, src: BufId, len: usize| {
-            let dst = be.alloc_buf(DType::BF16, len).unwrap();
-            be.cast(dst, src, len, Rounding::NearestEven, 0)
-                .ok_or_err()
-                .unwrap();
-            be.free(src).unwrap();
-            dst
+    // bf16 operands and output (the mixed-precision policy's GEMMs): the
+    // native AVX512-BF16 kernel where the CPU has it ("Gemm-bf16"), and the
+    // widening path through the built-in f32 engine ("Gemm-bf16-widen").
+    for native in [true, false] {
+        let mut cpu = CpuBackend::with_engine(threads(), GemmEngine::Gemm);
+        if cpu.set_bf16_gemm(native) != native {
+            eprintln!("matmul: this CPU lacks avx512bf16; no native bf16 rows");
+            continue;
+        }
+        let name = if native {
+            "Gemm-bf16"
+        } else {
+            "Gemm-bf16-widen"
         };
-        let a = data(&mut be, m * k, 1);
-        let a = to_bf16(&mut be, a, m * k);
-        let b = data(&mut be, k * n, 2);
-        let b = to_bf16(&mut be, b, k * n);
-        let out = be.alloc_buf(DType::BF16, m * n).unwrap();
-        let args = MatmulArgs {
-            trans_a: ta,
-            trans_b: tb,
-            ..MatmulArgs::new(out, a, b, m, n, k)
-        };
-        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
-        g.bench_function(BenchmarkId::new("Gemm-bf16", label), |bch| {
-            bch.iter(|| be.matmul(args).ok_or_err().unwrap())
-        });
-        for id in [a, b, out] {
-            be.free(id).unwrap();
+        let mut be = Backend_TO::from_value(cpu, kiln_abi::abi_stable::sabi_trait::TD_Opaque);
+        for &(label, m, n, k, ta, tb) in &shapes {
+            let to_bf16 = |be: &mut BackendBox, src: BufId, len: usize| {
+                let dst = be.alloc_buf(DType::BF16, len).unwrap();
+                be.cast(dst, src, len, Rounding::NearestEven, 0)
+                    .ok_or_err()
+                    .unwrap();
+                be.free(src).unwrap();
+                dst
+            };
+            let a = data(&mut be, m * k, 1);
+            let a = to_bf16(&mut be, a, m * k);
+            let b = data(&mut be, k * n, 2);
+            let b = to_bf16(&mut be, b, k * n);
+            let out = be.alloc_buf(DType::BF16, m * n).unwrap();
+            let args = MatmulArgs {
+                trans_a: ta,
+                trans_b: tb,
+                ..MatmulArgs::new(out, a, b, m, n, k)
+            };
+            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            g.bench_function(BenchmarkId::new(name, label), |bch| {
+                bch.iter(|| be.matmul(args).ok_or_err().unwrap())
+            });
+            for id in [a, b, out] {
+                be.free(id).unwrap();
+            }
         }
     }
     g.finish();

@@ -16,6 +16,7 @@ compile_error!("kiln-tensor assumes a little-endian host (upload/download copy r
 
 mod backend;
 pub mod gemm;
+pub mod gemm_bf16;
 mod ops;
 mod store;
 mod validate;

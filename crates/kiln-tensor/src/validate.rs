@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use kiln_abi::{BufId, DType};
+use rayon::prelude::*;
 
 use crate::store::{Region, Store};
 
@@ -75,13 +76,17 @@ impl<'a> FloatIn<'a> {
         match self {
             FloatIn::F32(v) => Cow::Borrowed(v),
             FloatIn::BF16(v) => {
-                let mut out = vec![0f32; v.len()];
-                v.convert_to_f32_slice(&mut out);
+                // Collected straight into fresh capacity: no zeroing pass.
+                let mut out = Vec::new();
+                v.par_iter()
+                    .with_min_len(CONVERT_CHUNK)
+                    .map(|x| bf16_bits_to_f32(x.to_bits()))
+                    .collect_into_vec(&mut out);
                 Cow::Owned(out)
             }
             FloatIn::F16(v) => {
                 let mut out = vec![0f32; v.len()];
-                v.convert_to_f32_slice(&mut out);
+                widen_into(v, &mut out);
                 Cow::Owned(out)
             }
         }
@@ -116,8 +121,14 @@ impl FloatOut<'_> {
     pub fn finish(self) {
         match self {
             FloatOut::F32(_) => {}
-            FloatOut::BF16(d, s) => d.convert_from_f32_slice(&s),
-            FloatOut::F16(d, s) => d.convert_from_f32_slice(&s),
+            FloatOut::BF16(d, s) => {
+                narrow_into(&s, d);
+                recycle(s);
+            }
+            FloatOut::F16(d, s) => {
+                narrow_into(&s, d);
+                recycle(s);
+            }
         }
     }
 }
@@ -296,20 +307,35 @@ impl<'a> Operands<'a> {
 
     /// A float output of any storage type (see [`FloatOut`]).
     pub fn float_mut(&self, name: &str, need: usize) -> Result<FloatOut<'a>, String> {
+        self.float_mut_with(name, need, true)
+    }
+
+    /// As [`Operands::float_mut`] for an op that overwrites all `need`
+    /// elements without reading them: a 16-bit output's scratch is not
+    /// widened (its contents are arbitrary until the op writes them).
+    pub fn float_mut_overwrite(&self, name: &str, need: usize) -> Result<FloatOut<'a>, String> {
+        self.float_mut_with(name, need, false)
+    }
+
+    fn float_mut_with(&self, name: &str, need: usize, widen: bool) -> Result<FloatOut<'a>, String> {
         let r = self.take(name)?;
         self.check(name, &r, need, &[DType::F32, DType::BF16, DType::F16])?;
         Ok(match r.dtype {
             DType::F32 => FloatOut::F32(Self::slice_mut(&r, need)),
             DType::BF16 => {
                 let d: &mut [bf16] = Self::slice_mut(&r, need);
-                let mut s = scratch(self.op, need)?;
-                d.convert_to_f32_slice(&mut s);
+                let mut s = pooled_scratch(self.op, need)?;
+                if widen {
+                    widen_into(d, &mut s);
+                }
                 FloatOut::BF16(d, s)
             }
             _ => {
                 let d: &mut [f16] = Self::slice_mut(&r, need);
-                let mut s = scratch(self.op, need)?;
-                d.convert_to_f32_slice(&mut s);
+                let mut s = pooled_scratch(self.op, need)?;
+                if widen {
+                    widen_into(d, &mut s);
+                }
                 FloatOut::F16(d, s)
             }
         })
@@ -342,6 +368,125 @@ pub fn round_to(dtype: DType, x: &mut [f32]) {
         DType::BF16 => x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
         DType::F16 => x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
         _ => {}
+    }
+}
+
+/// Elements per task of the conversions below (elementwise, so the split
+/// cannot change results).
+const CONVERT_CHUNK: usize = 1 << 15;
+
+/// 16-bit to f32 over the current rayon pool (`f` converts one chunk).
+fn par_convert<S: Sync, D: Send>(src: &[S], dst: &mut [D], f: impl Fn(&[S], &mut [D]) + Sync) {
+    if src.len() < CONVERT_CHUNK {
+        return f(src, dst);
+    }
+    dst.par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(d, s)| f(s, d));
+}
+
+/// `half`'s `bf16::to_f32`, branch-free so that it vectorizes (same bits,
+/// NaNs quieted the same way).
+#[inline(always)]
+fn bf16_bits_to_f32(i: u16) -> f32 {
+    let q = if i & 0x7FFF > 0x7F80 { i | 0x0040 } else { i };
+    f32::from_bits((q as u32) << 16)
+}
+
+/// `half`'s `bf16::from_f32` (nearest even), branch-free (same bits).
+#[inline(always)]
+fn f32_to_bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let up = (x & 0x8000 != 0) & (x & 0x17FFF != 0);
+    let r = ((x >> 16) + up as u32) as u16;
+    if x & 0x7FFF_FFFF > 0x7F80_0000 {
+        ((x >> 16) | 0x0040) as u16
+    } else {
+        r
+    }
+}
+
+/// Widens a 16-bit slice into `dst` over the current rayon pool.
+pub trait Widen: Copy + Sync + Send {
+    fn widen_into(src: &[Self], dst: &mut [f32]);
+    fn narrow_into(src: &[f32], dst: &mut [Self]);
+}
+
+impl Widen for bf16 {
+    fn widen_into(src: &[bf16], dst: &mut [f32]) {
+        par_convert(src, dst, |s, d| {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d = bf16_bits_to_f32(s.to_bits());
+            }
+        })
+    }
+    fn narrow_into(src: &[f32], dst: &mut [bf16]) {
+        par_convert(src, dst, |s, d| {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d = bf16::from_bits(f32_to_bf16_bits(*s));
+            }
+        })
+    }
+}
+
+impl Widen for f16 {
+    fn widen_into(src: &[f16], dst: &mut [f32]) {
+        par_convert(src, dst, |s, d| s.convert_to_f32_slice(d))
+    }
+    fn narrow_into(src: &[f32], dst: &mut [f16]) {
+        par_convert(src, dst, |s, d| d.convert_from_f32_slice(s))
+    }
+}
+
+fn widen_into<T: Widen>(src: &[T], dst: &mut [f32]) {
+    T::widen_into(src, dst)
+}
+
+fn narrow_into<T: Widen>(src: &[f32], dst: &mut [T]) {
+    T::narrow_into(src, dst)
+}
+
+/// Scratch vectors of 16-bit outputs kept for reuse (at most this many,
+/// none larger than [`POOL_MAX`] elements): repeated ops then neither fault
+/// in fresh pages nor zero them.
+const POOL_LEN: usize = 8;
+const POOL_MAX: usize = 16 << 20;
+static POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
+/// An f32 scratch of `n` elements with *arbitrary* contents (a recycled one
+/// where the pool has one large enough): for a [`FloatOut`], whose scratch
+/// is widened from the output or fully overwritten by the op.
+fn pooled_scratch(op: &str, n: usize) -> Result<Vec<f32>, String> {
+    let reused = POOL.lock().ok().and_then(|mut p| {
+        let i = p.iter().position(|v| v.capacity() >= n)?;
+        Some(p.swap_remove(i))
+    });
+    match reused {
+        Some(mut v) => {
+            // Only elements past its old length are written here.
+            v.resize(n, 0.0);
+            v.truncate(n);
+            Ok(v)
+        }
+        None => scratch(op, n),
+    }
+}
+
+fn recycle(v: Vec<f32>) {
+    if v.capacity() > POOL_MAX || v.capacity() < CONVERT_CHUNK {
+        return;
+    }
+    if let Ok(mut p) = POOL.lock() {
+        if p.len() >= POOL_LEN {
+            // Keep the larger ones.
+            if let Some((i, _)) = p.iter().enumerate().min_by_key(|(_, x)| x.capacity()) {
+                if p[i].capacity() < v.capacity() {
+                    p[i] = v;
+                }
+            }
+        } else {
+            p.push(v);
+        }
     }
 }
 
@@ -390,5 +535,48 @@ pub fn check_indices(
             idx[i]
         )),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_conversions_match_half() {
+        for i in 0..=u16::MAX {
+            let want = bf16::from_bits(i).to_f32().to_bits();
+            assert_eq!(bf16_bits_to_f32(i).to_bits(), want, "{i:#06x}");
+        }
+        let mut x = 0u32;
+        let specials = [
+            0x7F7F_8000u32,
+            0x7F7F_7FFF,
+            0x7F80_0000,
+            0x7F80_0001,
+            0xFFC0_0000,
+            0x0000_8000,
+            0x0001_8000,
+            0x0000_8001,
+            0x8000_8000,
+            0x3F80_8000,
+            0x3F81_8000,
+        ];
+        for &bits in specials.iter().chain(
+            std::iter::from_fn(|| {
+                x = x.wrapping_add(0x0001_0003);
+                (x > 0x0001_0003).then_some(x)
+            })
+            .take(200_000)
+            .collect::<Vec<_>>()
+            .iter(),
+        ) {
+            let v = f32::from_bits(bits);
+            assert_eq!(
+                f32_to_bf16_bits(v),
+                bf16::from_f32(v).to_bits(),
+                "{bits:#010x}"
+            );
+        }
     }
 }

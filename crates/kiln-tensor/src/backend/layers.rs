@@ -3,13 +3,15 @@
 use std::borrow::Cow;
 
 use kiln_abi::{
-    BufId, EmbeddingArgs, EmbeddingBackwardArgs, Epilogue, MatmulArgs, NormArgs, NormBackwardArgs,
-    NormKind, RopeArgs,
+    BufId, DType, EmbeddingArgs, EmbeddingBackwardArgs, Epilogue, MatmulArgs, NormArgs,
+    NormBackwardArgs, NormKind, RopeArgs,
 };
 
 use super::CpuBackend;
 use crate::ops::{self, encoder::Positions, matmul::span};
-use crate::validate::{check_indices, ensure, product, round_to, rows_of, scratch, Operands};
+use crate::validate::{
+    check_indices, ensure, product, round_to, rows_of, scratch, FloatIn, Operands,
+};
 
 /// Checks the position rows an embedding or RoPE reads: given positions must
 /// index the table, `pos0 + T` must not pass its end.
@@ -194,18 +196,37 @@ impl CpuBackend {
             alpha: a.alpha,
             beta: a.beta,
         };
+        let bf16_gemm = self.bf16_gemm;
         self.exec(op, &outs, &ins, |o| {
-            let lhs = o.widened("a", a_need)?;
-            let rhs = o.widened("b", b_need)?;
+            // Both operands bf16 on an AVX512-BF16 CPU: the native kernel
+            // reads them as they are; otherwise widen to f32.
+            let native = bf16_gemm && o.dtype("a") == DType::BF16 && o.dtype("b") == DType::BF16;
+            let operands = if native {
+                match (o.float("a", a_need)?, o.float("b", b_need)?) {
+                    (FloatIn::BF16(l), FloatIn::BF16(r)) => ops::matmul::Operands::Bf16(l, r),
+                    _ => unreachable!("dtypes checked above"),
+                }
+            } else {
+                ops::matmul::Operands::F32(o.widened("a", a_need)?, o.widened("b", b_need)?)
+            };
             let bias = o.widened_opt("bias", a.n)?;
-            let mut out = o.float_mut("out", c_need)?;
+            // beta = 0 over a packed output writes every element unread.
+            let mut out = if a.beta == 0.0 && ldc == a.n {
+                o.float_mut_overwrite("out", c_need)?
+            } else {
+                o.float_mut("out", c_need)?
+            };
             if gelu {
-                let mut pre = o.float_mut("pre_act", c_need)?;
-                ops::matmul::forward(engine, pre.f32(), &lhs, &rhs, bias.as_deref(), dims);
+                let mut pre = if ldc == a.n {
+                    o.float_mut_overwrite("pre_act", c_need)?
+                } else {
+                    o.float_mut("pre_act", c_need)?
+                };
+                ops::matmul::forward(engine, pre.f32(), &operands, bias.as_deref(), dims);
                 ops::matmul::gelu_epilogue(out.f32(), pre.f32(), dims);
                 pre.finish();
             } else {
-                ops::matmul::forward(engine, out.f32(), &lhs, &rhs, bias.as_deref(), dims);
+                ops::matmul::forward(engine, out.f32(), &operands, bias.as_deref(), dims);
             }
             out.finish();
             Ok(())

@@ -34,6 +34,9 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     engine: GemmEngine,
+    /// bf16 x bf16 matmuls run the AVX512-BF16 kernel ([`crate::gemm_bf16`])
+    /// instead of widening to f32.
+    bf16_gemm: bool,
 }
 
 /// Ops whose float operands are f32 only (routers' scores, statistics).
@@ -79,7 +82,21 @@ impl CpuBackend {
             pool,
             threads,
             engine,
+            bf16_gemm: crate::gemm_bf16::enabled_by_env(),
         }
+    }
+
+    /// Whether bf16 x bf16 matmuls use the native bf16 kernel (default: when
+    /// the CPU has AVX512-BF16, unless `KILN_CPU_BF16_GEMM=0`).
+    pub fn bf16_gemm(&self) -> bool {
+        self.bf16_gemm
+    }
+
+    /// Turns the native bf16 kernel on or off; asking for it on a CPU without
+    /// AVX512-BF16 keeps the widening path. Returns the resulting setting.
+    pub fn set_bf16_gemm(&mut self, on: bool) -> bool {
+        self.bf16_gemm = on && crate::gemm_bf16::available();
+        self.bf16_gemm
     }
 
     pub fn threads(&self) -> usize {

@@ -1,8 +1,12 @@
 //! `out = alpha * op(a) @ op(b) + beta * out + bias`, and the bias gradient.
 
+use std::borrow::Cow;
+
+use half::bf16;
 use rayon::prelude::*;
 
 use crate::gemm::{sgemm, GemmEngine, Mat, MatMut};
+use crate::gemm_bf16::{gemm_bf16, Bf16Mat};
 
 /// Shapes, leading dimensions (row strides, already resolved: never 0) and
 /// scalars of one product (validated by the backend).
@@ -29,33 +33,62 @@ pub fn span(rows: usize, cols: usize, ld: usize) -> usize {
     }
 }
 
+/// The two operands of a product: f32 (borrowed or widened) for the f32
+/// GEMM, or both bf16 for the native kernel ([`crate::gemm_bf16`]).
+pub enum Operands<'a> {
+    F32(Cow<'a, [f32]>, Cow<'a, [f32]>),
+    Bf16(&'a [bf16], &'a [bf16]),
+}
+
 pub fn forward(
     engine: GemmEngine,
     out: &mut [f32],
-    a: &[f32],
-    b: &[f32],
+    operands: &Operands<'_>,
     bias: Option<&[f32]>,
     d: Dims,
 ) {
     let out = &mut out[..span(d.m, d.n, d.ldc)];
-    // a is [m,k] or, transposed, [k,m]; b is [k,n] or [n,k]; rows `ld` apart.
-    let a_view = Mat::row_major(a, d.lda, d.trans_a);
-    let b_view = Mat::row_major(b, d.ldb, d.trans_b);
-    // SAFETY: the backend checked that a, b and out hold at least the
-    // elements these views address, and `out` is borrowed mutably here.
-    unsafe {
-        sgemm(
-            engine,
+    match operands {
+        Operands::F32(a, b) => {
+            // a is [m,k] or, transposed, [k,m]; b is [k,n] or [n,k]; rows `ld` apart.
+            let a_view = Mat::row_major(a, d.lda, d.trans_a);
+            let b_view = Mat::row_major(b, d.ldb, d.trans_b);
+            // SAFETY: the backend checked that a, b and out hold at least the
+            // elements these views address, and `out` is borrowed mutably here.
+            unsafe {
+                sgemm(
+                    engine,
+                    d.m,
+                    d.n,
+                    d.k,
+                    d.alpha,
+                    a_view,
+                    b_view,
+                    d.beta,
+                    MatMut::row_major(out, d.ldc),
+                )
+            };
+        }
+        Operands::Bf16(a, b) => gemm_bf16(
             d.m,
             d.n,
             d.k,
             d.alpha,
-            a_view,
-            b_view,
+            Bf16Mat {
+                data: a,
+                ld: d.lda,
+                trans: d.trans_a,
+            },
+            Bf16Mat {
+                data: b,
+                ld: d.ldb,
+                trans: d.trans_b,
+            },
             d.beta,
-            MatMut::row_major(out, d.ldc),
-        )
-    };
+            out,
+            d.ldc,
+        ),
+    }
     if let Some(bias) = bias {
         let bias = &bias[..d.n];
         out.par_chunks_mut(d.ldc).for_each(|row| {
