@@ -2,8 +2,8 @@
 //! accumulate (`+=`), so micro-batches add up until [`Gpt::zero_grad`].
 
 use kiln_abi::{
-    AttentionBackwardArgs, BackendBox, BackendExt, EmbeddingBackwardArgs, IntoBResult, MatmulArgs,
-    ROption, Unary,
+    AttentionBackwardArgs, BackendBox, BackendExt, BufId, EmbeddingBackwardArgs, IntoBResult,
+    MatmulArgs, ROption, Rounding, Unary,
 };
 
 use crate::model::LastForward;
@@ -199,6 +199,21 @@ impl Gpt {
             c,
         )?;
 
+        // Mixed precision: the residual stream's gradient is f32, but each
+        // branch's projection backward takes it in the compute dtype, as
+        // autocast's add backward hands a 16-bit branch a 16-bit gradient;
+        // then both of the product's operands are 16-bit (the backend's
+        // native 16-bit GEMM). `dln` is free whenever this is needed.
+        let mixed = self.precision.is_mixed();
+        let branch_grad = |be: &mut BackendBox| -> Result<BufId, ModelError> {
+            if mixed {
+                be.cast(g.dln, g.dresidual, rows * c, Rounding::NearestEven, 0)
+                    .ok_or_err()?;
+                Ok(g.dln)
+            } else {
+                Ok(g.dresidual)
+            }
+        };
         // Blocks, last to first. `dresidual` holds d(block output); the
         // residual adds pass it through unchanged to both branches.
         for l in (0..cfg.n_layer).rev() {
@@ -211,12 +226,13 @@ impl Gpt {
                 acts.layers[l - 1].residual3
             };
             // MLP: fcproj = gelu(fch) @ Wp^T + bp, fch = ln2 @ Wfc^T + bfc.
+            let dfcproj = branch_grad(be)?;
             linear_backward(
                 be,
                 g.dfch_gelu,
                 dw(slot::FC_PROJ_W),
                 Some(dw(slot::FC_PROJ_B)),
-                g.dresidual,
+                dfcproj,
                 la.fch_gelu,
                 w(slot::FC_PROJ_W),
                 rows,
@@ -250,12 +266,13 @@ impl Gpt {
                 c,
             )?;
             // Attention: attproj = atty @ Wo^T + bo, atty = attn(qkv), qkv = ln1 @ Wqkv^T + b.
+            let dattproj = branch_grad(be)?;
             linear_backward(
                 be,
                 g.datty,
                 dw(slot::ATTN_PROJ_W),
                 Some(dw(slot::ATTN_PROJ_B)),
-                g.dresidual,
+                dattproj,
                 la.atty,
                 w(slot::ATTN_PROJ_W),
                 rows,
