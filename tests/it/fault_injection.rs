@@ -333,7 +333,7 @@ fn pretrain_killed_at_random_moments_then_resumed_equals_an_uninterrupted_run() 
 }
 
 /// A base model, chats and preference pairs for sft / dpo.
-fn align_inputs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn align_inputs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let base = tiny_model_dir(dir);
     let chats = dir.join("chats.jsonl");
     let qa = [
@@ -505,91 +505,66 @@ fn two_sft_runs_into_one_directory_one_is_refused_and_metrics_stay_valid() {
     assert!(!out.join("summary.json").exists());
 }
 
-#[test]
-fn sft_reward_and_ipo_dpo_that_diverge_stop_with_a_message_and_save_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (base, chats, prefs) = align_inputs(dir.path());
-    let out = dir.path().join("sft");
-    let o = kiln(&[
-        "sft",
+/// Runs `cmd` at lr 1e6 into `out`; it must stop with exit 2 and a
+/// "diverging" message, saving no model and no summary. Returns stderr.
+fn diverges(cmd: &str, base: &Path, data: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        cmd,
         "--model",
-        s(&base),
+        s(base),
         "--data",
-        s(&chats),
+        s(data),
         "--out",
-        s(&out),
-        "--epochs",
-        "20",
+        s(out),
         "--batch-size",
         "2",
         "--lr",
         "1e6",
         "--threads",
         "1",
-        "--eval-fraction",
-        "0",
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("diverging"), "{}", stderr(&o));
+    ];
+    args.extend(extra);
+    let o = kiln(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{cmd}: {err}");
+    assert!(err.contains("diverging"), "{cmd}: {err}");
     assert!(!out.join("model").exists() && !out.join("summary.json").exists());
+    err
+}
 
+#[test]
+fn sft_reward_and_ipo_dpo_that_diverge_stop_with_a_message_and_save_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, chats, prefs) = align_inputs(dir.path());
+    let no_eval = ["--eval-fraction", "0"];
+    diverges(
+        "sft",
+        &base,
+        &chats,
+        &dir.path().join("sft"),
+        &[&["--epochs", "20"], &no_eval[..]].concat(),
+    );
     // Replies that differ from the first token on, so the scores do.
     let pairs = dir.path().join("reward_pairs.jsonl");
     let lines: Vec<String> = (0..6)
         .map(|i| pref_line(&format!("Say {i} things."), "Paris is good.", "No."))
         .collect();
     write_lines(&pairs, &lines);
-    let out = dir.path().join("reward");
-    let o = kiln(&[
+    diverges(
         "reward",
-        "--model",
-        s(&base),
-        "--data",
-        s(&pairs),
-        "--out",
-        s(&out),
-        "--epochs",
-        "30",
-        "--batch-size",
-        "2",
-        "--lr",
-        "1e6",
-        "--threads",
-        "1",
-        "--eval-fraction",
-        "0",
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("diverging"), "{}", stderr(&o));
-    assert!(!out.join("model").exists() && !out.join("summary.json").exists());
-
-    let out = dir.path().join("dpo");
-    let o = kiln(&[
-        "dpo",
-        "--model",
-        s(&base),
-        "--data",
-        s(&prefs),
-        "--out",
-        s(&out),
-        "--steps",
-        "30",
-        "--batch-size",
-        "2",
-        "--lr",
-        "1e6",
-        "--threads",
-        "1",
-        "--loss",
-        "ipo",
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("diverging") && !err.contains("backward_weighted"),
-        "{err}"
+        &base,
+        &pairs,
+        &dir.path().join("reward"),
+        &[&["--epochs", "30"], &no_eval[..]].concat(),
     );
-    assert!(!out.join("model").exists() && !out.join("summary.json").exists());
+    let err = diverges(
+        "dpo",
+        &base,
+        &prefs,
+        &dir.path().join("dpo"),
+        &["--steps", "30", "--loss", "ipo"],
+    );
+    assert!(!err.contains("backward_weighted"), "{err}");
 }
 
 #[test]

@@ -259,21 +259,12 @@ fn a_checkpoint_written_in_bf16_loads_into_an_f32_run() {
 /// save a model that loads.
 #[test]
 fn post_training_commands_train_in_every_precision() {
-    use crate::align_cli::{chat_line, pref_line, tiny_model_dir, write_lines};
+    use crate::align_cli::{pref_line, write_lines};
     use crate::cli::{kiln, s};
     let dir = tempfile::tempdir().unwrap();
-    let base = tiny_model_dir(dir.path());
-    let chats = dir.path().join("chats.jsonl");
-    let qa = [
-        ("Name a red fruit.", "An apple."),
-        ("Say hello.", "Hello there!"),
-        ("What is the capital of France?", "Paris."),
-    ];
-    let lines: Vec<String> = (0..4)
-        .flat_map(|_| qa.iter().map(|(q, a)| chat_line(q, a)))
-        .collect();
-    write_lines(&chats, &lines);
-    let prefs = dir.path().join("prefs.jsonl");
+    let (base, chats, _) = crate::fault_injection::align_inputs(dir.path());
+    // Replies that differ from the first token on, so the scores do.
+    let prefs = dir.path().join("distinct_prefs.jsonl");
     let lines: Vec<String> = (0..8)
         .map(|i| pref_line(&format!("Say {i} things."), "Paris is good.", "No."))
         .collect();

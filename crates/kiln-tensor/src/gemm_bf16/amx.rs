@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 use half::bf16;
 use rayon::prelude::*;
 
-use super::{pair, with_buffer, Bf16Mat, Out};
+use super::{for_each_tile, pair, with_buffer, Bf16Mat, Out};
 
 /// Output rows / columns per task (multiples of 32).
 const TM: usize = 128;
@@ -235,20 +235,11 @@ fn tiles(
     c: Out,
     parallel: bool,
 ) {
-    let (tm, tn) = (m.div_ceil(TM), n.div_ceil(TN));
-    let task = |t: usize| {
-        let (ti, tj) = (t / tn, t % tn);
-        let (i0, j0) = (ti * TM, tj * TN);
-        let (i1, j1) = ((i0 + TM).min(m), (j0 + TN).min(n));
+    for_each_tile(m, n, TM, TN, parallel, |i0, i1, j0, j1| {
         // SAFETY: AMX is enabled (caller); the tile is inside `c` and no
         // other task writes it; packed panels hold `nkb` k-blocks.
         unsafe { tile(apack, bpack, nkb, i0, i1, j0, j1, alpha, beta, c) }
-    };
-    if parallel {
-        (0..tm * tn).into_par_iter().for_each(task);
-    } else {
-        (0..tm * tn).for_each(task);
-    }
+    });
 }
 
 #[repr(C, align(64))]

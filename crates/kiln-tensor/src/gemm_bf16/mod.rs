@@ -135,6 +135,24 @@ fn pair(lo: u16, hi: u16) -> u32 {
 }
 
 /// Packs logical `a[m, k]` into `MR`-row panels of `[kpair][MR]` u32.
+/// `d[i] = (x[2q][c0 + i], x[2q+1][c0 + i])` as k-pairs for `i < width`
+/// (the odd row past `k` is zero), then zero padding: k-pair `q` of a
+/// matrix whose k runs down its rows (transposed A, untransposed B).
+fn pair_rows(d: &mut [u32], x: Bf16Mat<'_>, k: usize, q: usize, c0: usize, width: usize) {
+    let r0 = &x.data[2 * q * x.ld + c0..][..width];
+    if 2 * q + 1 < k {
+        let r1 = &x.data[(2 * q + 1) * x.ld + c0..][..width];
+        for ((d, x), y) in d.iter_mut().zip(r0).zip(r1) {
+            *d = pair(x.to_bits(), y.to_bits());
+        }
+    } else {
+        for (d, x) in d.iter_mut().zip(r0) {
+            *d = pair(x.to_bits(), 0);
+        }
+    }
+    d[width..].fill(0);
+}
+
 fn pack_a(a: Bf16Mat<'_>, m: usize, k: usize, kp: usize, out: &mut [u32]) {
     let pack = |(p, dst): (usize, &mut [u32])| {
         let i0 = p * MR;
@@ -142,19 +160,7 @@ fn pack_a(a: Bf16Mat<'_>, m: usize, k: usize, kp: usize, out: &mut [u32]) {
         if a.trans {
             // a is [k, m]: a k-pair is two rows; read MR contiguous of each.
             for q in 0..kp {
-                let d = &mut dst[q * MR..][..MR];
-                let r0 = &a.data[2 * q * a.ld + i0..][..rows];
-                if 2 * q + 1 < k {
-                    let r1 = &a.data[(2 * q + 1) * a.ld + i0..][..rows];
-                    for ((d, x), y) in d.iter_mut().zip(r0).zip(r1) {
-                        *d = pair(x.to_bits(), y.to_bits());
-                    }
-                } else {
-                    for (d, x) in d.iter_mut().zip(r0) {
-                        *d = pair(x.to_bits(), 0);
-                    }
-                }
-                d[rows..].fill(0);
+                pair_rows(&mut dst[q * MR..][..MR], a, k, q, i0, rows);
             }
         } else {
             // a is [m, k]: a k-pair is two adjacent elements of a row.
@@ -209,19 +215,7 @@ fn pack_b(b: Bf16Mat<'_>, n: usize, k: usize, kp: usize, out: &mut [u32]) {
         } else {
             // b is [k, n]: a k-pair is two rows; read NR contiguous of each.
             for q in 0..kp {
-                let d = &mut dst[q * NR..][..NR];
-                let r0 = &b.data[2 * q * b.ld + j0..][..cols];
-                if 2 * q + 1 < k {
-                    let r1 = &b.data[(2 * q + 1) * b.ld + j0..][..cols];
-                    for ((d, x), y) in d.iter_mut().zip(r0).zip(r1) {
-                        *d = pair(x.to_bits(), y.to_bits());
-                    }
-                } else {
-                    for (d, x) in d.iter_mut().zip(r0) {
-                        *d = pair(x.to_bits(), 0);
-                    }
-                }
-                d[cols..].fill(0);
+                pair_rows(&mut dst[q * NR..][..NR], b, k, q, j0, cols);
             }
         }
     };
@@ -357,20 +351,35 @@ fn avx512_tiles(
     out: Out,
     parallel: bool,
 ) {
-    let (tm, tn) = (m.div_ceil(TM), n.div_ceil(TN));
-    let task = |t: usize| {
-        let (ti, tj) = (t / tn, t % tn);
-        let (i0, j0) = (ti * TM, tj * TN);
-        let (i1, j1) = ((i0 + TM).min(m), (j0 + TN).min(n));
+    for_each_tile(m, n, TM, TN, parallel, |i0, i1, j0, j1| {
         // SAFETY: the feature is present (asserted above); tiles are
         // disjoint and inside `c` (checked above); packed panels hold
         // kp pairs per row/column.
         unsafe { tile(apack, bpack, kp, i0, i1, j0, j1, alpha, beta, out) }
+    });
+}
+
+/// Calls `tile(i0, i1, j0, j1)` once for every `tm x tn` tile of an
+/// `m x n` output, one task each (in parallel when asked). Each tile walks
+/// k in order inside, so the result does not depend on the thread count.
+fn for_each_tile(
+    m: usize,
+    n: usize,
+    tm: usize,
+    tn: usize,
+    parallel: bool,
+    tile: impl Fn(usize, usize, usize, usize) + Sync,
+) {
+    let tiles_n = n.div_ceil(tn);
+    let task = |t: usize| {
+        let (i0, j0) = ((t / tiles_n) * tm, (t % tiles_n) * tn);
+        tile(i0, (i0 + tm).min(m), j0, (j0 + tn).min(n));
     };
+    let count = m.div_ceil(tm) * tiles_n;
     if parallel {
-        (0..tm * tn).into_par_iter().for_each(task);
+        (0..count).into_par_iter().for_each(task);
     } else {
-        (0..tm * tn).for_each(task);
+        (0..count).for_each(task);
     }
 }
 
