@@ -87,7 +87,9 @@ fn quick_pipeline_runs_every_stage_then_skips_them() {
     // The models are Hugging Face models: they chat and score in transformers.
     crate::hf_models::check_quick_run(&out);
 
-    // Every model was judged on the same held-out tasks; the SFT model ties itself.
+    // Every model was judged on the same held-out tasks, several replies
+    // each (--quick: 2); the SFT model ties itself.
+    assert_eq!(sum["judge"]["samples_per_task"].as_u64(), Some(2));
     let models = &sum["judge"]["models"];
     for stage in ["pretrain", "sft", "dpo", "ppo_round1", "ppo"] {
         let judge = models[stage]["judge"].as_f64().unwrap();

@@ -40,6 +40,10 @@ pub struct KindScore {
 /// A policy's evaluation on a list of tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
+    /// Replies sampled per task: `responses` holds task i's replies at
+    /// `i * samples_per_task ..` (task-major).
+    #[serde(default = "one_sample")]
+    pub samples_per_task: usize,
     pub mean_score: f32,
     /// Kinds that occur, in [`TaskKind::ALL`] order.
     pub per_kind: Vec<KindScore>,
@@ -96,6 +100,10 @@ pub(crate) fn judged(
     }
 }
 
+fn one_sample() -> usize {
+    1
+}
+
 /// Samples one reply per task with `opts` (the stop token is always
 /// `<|end|>`) and judges it.
 pub fn evaluate_policy(
@@ -106,17 +114,39 @@ pub fn evaluate_policy(
     tasks: &[Task],
     opts: &SampleOptions,
 ) -> Result<Evaluation, EvalError> {
-    if tasks.is_empty() {
-        return Err(EvalError::Input(
-            "evaluate_policy needs at least one task".into(),
-        ));
+    evaluate_policy_samples(be, model, tok, template, tasks, 1, opts)
+}
+
+/// Samples `samples` replies per task and judges each: with sampled
+/// (temperature 1) replies one sample per task is a noisy verdict, and the
+/// mean of several is what a win rate should compare. Reply `j` of task
+/// `i` is sampled with seed `opts.seed + i * samples + j`, so one sample
+/// per task is exactly [`evaluate_policy`].
+pub fn evaluate_policy_samples(
+    be: &mut BackendBox,
+    model: &mut Gpt,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    tasks: &[Task],
+    samples: usize,
+    opts: &SampleOptions,
+) -> Result<Evaluation, EvalError> {
+    if tasks.is_empty() || samples == 0 {
+        return Err(EvalError::Input(format!(
+            "evaluation needs at least one task and one sample per task (got {} tasks, {samples} samples)",
+            tasks.len()
+        )));
     }
-    let responses: Vec<EvalResponse> = generate_replies(be, model, tok, template, tasks, opts)?
+    let repeated: Vec<Task> = tasks
+        .iter()
+        .flat_map(|t| std::iter::repeat_n(t.clone(), samples))
+        .collect();
+    let responses: Vec<EvalResponse> = generate_replies(be, model, tok, template, &repeated, opts)?
         .into_iter()
-        .zip(tasks)
+        .zip(&repeated)
         .map(|((p, ids), task)| judged(tok, template, task, p, ids))
         .collect();
-    Ok(summarise(responses))
+    Ok(summarise_samples(responses, samples))
 }
 
 fn mean(xs: impl Iterator<Item = f32>) -> (f32, usize) {
@@ -124,8 +154,14 @@ fn mean(xs: impl Iterator<Item = f32>) -> (f32, usize) {
     ((sum / n.max(1) as f64) as f32, n)
 }
 
-/// Aggregates judged responses (mean overall and per kind).
+/// Aggregates judged responses, one per task (mean overall and per kind).
 pub fn summarise(responses: Vec<EvalResponse>) -> Evaluation {
+    summarise_samples(responses, 1)
+}
+
+/// Aggregates judged responses laid out `samples_per_task` per task,
+/// task-major (means over every reply, overall and per kind).
+pub fn summarise_samples(responses: Vec<EvalResponse>, samples_per_task: usize) -> Evaluation {
     let per_kind = TaskKind::ALL
         .iter()
         .filter_map(|&kind| {
@@ -140,6 +176,7 @@ pub fn summarise(responses: Vec<EvalResponse>) -> Evaluation {
         .collect();
     let n = responses.len().max(1) as f32;
     Evaluation {
+        samples_per_task: samples_per_task.max(1),
         mean_score: mean(responses.iter().map(|r| r.score)).0,
         per_kind,
         ended_rate: responses.iter().filter(|r| r.ended).count() as f32 / n,
@@ -148,31 +185,42 @@ pub fn summarise(responses: Vec<EvalResponse>) -> Evaluation {
     }
 }
 
-/// How often `a`'s reply beats `b`'s on the same task, by judge score;
-/// ties count one half. Both must have evaluated the same tasks in order.
+/// How often `a` beats `b` on the same task, by judge score (the mean of
+/// a task's replies when several were sampled); ties count one half. Both
+/// must have evaluated the same tasks in order with as many samples each.
 pub fn win_rate(a: &Evaluation, b: &Evaluation) -> Result<f32, EvalError> {
-    if a.responses.len() != b.responses.len() || a.responses.is_empty() {
+    if a.responses.len() != b.responses.len()
+        || a.responses.is_empty()
+        || a.samples_per_task != b.samples_per_task
+        || a.responses.len() % a.samples_per_task.max(1) != 0
+    {
         return Err(EvalError::Input(format!(
-            "win rate needs two evaluations of the same tasks (got {} and {} responses)",
+            "win rate needs two evaluations of the same tasks (got {} and {} responses, {} and {} per task)",
             a.responses.len(),
-            b.responses.len()
+            b.responses.len(),
+            a.samples_per_task,
+            b.samples_per_task
         )));
     }
+    let k = a.samples_per_task.max(1);
     let mut wins = 0.0f64;
-    for (i, (ra, rb)) in a.responses.iter().zip(&b.responses).enumerate() {
-        if ra.task != rb.task {
+    let groups = a.responses.chunks(k).zip(b.responses.chunks(k));
+    for (i, (ga, gb)) in groups.enumerate() {
+        if let Some((ra, rb)) = ga.iter().zip(gb).find(|(ra, rb)| ra.task != rb.task) {
             return Err(EvalError::Input(format!(
                 "win rate: task {i} differs ({:?} vs {:?})",
                 ra.task.prompt, rb.task.prompt
             )));
         }
-        wins += match ra.score.partial_cmp(&rb.score) {
+        let score = |g: &[EvalResponse]| g.iter().map(|r| r.score as f64).sum::<f64>();
+        // Sums of equally many scores compare as their means do.
+        wins += match score(ga).partial_cmp(&score(gb)) {
             Some(std::cmp::Ordering::Greater) => 1.0,
             Some(std::cmp::Ordering::Equal) => 0.5,
             _ => 0.0,
         };
     }
-    Ok((wins / a.responses.len() as f64) as f32)
+    Ok((wins / a.responses.chunks(k).len() as f64) as f32)
 }
 
 /// Sequences scored per forward in [`kl_to_reference`].

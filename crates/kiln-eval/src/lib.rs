@@ -11,7 +11,9 @@ pub mod tasks;
 mod test_util;
 
 pub use error::EvalError;
-pub use evaluate::{evaluate_policy, kl_to_reference, win_rate, EvalResponse, Evaluation};
+pub use evaluate::{
+    evaluate_policy, evaluate_policy_samples, kl_to_reference, win_rate, EvalResponse, Evaluation,
+};
 pub use judge::{judge, Judgement};
 pub use preferences::{sample_pairs, synthetic_pairs, JudgedPair, PairSampling, PairStats};
 pub use tasks::{eval_tasks, sft_examples, train_tasks, Task, TaskKind, TaskSpec};

@@ -91,6 +91,72 @@ fn win_rate_counts_ties_as_half() {
     assert!(err.contains("task 0 differs"), "{err}");
 }
 
+#[test]
+fn several_samples_per_task_are_the_repeated_tasks_sampled_in_order() {
+    let (tok, tmpl) = chat_tokenizer();
+    let mut be = backend();
+    let mut model = tiny_model(&mut be, &tok, 1);
+    let tasks = eval_tasks(5, 0);
+    let ev =
+        evaluate_policy_samples(&mut be, &mut model, &tok, &tmpl, &tasks, 3, &opts(7)).unwrap();
+    assert_eq!((ev.samples_per_task, ev.responses.len()), (3, 15));
+    let repeated: Vec<_> = tasks
+        .iter()
+        .flat_map(|t| [t.clone(), t.clone(), t.clone()])
+        .collect();
+    let flat = evaluate_policy(&mut be, &mut model, &tok, &tmpl, &repeated, &opts(7)).unwrap();
+    assert_eq!(ev.responses, flat.responses);
+    assert_eq!(ev.mean_score, flat.mean_score);
+    let one =
+        evaluate_policy_samples(&mut be, &mut model, &tok, &tmpl, &tasks, 1, &opts(7)).unwrap();
+    let plain = evaluate_policy(&mut be, &mut model, &tok, &tmpl, &tasks, &opts(7)).unwrap();
+    assert_eq!(one, plain);
+    assert!(
+        evaluate_policy_samples(&mut be, &mut model, &tok, &tmpl, &tasks, 0, &opts(7)).is_err()
+    );
+    // A win rate needs as many samples on both sides.
+    assert!(win_rate(&ev, &flat).is_err());
+}
+
+#[test]
+fn win_rate_over_samples_compares_each_tasks_mean() {
+    let tasks = eval_tasks(2, 1);
+    let (t0, t1) = (&tasks[0], &tasks[1]);
+    // Task 0: a's mean beats b's. Task 1: a's one good reply of two loses
+    // to b's two, although one of a's samples ties one of b's.
+    let a = summarise_samples(
+        vec![
+            response(t0, &good(t0)),
+            response(t0, "no idea"),
+            response(t1, &good(t1)),
+            response(t1, "nothing"),
+        ],
+        2,
+    );
+    let b = summarise_samples(
+        vec![
+            response(t0, "no idea"),
+            response(t0, "nope"),
+            response(t1, &good(t1)),
+            response(t1, &good(t1)),
+        ],
+        2,
+    );
+    assert!(a.responses[0].score > a.responses[1].score);
+    assert!(b.responses[2].score > a.responses[3].score);
+    assert_eq!(win_rate(&a, &b).unwrap(), 0.5);
+    assert_eq!(win_rate(&b, &a).unwrap(), 0.5);
+    assert_eq!(win_rate(&a, &a).unwrap(), 0.5);
+    let mut better = b.clone();
+    better.responses[2] = response(t1, "nothing");
+    better.responses[3] = response(t1, "nothing");
+    let better = summarise_samples(better.responses, 2);
+    assert_eq!(win_rate(&a, &better).unwrap(), 1.0);
+    let mut ragged = a.clone();
+    ragged.responses.pop();
+    assert!(win_rate(&ragged, &ragged).is_err());
+}
+
 /// log p of a reply computed the slow way: full logits, log-softmax.
 fn log_prob_by_hand(be: &mut BackendBox, model: &mut Gpt, r: &EvalResponse) -> f64 {
     let seq: Vec<u32> = r.prompt_ids.iter().chain(&r.ids).copied().collect();

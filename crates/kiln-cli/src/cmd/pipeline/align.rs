@@ -66,8 +66,11 @@ pub(super) struct AlignPlan {
     pub round_pair_prompts: usize,
     pub round_replay_pairs: usize,
     pub round_reward: RewardConfig,
-    /// Held-out tasks every model is judged on.
+    /// Held-out tasks every model is judged on, and replies sampled per
+    /// task: win rates compare each task's mean score, so one unlucky
+    /// temperature-1 sample does not decide a task.
     pub eval_tasks: usize,
+    pub eval_samples: usize,
     /// Reply budget for sampling and evaluation.
     pub max_new_tokens: usize,
 }
@@ -124,6 +127,7 @@ impl AlignPlan {
                     ..RewardConfig::default()
                 },
                 eval_tasks: 16,
+                eval_samples: 2,
                 max_new_tokens,
             }
         } else {
@@ -195,6 +199,7 @@ impl AlignPlan {
                     ..RewardConfig::default()
                 },
                 eval_tasks: 300,
+                eval_samples: 4,
                 max_new_tokens,
             }
         }
@@ -207,6 +212,11 @@ impl AlignPlan {
         let share = self.written_truncated_share;
         if !(0.0..=1.0).contains(&share) {
             anyhow::bail!("align.written_truncated_share must be in [0, 1], got {share}");
+        }
+        if self.eval_samples == 0 {
+            anyhow::bail!(
+                "align.eval_samples must be at least 1 (replies judged per held-out task)"
+            );
         }
         if self.rlhf_rounds == 0 {
             anyhow::bail!("align.rlhf_rounds must be at least 1 (1 runs PPO once)");

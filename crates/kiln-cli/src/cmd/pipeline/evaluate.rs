@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_align::policy::Policy;
-use kiln_eval::evaluate::{evaluate_policy, kl_to_reference, win_rate, Evaluation};
+use kiln_eval::evaluate::{evaluate_policy_samples, kl_to_reference, win_rate, Evaluation};
 use kiln_eval::tasks::Task;
 use kiln_model::SampleOptions;
 use serde_json::{json, Map, Value};
@@ -26,13 +26,15 @@ pub(super) struct Candidate {
     pub dir: PathBuf,
 }
 
-/// Judges `candidates` on `tasks`; writes `eval/results.json` and returns
-/// the figures for summary.json. `tokenizer` serves directories that lack
-/// tokenizer.json (pretraining checkpoints).
+/// Judges `candidates` on `tasks`, `samples` replies per task; writes
+/// `eval/results.json` and returns the figures for summary.json.
+/// `tokenizer` serves directories that lack tokenizer.json (pretraining
+/// checkpoints).
 pub(super) fn judge_models(
     out: &Path,
     candidates: &[Candidate],
     tasks: &[Task],
+    samples: usize,
     tokenizer: &Path,
     max_new_tokens: usize,
     threads: Option<usize>,
@@ -58,12 +60,13 @@ pub(super) fn judge_models(
     for c in candidates {
         let mut policy = Policy::load(&mut be, &c.dir, Some(tokenizer))
             .with_context(|| format!("loading the {} model {}", c.stage, c.dir.display()))?;
-        let eval = evaluate_policy(
+        let eval = evaluate_policy_samples(
             &mut be,
             &mut policy.model,
             &policy.tokenizer,
             &policy.template,
             tasks,
+            samples,
             &judged_opts,
         )?;
         let kl = kl_to_reference(&mut be, &mut policy.model, &mut sft.model, &eval)?;
@@ -105,7 +108,7 @@ pub(super) fn judge_models(
         models[*stage]["win_rate_vs_sft"] = json!(w);
         if *stage != "sft" {
             eprintln!(
-                "eval: {stage} wins {:.1}% against SFT (ties half)",
+                "eval: {stage} wins {:.1}% against SFT (mean of {samples} replies per task; ties half)",
                 100.0 * w
             );
         }
@@ -116,11 +119,11 @@ pub(super) fn judge_models(
             let task = &tasks[i];
             let responses: Map<String, Value> = evals
                 .iter()
-                .map(|(s, e)| (s.to_string(), json!(e.responses[i].text)))
+                .map(|(s, e)| (s.to_string(), json!(e.responses[i * samples].text)))
                 .collect();
             let scores: Map<String, Value> = evals
                 .iter()
-                .map(|(s, e)| (s.to_string(), json!(e.responses[i].score)))
+                .map(|(s, e)| (s.to_string(), json!(e.responses[i * samples].score)))
                 .collect();
             json!({ "prompt": task.prompt, "kind": task.kind().name(),
                     "responses": responses, "scores": scores })
@@ -129,6 +132,7 @@ pub(super) fn judge_models(
 
     let results = json!({
         "tasks": tasks.len(),
+        "samples_per_task": samples,
         "temperature": EVAL_TEMPERATURE,
         "models": models,
         "samples": samples,
@@ -137,7 +141,11 @@ pub(super) fn judge_models(
     std::fs::create_dir_all(out.join("eval"))?;
     kiln_stdx::fs::write_atomic(&path, serde_json::to_string_pretty(&results)?.as_bytes())
         .with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(json!({ "models": results["models"].clone(), "tasks": tasks.len() }))
+    Ok(json!({
+        "models": results["models"].clone(),
+        "tasks": tasks.len(),
+        "samples_per_task": samples,
+    }))
 }
 
 /// The eval tasks written by the tasks stage.

@@ -325,11 +325,13 @@ pub fn run(args: Args) -> Result<()> {
         stage: "ppo".into(),
         dir: paths.model("ppo"),
     });
-    let judged = stage(&out, "judge", &aligned_fp, args.force, || {
+    let judge_fp = format!("{aligned_fp}|samples:{}", align_plan.eval_samples);
+    let judged = stage(&out, "judge", &judge_fp, args.force, || {
         evaluate::judge_models(
             &out,
             &candidates,
             &eval_tasks,
+            align_plan.eval_samples,
             &tokenizer_path,
             align_plan.max_new_tokens,
             args.threads,
