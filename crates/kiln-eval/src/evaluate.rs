@@ -192,7 +192,7 @@ pub fn win_rate(a: &Evaluation, b: &Evaluation) -> Result<f32, EvalError> {
     if a.responses.len() != b.responses.len()
         || a.responses.is_empty()
         || a.samples_per_task != b.samples_per_task
-        || a.responses.len() % a.samples_per_task.max(1) != 0
+        || !a.responses.len().is_multiple_of(a.samples_per_task.max(1))
     {
         return Err(EvalError::Input(format!(
             "win rate needs two evaluations of the same tasks (got {} and {} responses, {} and {} per task)",
