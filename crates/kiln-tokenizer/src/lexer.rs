@@ -265,71 +265,70 @@ fn next_cl100k(t: &Text, i: usize) -> usize {
     }
 }
 
-/// o200k letter alternative 1 body: `U*W+C?` from `s` (W = lower-ish).
+/// o200k's two letter alternatives after their optional prefix, from `s`,
+/// in one scan: `U*W+C?`, else (when `alt2`) `U+W*C?` (U = upper-ish,
+/// W = lower-ish, C = contraction). Greedy `U*` then `W+` either continues
+/// with the W run after the U run, or backtracks to just after the U run's
+/// last char that is also W (Lm, Lo, marks); `U+W*` is then the U run.
 #[inline(always)]
-fn o200k_alt1(t: &Text, s: usize) -> Option<usize> {
-    // Greedy U* backtracks to the last position k in [s, u_end] where a
-    // lower-ish char starts.
-    let mut i = s;
-    let mut k = None;
-    while let Some((_, cl, n)) = t.class_at(i) {
-        if cl & LOWERISH != 0 {
-            k = Some(i);
-        }
+fn o200k_letters(t: &Text, s: usize, alt2: bool) -> Option<usize> {
+    let len = t.b.len();
+    let mut j = s;
+    let mut after_both = None;
+    // Class of the char at `j` once the U run ends there (0 at the end).
+    let mut stop = 0;
+    while j < len {
+        let (c, n) = t.ch(j);
+        let cl = t.class(c);
         if cl & UPPERISH == 0 {
+            stop = cl;
             break;
         }
-        i += n;
+        j += n;
+        if cl & LOWERISH != 0 {
+            after_both = Some(j);
+        }
     }
-    let k = k?;
-    let e = t.run(k, |_, cl| cl & LOWERISH != 0);
-    Some(t.contraction(e, true).unwrap_or(e))
-}
-
-/// o200k letter alternative 2 body: `U+W*C?` from `s`.
-#[inline(always)]
-fn o200k_alt2(t: &Text, s: usize) -> Option<usize> {
-    let u_end = t.run(s, |_, cl| cl & UPPERISH != 0);
-    if u_end == s {
+    let end = if stop & LOWERISH != 0 {
+        t.run(j, |_, cl| cl & LOWERISH != 0)
+    } else if let Some(e) = after_both {
+        e
+    } else if alt2 && j > s {
+        j
+    } else {
         return None;
-    }
-    let e = t.run(u_end, |_, cl| cl & LOWERISH != 0);
-    Some(t.contraction(e, true).unwrap_or(e))
+    };
+    Some(t.contraction(end, true).unwrap_or(end))
 }
 
 fn next_o200k(t: &Text, i: usize) -> usize {
     let (c, cl, n) = t.class_at(i).expect("i < len");
-    let prefix_ok = cl & (LETTER | NUMBER) == 0 && !is_newline(c);
-    if cl & (UPPERISH | LOWERISH) != 0 || prefix_ok {
-        if prefix_ok {
-            if let Some(e) = o200k_alt1(t, i + n) {
-                return e;
-            }
+    if cl & (UPPERISH | LOWERISH) != 0 {
+        if cl & LETTER != 0 {
+            // A letter cannot be the prefix, and it starts one of the two.
+            return o200k_letters(t, i, true).expect("a letter starts a match");
         }
-        if let Some(e) = o200k_alt1(t, i) {
-            return e;
-        }
-        if prefix_ok {
-            if let Some(e) = o200k_alt2(t, i + n) {
-                return e;
-            }
-        }
-        if let Some(e) = o200k_alt2(t, i) {
-            return e;
-        }
+        // A mark is both a possible prefix and lower-ish: the prefixed
+        // `U*W+` first, then the unprefixed one, which cannot fail.
+        return o200k_letters(t, i + n, false)
+            .or_else(|| o200k_letters(t, i, false))
+            .expect("a mark starts a match");
     }
-    // `\p{N}{1,3}`
+    // `\p{N}{1,3}` (a digit is no prefix, and the letter alternatives
+    // need a letter or mark at `i` or after a prefix).
     if cl & NUMBER != 0 {
         return t.run_max(i, NUMBER, 3);
+    }
+    // Punctuation or whitespace here; a letter or mark after it.
+    let next = t.class_at(i + n).map_or(0, |(_, cl2, _)| cl2);
+    if next & (UPPERISH | LOWERISH) != 0 && !is_newline(c) {
+        return o200k_letters(t, i + n, true).expect("a letter or mark starts a match");
     }
     // ` ?[^\s\p{L}\p{N}]+[\r\n/]*`
     let punct_start = if is_punct(cl) {
         Some(i)
-    } else if c == ' ' as u32 {
-        match t.class_at(i + 1) {
-            Some((_, cl2, _)) if is_punct(cl2) => Some(i + 1),
-            _ => None,
-        }
+    } else if c == ' ' as u32 && i + n < t.b.len() && is_punct(next) {
+        Some(i + 1)
     } else {
         None
     };
@@ -345,26 +344,37 @@ fn next_o200k(t: &Text, i: usize) -> usize {
     i + n
 }
 
+#[inline(always)]
+fn drive<'a>(
+    t: &Text,
+    text: &'a str,
+    next: impl Fn(&Text, usize) -> usize,
+    mut f: impl FnMut(&'a str),
+) {
+    let mut i = 0;
+    while i < t.b.len() {
+        let e = next(t, i);
+        debug_assert!(e > i);
+        f(&text[i..e]);
+        i = e;
+    }
+}
+
 impl Lexer {
     /// Calls `f` with each pre-token of `text`, in order; the pieces
     /// concatenate to `text`.
     #[inline]
-    pub fn split<'a>(self, text: &'a str, mut f: impl FnMut(&'a str)) {
+    pub fn split<'a>(self, text: &'a str, f: impl FnMut(&'a str)) {
         let t = Text {
             b: text.as_bytes(),
             t: classes(),
         };
-        let next = match self {
-            Lexer::Gpt2 => next_gpt2,
-            Lexer::Cl100k => next_cl100k,
-            Lexer::O200k => next_o200k,
-        };
-        let mut i = 0;
-        while i < t.b.len() {
-            let e = next(&t, i);
-            debug_assert!(e > i);
-            f(&text[i..e]);
-            i = e;
+        // One loop per lexer, so `next` inlines into it (a function
+        // pointer cost a call per pre-token).
+        match self {
+            Lexer::Gpt2 => drive(&t, text, next_gpt2, f),
+            Lexer::Cl100k => drive(&t, text, next_cl100k, f),
+            Lexer::O200k => drive(&t, text, next_o200k, f),
         }
     }
 

@@ -19,6 +19,7 @@ pub mod formats;
 pub mod hf_template;
 pub mod lexer;
 pub mod pattern;
+mod rules;
 pub mod special;
 pub mod stream;
 mod token_map;

@@ -1,8 +1,9 @@
 //! The tokenizer: vocabulary + pair table + pre-tokenizer + special tokens.
 
-use crate::bpe::{PairTable, Rank};
+use crate::bpe::{self, BytePairs, PairTable, Rank};
 use crate::error::{DecodeError, EncodeError, LoadError};
 use crate::pattern::{Pattern, PreTokenizer};
+use crate::rules::{RankRule, TableRule};
 use crate::special::{SpecialMode, SpecialPolicy, Specials};
 use crate::stream::StreamDecoder;
 use crate::token_map::TokenMap;
@@ -27,7 +28,10 @@ pub struct Tokenizer {
     /// bytes -> id for ordinary tokens.
     bytes_to_id: TokenMap,
     byte_ids: [u32; 256],
+    /// The merge-list pair table (empty for rank files: see `RankRule`).
     pairs: PairTable,
+    /// Every two-byte pair under the rule, for the first round of merges.
+    byte_pairs: BytePairs,
     rule: MergeRule,
     /// Emit a whole pre-token when it is itself a token (tiktoken always
     /// does; HF only with `ignore_merges`).
@@ -50,19 +54,7 @@ impl Tokenizer {
         specials: Vec<(String, u32)>,
     ) -> Result<Self, LoadError> {
         let mut t = Self::base(ranks, pattern, specials, "ranks")?;
-        let mut pairs = PairTable::with_capacity(t.bytes_to_id.len() * 4);
-        for (id, bytes) in t.ordinary_tokens() {
-            for k in 1..bytes.len() {
-                // The suffix is looked up only when the prefix is a token.
-                let Some(l) = t.bytes_to_id.get(&bytes[..k]) else {
-                    continue;
-                };
-                if let Some(r) = t.bytes_to_id.get(&bytes[k..]) {
-                    pairs.insert(l, r, id as Rank, id);
-                }
-            }
-        }
-        t.pairs = pairs;
+        t.byte_pairs = BytePairs::new(|a, b| RankRule::lookup(&t.bytes_to_id, &[a, b]));
         t.rule = MergeRule::Ranks;
         t.whole_piece_first = true;
         Ok(t)
@@ -102,6 +94,8 @@ impl Tokenizer {
                 list.push((li, ri, mi));
             }
         }
+        t.byte_pairs =
+            BytePairs::new(|a, b| pairs.packed(t.byte_ids[a as usize], t.byte_ids[b as usize]));
         t.pairs = pairs;
         t.rule = MergeRule::Merges(list);
         t.whole_piece_first = ignore_merges;
@@ -176,6 +170,7 @@ impl Tokenizer {
             bytes_to_id,
             byte_ids,
             pairs: PairTable::default(),
+            byte_pairs: BytePairs::default(),
             rule: MergeRule::Ranks,
             whole_piece_first: true,
             max_token_len,
@@ -209,8 +204,36 @@ impl Tokenizer {
         }
         scratch.clear();
         scratch.extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
-        self.pairs.merge(scratch, u32::MAX);
+        self.merge(piece, scratch, Rank::MAX);
         out.extend_from_slice(scratch);
+    }
+
+    /// Merges `ids` (the byte ids of `piece`) under this tokenizer's rule,
+    /// with pairs of rank below `limit`: one monomorphized loop per rule, no
+    /// dispatch per pair.
+    #[inline(always)]
+    fn merge(&self, piece: &[u8], ids: &mut Vec<u32>, limit: Rank) {
+        match self.rule {
+            MergeRule::Ranks => bpe::merge_below(
+                piece,
+                ids,
+                &RankRule {
+                    map: &self.bytes_to_id,
+                    max_token_len: self.max_token_len,
+                    bytes: &self.byte_pairs,
+                },
+                limit,
+            ),
+            MergeRule::Merges(_) => bpe::merge_below(
+                piece,
+                ids,
+                &TableRule {
+                    table: &self.pairs,
+                    bytes: &self.byte_pairs,
+                },
+                limit,
+            ),
+        }
     }
 
     /// Encodes text with no special-token handling, appending to `out`.
@@ -349,7 +372,7 @@ impl Tokenizer {
     /// (used to recover merge lists from rank files).
     pub(crate) fn merge_bytes_below(&self, bytes: &[u8], limit: Rank) -> Vec<u32> {
         let mut ids: Vec<u32> = bytes.iter().map(|&b| self.byte_ids[b as usize]).collect();
-        self.pairs.merge(&mut ids, limit);
+        self.merge(bytes, &mut ids, limit);
         ids
     }
 

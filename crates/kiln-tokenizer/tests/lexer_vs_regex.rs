@@ -79,8 +79,75 @@ fn tricky_string() -> impl Strategy<Value = String> {
     proptest::collection::vec(atoms, 0..30).prop_map(|v| v.concat())
 }
 
+/// Runs of o200k's letter classes from every category and script width:
+/// Lu, Ll, Lt, Lm, Lo, Mn, Mc, Me (1 to 4 bytes), with what may surround
+/// them (prefixes, contractions, digits, whitespace, emoji).
+fn letter_class_runs() -> impl Strategy<Value = String> {
+    let atoms = prop::sample::select(vec![
+        "A",
+        "z",
+        "Ω",
+        "ω",
+        "Ж",
+        "ж",
+        "ß",
+        "ǅ",
+        "ᾈ",
+        "𐐀",
+        "𐐨",
+        "ʰ",
+        "ー",
+        "ꜝ",
+        "中",
+        "한",
+        "ا",
+        "𠀀",
+        "\u{301}",
+        "\u{94d}",
+        "\u{903}",
+        "\u{20dd}",
+        "\u{1d167}",
+        "'",
+        "'s",
+        "'S",
+        "'ll",
+        "'Ve",
+        "'ſ",
+        "'q",
+        "7",
+        "٣",
+        "Ⅻ",
+        "²",
+        " ",
+        "   ",
+        "\n",
+        "\r\n",
+        "\t",
+        "\u{3000}",
+        ".",
+        "/",
+        "_",
+        "😀",
+        "\u{fe0f}",
+        "\u{200d}",
+    ]);
+    proptest::collection::vec(atoms, 0..40).prop_map(|v| v.concat())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1500))]
+
+    #[test]
+    fn lexer_equals_regex_on_letter_class_runs(s in letter_class_runs()) {
+        check(&s)?;
+    }
+
+    #[test]
+    fn lexer_equals_regex_on_random_letter_categories(
+        s in "[\\p{Lu}\\p{Ll}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}\\p{N}'sStT \\r\\n\\t.!/]{0,40}"
+    ) {
+        check(&s)?;
+    }
 
     #[test]
     fn lexer_equals_regex_on_tricky_strings(s in tricky_string()) {
