@@ -64,6 +64,10 @@ pub fn find_duplicates<'a>(elements: impl Iterator<Item = &'a str>) -> (usize, u
 pub struct WordIds {
     pub ids: Vec<u32>,
     pub lens: Vec<u32>,
+    /// The words concatenated, and where each ends in it: any n words
+    /// joined without spaces are one slice, hashed without copying.
+    joined: String,
+    ends: Vec<usize>,
 }
 
 impl WordIds {
@@ -71,12 +75,22 @@ impl WordIds {
         let mut map: FxHashMap<&str, u32> = FxHashMap::default();
         let mut ids = Vec::with_capacity(words.len());
         let mut lens = Vec::with_capacity(words.len());
+        let mut joined = String::with_capacity(words.iter().map(|w| w.len()).sum());
+        let mut ends = Vec::with_capacity(words.len() + 1);
+        ends.push(0);
         for w in words {
             let next = map.len() as u32;
             ids.push(*map.entry(w).or_insert(next));
             lens.push(py_len(w) as u32);
+            joined.push_str(w);
+            ends.push(joined.len());
         }
-        WordIds { ids, lens }
+        WordIds {
+            ids,
+            lens,
+            joined,
+            ends,
+        }
     }
 
     fn chars(&self, i: usize, n: usize) -> usize {
@@ -111,19 +125,18 @@ impl WordIds {
     /// skips ahead n words. As in datatrove an n-gram is its words joined
     /// without spaces, so "ab c" and "a bc" are the same n-gram (compared
     /// by a 128-bit hash of the joined text).
-    pub fn duplicated_ngram_chars(&self, words: &[&str], n: usize) -> usize {
+    pub fn duplicated_ngram_chars(&self, n: usize) -> usize {
         if n == 0 {
             return 0;
         }
+        let words = self.ids.len();
         let mut seen: FxHashSet<u128> = FxHashSet::default();
-        seen.reserve(words.len());
-        let mut buf = String::new();
+        seen.reserve(words);
         let mut total = 0;
         let mut i = 0;
-        while i + n <= words.len() {
-            buf.clear();
-            words[i..i + n].iter().for_each(|w| buf.push_str(w));
-            if !seen.insert(xxh3_128(buf.as_bytes())) {
+        while i + n <= words {
+            let gram = &self.joined.as_bytes()[self.ends[i]..self.ends[i + n]];
+            if !seen.insert(xxh3_128(gram)) {
                 total += self.chars(i, n);
                 i += n;
             } else {
@@ -141,7 +154,7 @@ pub fn top_ngram_chars(words: &[&str], n: usize) -> usize {
 
 /// [`WordIds::duplicated_ngram_chars`] on words.
 pub fn duplicated_ngram_chars(words: &[&str], n: usize) -> usize {
-    WordIds::new(words).duplicated_ngram_chars(words, n)
+    WordIds::new(words).duplicated_ngram_chars(n)
 }
 
 /// Paragraphs: `re.split(r"\n{2,}", text.strip())`.
@@ -212,7 +225,7 @@ impl GopherRepetition {
             }
         }
         for &(n, thr) in &self.dup_n_grams {
-            let f = ratio(ids.duplicated_ngram_chars(words, n), text_chars);
+            let f = ratio(ids.duplicated_ngram_chars(n), text_chars);
             if f > thr {
                 return r(dup_rule(n), f, thr);
             }

@@ -11,6 +11,7 @@
 //! So `don't` is `do` `n't`, `Mr.` and `e.g.` stay whole, URLs and e-mail
 //! addresses are one token, `(1` `)` and `stop` `-` `believing` split.
 
+mod cache;
 pub(crate) mod pattern;
 pub mod spacy;
 

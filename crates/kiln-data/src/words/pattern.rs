@@ -70,24 +70,11 @@ impl CharSet {
     }
 }
 
-/// Which characters can start a branch (to skip the branches that cannot
-/// match without running them).
+/// Which characters can start a branch.
 #[derive(Clone, Copy, Debug)]
 struct First {
     ascii: u128,
     non_ascii: bool,
-}
-
-impl First {
-    #[inline]
-    fn allows(&self, c: char) -> bool {
-        let c = c as u32;
-        if c < 128 {
-            self.ascii >> c & 1 == 1
-        } else {
-            self.non_ascii
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -99,7 +86,7 @@ enum Node {
         max: usize,
         sub: Vec<Node>,
     },
-    Alt(Vec<Branch>),
+    Alt(Alt),
     Look {
         behind: Option<usize>,
         neg: bool,
@@ -109,11 +96,54 @@ enum Node {
     Eol,
 }
 
+/// Alternatives, with the branches each next character can start (so the
+/// others are skipped without running them; the order is kept).
 #[derive(Debug)]
-struct Branch {
-    nodes: Vec<Node>,
-    /// `None`: the branch may match without consuming (no shortcut).
-    first: Option<First>,
+struct Alt {
+    branches: Vec<Vec<Node>>,
+    /// Indexed by ASCII code, then [`OTHER`] (any other character) and
+    /// [`AT_END`] (no character left): branch indices, in order.
+    candidates: Vec<Vec<u16>>,
+}
+
+const OTHER: usize = 128;
+const AT_END: usize = 129;
+
+impl Alt {
+    fn new(branches: Vec<Vec<Node>>, sets: &Sets) -> Self {
+        let mut candidates = vec![Vec::new(); AT_END + 1];
+        for (i, b) in branches.iter().enumerate() {
+            let i = u16::try_from(i).expect("under 65536 alternatives");
+            // `None`: the branch may match without consuming a character.
+            let first = first_of(b, sets);
+            for (c, list) in candidates.iter_mut().enumerate() {
+                let ok = match first {
+                    None => true,
+                    Some(_) if c == AT_END => false,
+                    Some(f) if c == OTHER => f.non_ascii,
+                    Some(f) => f.ascii >> c & 1 == 1,
+                };
+                if ok {
+                    list.push(i);
+                }
+            }
+        }
+        Alt {
+            branches,
+            candidates,
+        }
+    }
+
+    /// The branches that can match at `pos` of `s`.
+    #[inline]
+    fn at(&self, s: &[char], pos: usize) -> &[u16] {
+        let k = match s.get(pos) {
+            None => AT_END,
+            Some(&c) if (c as u32) < 128 => c as usize,
+            Some(_) => OTHER,
+        };
+        &self.candidates[k]
+    }
 }
 
 /// One compiled expression over a shared table of character sets.
@@ -131,9 +161,10 @@ impl Regex {
         let nodes = parse_seq(v, sets);
         let anchored = match nodes.first() {
             Some(Node::Bol) => true,
-            Some(Node::Alt(bs)) if nodes.len() == 1 => bs
+            Some(Node::Alt(a)) if nodes.len() == 1 => a
+                .branches
                 .iter()
-                .all(|b| matches!(b.nodes.first(), Some(Node::Bol))),
+                .all(|b| matches!(b.first(), Some(Node::Bol))),
             _ => false,
         };
         Regex { nodes, anchored }
@@ -201,13 +232,10 @@ impl Matcher<'_> {
                 };
                 found != *neg && self.seq(rest, pos, k)
             }
-            Node::Alt(branches) => branches.iter().any(|b| {
-                if let Some(f) = b.first {
-                    if pos >= s.len() || !f.allows(s[pos]) {
-                        return false;
-                    }
-                }
-                self.seq(&b.nodes, pos, &mut |e| self.seq(rest, e, k))
+            Node::Alt(alt) => alt.at(s, pos).iter().any(|&b| {
+                self.seq(&alt.branches[b as usize], pos, &mut |e| {
+                    self.seq(rest, e, k)
+                })
             }),
             Node::Rep { min, max, sub } => {
                 // One character per iteration: count the run, then back off.
@@ -276,17 +304,8 @@ fn parse_node(v: &Value, sets: &Sets) -> Node {
             sub: parse_seq(&r[2], sets),
         }
     } else if let Some(bs) = o.get("alt") {
-        Node::Alt(
-            bs.as_array()
-                .unwrap()
-                .iter()
-                .map(|b| {
-                    let nodes = parse_seq(b, sets);
-                    let first = first_of(&nodes, sets);
-                    Branch { nodes, first }
-                })
-                .collect(),
-        )
+        let branches = bs.as_array().unwrap().iter().map(|b| parse_seq(b, sets));
+        Node::Alt(Alt::new(branches.collect(), sets))
     } else if let Some(l) = o.get("look") {
         let sub = parse_seq(&l[2], sets);
         let behind = (l[0].as_i64().unwrap() < 0)
@@ -313,9 +332,9 @@ fn width(nodes: &[Node]) -> Option<usize> {
             Node::Bol | Node::Eol | Node::Look { .. } => 0,
             Node::Rep { min, max, sub } if min == max => min * width(sub)?,
             Node::Rep { .. } => return None,
-            Node::Alt(bs) => {
-                let w = width(&bs.first()?.nodes)?;
-                if bs.iter().any(|b| width(&b.nodes) != Some(w)) {
+            Node::Alt(a) => {
+                let w = width(a.branches.first()?)?;
+                if a.branches.iter().any(|b| width(b) != Some(w)) {
                     return None;
                 }
                 w
@@ -354,13 +373,13 @@ fn first_of(nodes: &[Node], sets: &Sets) -> Option<First> {
             }
             Node::Bol | Node::Eol | Node::Look { .. } => continue,
             Node::Rep { min, sub, .. } if *min >= 1 => return first_of(sub, sets),
-            Node::Alt(bs) => {
+            Node::Alt(a) => {
                 let mut f = First {
                     ascii: 0,
                     non_ascii: false,
                 };
-                for b in bs {
-                    let g = b.first?;
+                for b in &a.branches {
+                    let g = first_of(b, sets)?;
                     f.ascii |= g.ascii;
                     f.non_ascii |= g.non_ascii;
                 }

@@ -6,6 +6,7 @@
 //! that spell a special case containing punctuation (`_special_matcher`).
 //! The rules themselves are data from spaCy (`spacy_en.json`).
 
+use super::cache::{with_thread_cache, ChunkCache};
 use super::pattern::{CharSet, Regex};
 use crate::fxhash::FxHashMap;
 use serde_json::Value;
@@ -34,6 +35,9 @@ pub(crate) struct Tables {
     /// First piece of an affix-split special case -> (its pieces without
     /// special cases, the special case).
     matcher: FxHashMap<String, Vec<(Vec<String>, String)>>,
+    /// The matcher's keys by first byte, as a bit per length (63: longer):
+    /// rules out most tokens without hashing them.
+    matcher_lens: [u64; 256],
     pub(crate) py_space: CharSet,
     pub(crate) py_alpha: CharSet,
     pub(crate) category_p: CharSet,
@@ -79,6 +83,7 @@ impl Tables {
             citation: re("citation"),
             specials,
             matcher: FxHashMap::default(),
+            matcher_lens: [0; 256],
             py_space: CharSet::from_json(&v["py_space"]),
             py_alpha: CharSet::from_json(&v["py_alpha"]),
             category_p: CharSet::from_json(&v["category_p"]),
@@ -103,7 +108,7 @@ impl Tables {
                 continue;
             }
             let mut toks = Vec::new();
-            t.tokenize_affixes(key, false, &mut toks);
+            t.tokenize_affixes(key, false, None, &mut toks);
             let pieces: Vec<String> = toks
                 .iter()
                 .map(|x| key[x.start..x.end].to_string())
@@ -112,6 +117,9 @@ impl Tables {
                 .entry(pieces[0].clone())
                 .or_default()
                 .push((pieces, key.clone()));
+        }
+        for k in matcher.keys() {
+            t.matcher_lens[k.as_bytes()[0] as usize] |= 1 << k.len().min(63);
         }
         t.matcher = matcher;
         t
@@ -146,10 +154,17 @@ impl Tables {
         &self.sets
     }
 
-    /// `Tokenizer.__call__`: the tokens of `text`, whitespace tokens included.
+    /// `Tokenizer.__call__`: the tokens of `text`, whitespace tokens
+    /// included, with this thread's chunk cache.
     pub fn tokenize(&self, text: &str) -> Vec<Token> {
+        with_thread_cache(|cache| self.tokenize_with(text, Some(cache)))
+    }
+
+    /// [`Tables::tokenize`] with the given cache, or none (the reference
+    /// the cache is tested against).
+    pub(crate) fn tokenize_with(&self, text: &str, cache: Option<&mut ChunkCache>) -> Vec<Token> {
         let mut toks = Vec::with_capacity(text.len() / 4 + 1);
-        self.tokenize_affixes(text, true, &mut toks);
+        self.tokenize_affixes(text, true, cache, &mut toks);
         self.apply_special_cases(text, &mut toks);
         toks
     }
@@ -157,7 +172,21 @@ impl Tables {
     /// `_tokenize_affixes`: chunks between whitespace changes; a chunk of
     /// whitespace loses one leading ' ' (spaCy's `spacy` flag) and becomes
     /// a token if anything is left.
-    fn tokenize_affixes(&self, text: &str, specials: bool, out: &mut Vec<Token>) {
+    fn tokenize_affixes(
+        &self,
+        text: &str,
+        specials: bool,
+        mut cache: Option<&mut ChunkCache>,
+        out: &mut Vec<Token>,
+    ) {
+        let mut chunk = |a: usize, b: usize, space: bool, out: &mut Vec<Token>| {
+            let compute =
+                |out: &mut Vec<Token>| self.tokenize_chunk(text, a, b, space, specials, out);
+            match cache.as_deref_mut() {
+                Some(c) => c.tokens(text, (a, b), space, out, compute),
+                None => compute(out),
+            }
+        };
         let mut it = text.char_indices();
         let Some((_, c0)) = it.next() else { return };
         let mut in_ws = self.is_py_space(c0);
@@ -165,14 +194,14 @@ impl Tables {
         for (i, c) in text.char_indices() {
             if self.is_py_space(c) != in_ws {
                 if start < i {
-                    self.tokenize_chunk(text, start, i, in_ws, specials, out);
+                    chunk(start, i, in_ws, out);
                 }
                 start = if c == ' ' { i + 1 } else { i };
                 in_ws = !in_ws;
             }
         }
         if start < text.len() {
-            self.tokenize_chunk(text, start, text.len(), in_ws, specials, out);
+            chunk(start, text.len(), in_ws, out);
         }
     }
 
@@ -294,7 +323,14 @@ impl Tables {
     fn apply_special_cases(&self, text: &str, toks: &mut Vec<Token>) {
         let mut spans: Vec<(usize, usize)> = Vec::new();
         for i in 0..toks.len() {
-            let Some(pats) = self.matcher.get(&text[toks[i].start..toks[i].end]) else {
+            let tok = &text[toks[i].start..toks[i].end];
+            let Some(&b0) = tok.as_bytes().first() else {
+                continue;
+            };
+            if self.matcher_lens[b0 as usize] >> tok.len().min(63) & 1 == 0 {
+                continue;
+            }
+            let Some(pats) = self.matcher.get(tok) else {
                 continue;
             };
             for (pieces, _) in pats {
