@@ -25,6 +25,11 @@ use crate::{Gpt, GptConfig, ModelError, Rng, SampleOptions};
 /// Positions per prefill call: bounds the activation buffers to
 /// `batch * PREFILL_CHUNK` rows whatever the prompt length.
 const PREFILL_CHUNK: usize = 64;
+/// Bytes of key/value cache one lockstep batch may hold: a batch bigger
+/// than this runs in consecutive groups (the ids are the same, since each
+/// sequence samples with its own seed), so sampling 10,000 replies does
+/// not hold 10,000 caches at once.
+const KV_CACHE_BUDGET: usize = 512 << 20;
 
 /// Buffers for up to `batch` sequences of up to `t_max` positions.
 pub(crate) struct GenBuffers {
@@ -173,8 +178,9 @@ impl Gpt {
 
     /// Continues every prompt (they may differ in length) as
     /// [`Gpt::generate`] would with `opts.seed + i` (wrapping) as the seed of
-    /// prompt `i`; returns the new tokens of each prompt, in order. All
-    /// sequences run together: one forward per position for the batch.
+    /// prompt `i`; returns the new tokens of each prompt, in order.
+    /// Sequences run together, one forward per position for the batch, in
+    /// groups of at most [`Gpt::lockstep_group`] sequences.
     pub fn generate_batch<P: AsRef<[u32]>>(
         &mut self,
         be: &mut BackendBox,
@@ -185,7 +191,24 @@ impl Gpt {
         for (i, prompt) in prompts.iter().enumerate() {
             check_prompt(&self.config, prompt, Some(i))?;
         }
-        self.generate_lockstep(be, &prompts, opts, |_, _| true)
+        let group = self.lockstep_group();
+        let mut out = Vec::with_capacity(prompts.len());
+        for (g, chunk) in prompts.chunks(group).enumerate() {
+            let opts = SampleOptions {
+                seed: opts.seed.wrapping_add((g * group) as u64),
+                ..opts.clone()
+            };
+            out.extend(self.generate_lockstep(be, chunk, &opts, |_, _| true)?);
+        }
+        Ok(out)
+    }
+
+    /// The most sequences [`Gpt::generate_batch`] runs at once: as many
+    /// full-context key/value caches as fit in `KV_CACHE_BUDGET`.
+    pub fn lockstep_group(&self) -> usize {
+        let c = &self.config;
+        let per_sequence = 2 * c.n_layer * c.max_seq_len * c.n_embd * self.act_dtype().size();
+        (KV_CACHE_BUDGET / per_sequence.max(1)).max(1)
     }
 
     /// The generation loop (see the module docs). `on_token(i, token)` sees

@@ -265,6 +265,30 @@ fn sampled(max_new_tokens: usize, seed: u64) -> SampleOptions {
 }
 
 #[test]
+fn a_batch_larger_than_one_lockstep_group_runs_in_groups_with_the_same_ids() {
+    let mut be = backend();
+    // A long context makes each sequence's cache large: 256 per group.
+    let cfg = GptConfig::new(57, 4096, 1, 2, 64);
+    let mut gpt = perturbed_model(&mut be, cfg.clone(), 11);
+    let group = gpt.lockstep_group();
+    assert_eq!(group, 256);
+    let prompts: Vec<Vec<u32>> = (0..group + 44)
+        .map(|i| tokens(1 + i % 5, cfg.vocab_size, 900 + i as u64))
+        .collect();
+    let opts = sampled(4, 77);
+    let batch = gpt.generate_batch(&mut be, &prompts, &opts).unwrap();
+    assert_eq!(batch.len(), prompts.len());
+    for i in [0, group - 1, group, group + 1, prompts.len() - 1] {
+        let one = SampleOptions {
+            seed: opts.seed.wrapping_add(i as u64),
+            ..opts.clone()
+        };
+        let want = gpt.generate(&mut be, &prompts[i], &one).unwrap();
+        assert_eq!(batch[i], want, "prompt {i}");
+    }
+}
+
+#[test]
 fn generate_batch_equals_a_loop_of_generate_with_seeds_seed_plus_i() {
     let mut be = backend();
     let cfg = GptConfig::new(57, 20, 2, 4, 32);
