@@ -114,7 +114,8 @@ pub(super) fn judge_models(
         }
     }
 
-    let samples: Vec<Value> = (0..tasks.len().min(SHOWN_SAMPLES))
+    // The first reply of each shown task, side by side.
+    let shown: Vec<Value> = (0..tasks.len().min(SHOWN_SAMPLES))
         .map(|i| {
             let task = &tasks[i];
             let responses: Map<String, Value> = evals
@@ -135,7 +136,7 @@ pub(super) fn judge_models(
         "samples_per_task": samples,
         "temperature": EVAL_TEMPERATURE,
         "models": models,
-        "samples": samples,
+        "samples": shown,
     });
     let path = out.join("eval").join("results.json");
     std::fs::create_dir_all(out.join("eval"))?;
