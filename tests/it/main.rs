@@ -11,6 +11,7 @@ mod gpt2_reference;
 mod hf_models;
 mod perplexity_filter;
 mod pipeline;
+mod plan_cli;
 mod plugins;
 mod precision;
 mod report;

@@ -45,6 +45,9 @@ enum Command {
     Chat(cmd::chat::Args),
     /// Write RUN_DIR/report.html: plots, tables and samples of a pipeline run.
     Report(cmd::report::Args),
+    /// Plan a parallel layout on paper: memory per GPU, step time and MFU of
+    /// data x tensor x pipeline layouts for a model on N GPUs.
+    Plan(cmd::plan::Args),
     /// List and check backend / expert plugins.
     #[command(subcommand)]
     Plugins(cmd::plugins::Command),
@@ -67,6 +70,7 @@ fn main() {
         Command::Grpo(a) => cmd::grpo::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
     };
     if let Err(err) = result {
         // A reader that stopped reading (`kiln generate | head`): exit

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod grpo;
 pub mod out_dir;
 pub mod pipeline;
+pub mod plan;
 pub mod plugins;
 pub mod ppo;
 pub mod pretrain;
