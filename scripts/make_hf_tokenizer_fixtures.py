@@ -9,6 +9,7 @@ the models it stands for:
   llama3         no normalizer, Split(Llama 3 regex) + ByteLevel, ignore_merges
   bytelevel_aps  Sequence[NFKC, Lowercase], ByteLevel(add_prefix_space=true)  (GPT-2/RoBERTa)
   split_aps      NFD, Split(regex) + ByteLevel(add_prefix_space=true, use_regex=false)
+  smollm         Digits(individual_digits=true) + ByteLevel(use_regex=true)  (SmolLM, StarCoder)
   llama2         SentencePiece BPE: Sequence[Prepend("▁"), Replace(" ", "▁")] normalizer, no
                  pre-tokenizer, byte_fallback + fuse_unk, <0xNN> tokens 3..258, decoder
                  Sequence[Replace("▁", " "), ByteFallback, Fuse, Strip(" ", 1, 0)]
@@ -17,12 +18,16 @@ the models it stands for:
                  pre-tokenizer and no normalizer (transformers' non-legacy Llama/Mistral files)
   metaspace      Metaspace(prepend_scheme="always", split=true), Metaspace decoder
   metaspace_never  Metaspace(prepend_scheme="never", split=true), NFKC normalizer
+  sp_unk         no byte fallback: absent characters become <unk>, fused (fuse_unk)
 
 Written per family: <family>.tokenizer.json and <family>.cases.json, a list of
 {"text", "ids", "decoded"}: HF's ids for the text (added tokens matched, no post-processor
 specials) and HF's decode of those ids (skip_special_tokens=False). The texts cover prose, code,
 leading/trailing/multiple spaces, newlines and tabs, accents in NFC and NFD, CJK, emoji,
 characters absent from the vocabulary (byte fallback) and added tokens inside text.
+
+HF's trainer breaks count ties in hash order, so a rerun may renumber a few tokens; each
+cases file always holds the ids of the tokenizer.json written with it.
 
 Run from the repository root:  python3 scripts/make_hf_tokenizer_fixtures.py
   (--out DIR writes elsewhere; tests/hf_python.rs uses `build(family, path)` through
@@ -45,8 +50,8 @@ LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 WORDS_REGEX = r"\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+|\s+"
 
-BYTE_LEVEL = ["qwen2", "llama3", "bytelevel_aps", "split_aps"]
-SENTENCEPIECE = ["llama2", "mistral", "metaspace", "metaspace_never"]
+BYTE_LEVEL = ["qwen2", "llama3", "bytelevel_aps", "split_aps", "smollm"]
+SENTENCEPIECE = ["llama2", "mistral", "metaspace", "metaspace_never", "sp_unk"]
 FAMILIES = BYTE_LEVEL + SENTENCEPIECE
 
 SPECIALS = {
@@ -54,6 +59,7 @@ SPECIALS = {
     "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
     "bytelevel_aps": ["<s>", "</s>", "<mask>"],
     "split_aps": ["<|endoftext|>"],
+    "smollm": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
 }
 SP_SPECIALS = ["<unk>", "<s>", "</s>"]
 
@@ -131,6 +137,11 @@ def train_byte_level(family):
             pre_tokenizers.Split(Regex(WORDS_REGEX), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),
         ])
+    elif family == "smollm":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIALS[family],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -143,7 +154,7 @@ def train_sentencepiece(family):
     """BpeTrainer on Metaspace pieces with a small alphabet (so byte fallback fires), then
     the Llama 2 layout: <unk> <s> </s>, the 256 <0xNN> tokens, the trained tokens."""
     scheme = {"llama2": "first", "mistral": "first", "metaspace": "always",
-              "metaspace_never": "never"}[family]
+              "metaspace_never": "never", "sp_unk": "first"}[family]
     base = Tokenizer(models.BPE(unk_token="<unk>"))
     base.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=scheme, split=True)
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[], limit_alphabet=60,
@@ -158,7 +169,7 @@ def train_sentencepiece(family):
             vocab[t] = len(vocab)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>",
-                               byte_fallback=True, fuse_unk=True))
+                               byte_fallback=(family != "sp_unk"), fuse_unk=True))
     sp_decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     if family == "llama2":
@@ -178,6 +189,9 @@ def train_sentencepiece(family):
         tok.decoder = decoders.Sequence([decoders.ByteFallback(),
                                          decoders.Metaspace(prepend_scheme="never", split=True),
                                          decoders.Fuse()])
+    elif family == "sp_unk":
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
+        tok.decoder = sp_decoder
     tok.add_special_tokens(SP_SPECIALS)
     return tok
 

@@ -1,5 +1,7 @@
 //! Byte-level BPE tokenizer: train, encode, decode; tokenizer.json, tiktoken
-//! and GPT-2 formats.
+//! and GPT-2 formats. tokenizer.json files of SentencePiece-style BPE
+//! (Llama 2, Mistral: Metaspace, byte fallback) and with normalizers load
+//! too ([`normalizer`], [`sentencepiece`]).
 //!
 //! - [`Tokenizer`]: encode (special tokens per call via [`SpecialPolicy`]),
 //!   decode, streaming decode ([`StreamDecoder`]).

@@ -19,10 +19,38 @@ pub(crate) enum PrefixSpace {
     EachPiece,
 }
 
+/// HF's `Digits` pre-tokenizer ahead of ByteLevel (StarCoder, SmolLM):
+/// digits (`char::is_numeric`) are split off, each on its own or in runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Digits {
+    Individual,
+    Runs,
+}
+
+impl Digits {
+    /// Calls `f` with the digit and non-digit pieces of `text`, in order.
+    pub fn split<'a>(self, text: &'a str, mut f: impl FnMut(&'a str)) {
+        let mut start = 0;
+        let mut prev_digit = false;
+        for (i, c) in text.char_indices() {
+            let digit = c.is_numeric();
+            let cut = i > start && (digit != prev_digit || (digit && self == Digits::Individual));
+            if cut {
+                f(&text[start..i]);
+                start = i;
+            }
+            prev_digit = digit;
+        }
+        if start < text.len() {
+            f(&text[start..]);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum Stage {
-    /// Byte-level BPE on the normalized text.
-    ByteLevel(PrefixSpace),
+    /// Byte-level BPE on the normalized text, after `Digits` if set.
+    ByteLevel(PrefixSpace, Option<Digits>),
     /// SentencePiece-style BPE.
     Chars(Box<CharBpe>),
 }
@@ -49,7 +77,29 @@ impl Pipeline {
     pub fn chars(&self) -> Option<&CharBpe> {
         match &self.stage {
             Stage::Chars(c) => Some(c),
-            Stage::ByteLevel(_) => None,
+            Stage::ByteLevel(..) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(d: Digits, text: &str) -> Vec<&str> {
+        let mut v = Vec::new();
+        d.split(text, |p| v.push(p));
+        v
+    }
+
+    #[test]
+    fn digits_split_as_hf() {
+        assert_eq!(
+            split(Digits::Individual, "a 123b"),
+            ["a ", "1", "2", "3", "b"]
+        );
+        assert_eq!(split(Digits::Runs, "a 123b4"), ["a ", "123", "b", "4"]);
+        assert_eq!(split(Digits::Runs, "٣٤x"), ["٣٤", "x"]);
+        assert!(split(Digits::Individual, "").is_empty());
     }
 }

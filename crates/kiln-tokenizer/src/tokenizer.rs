@@ -332,20 +332,29 @@ impl Tokenizer {
         }
         match &p.stage {
             Stage::Chars(model) => model.encode(&text, at_start, out),
-            Stage::ByteLevel(space) => {
-                let text = match space {
-                    PrefixSpace::Text if !text.starts_with(' ') => Cow::Owned(format!(" {text}")),
-                    _ => text,
-                };
+            Stage::ByteLevel(space, digits) => {
                 let mut scratch = Vec::new();
-                self.pre.split(&text, |piece| {
-                    if *space == PrefixSpace::EachPiece && !piece.starts_with(' ') {
-                        let spaced = format!(" {piece}");
-                        self.encode_piece(spaced.as_bytes(), out, &mut scratch)
-                    } else {
-                        self.encode_piece(piece.as_bytes(), out, &mut scratch)
-                    }
-                });
+                // ByteLevel runs on each piece `Digits` made (or the text).
+                let mut byte_level = |text: &str| {
+                    let text = match space {
+                        PrefixSpace::Text if !text.starts_with(' ') => {
+                            Cow::Owned(format!(" {text}"))
+                        }
+                        _ => Cow::Borrowed(text),
+                    };
+                    self.pre.split(&text, |piece| {
+                        if *space == PrefixSpace::EachPiece && !piece.starts_with(' ') {
+                            let spaced = format!(" {piece}");
+                            self.encode_piece(spaced.as_bytes(), out, &mut scratch)
+                        } else {
+                            self.encode_piece(piece.as_bytes(), out, &mut scratch)
+                        }
+                    });
+                };
+                match digits {
+                    Some(d) => d.split(&text, byte_level),
+                    None => byte_level(&text),
+                }
             }
         }
     }

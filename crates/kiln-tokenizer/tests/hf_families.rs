@@ -1,22 +1,12 @@
 //! The tokenizer.json families open models ship (Qwen2, Llama 3, GPT-2
-//! style with a prefix space, Llama 2 / Mistral SentencePiece-style BPE),
+//! style with a prefix space, SmolLM's digit split, Llama 2 / Mistral
+//! SentencePiece-style BPE with byte fallback or an unknown token),
 //! against the ids and decodes Hugging Face `tokenizers` gave for them:
 //! tests/fixtures/hf_families/, made by scripts/make_hf_tokenizer_fixtures.py.
 
 use kiln_tokenizer::formats::hf;
 use kiln_tokenizer::{SpecialPolicy, Tokenizer};
 use std::path::{Path, PathBuf};
-
-const FAMILIES: &[&str] = &[
-    "qwen2",
-    "llama3",
-    "bytelevel_aps",
-    "split_aps",
-    "llama2",
-    "mistral",
-    "metaspace",
-    "metaspace_never",
-];
 
 struct Case {
     text: String,
@@ -26,6 +16,20 @@ struct Case {
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_families")
+}
+
+/// The families in the fixture directory (`<family>.tokenizer.json`).
+fn families() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".tokenizer.json").map(str::to_string)
+        })
+        .collect();
+    v.sort();
+    assert!(v.len() >= 10, "{v:?}");
+    v
 }
 
 fn load(family: &str) -> (Tokenizer, Vec<Case>) {
@@ -49,7 +53,7 @@ fn load(family: &str) -> (Tokenizer, Vec<Case>) {
 
 #[test]
 fn every_family_encodes_as_hf() {
-    for family in FAMILIES {
+    for family in &families() {
         let (tok, cases) = load(family);
         assert!(cases.len() > 30, "{family}");
         for c in &cases {
@@ -65,7 +69,7 @@ fn every_family_encodes_as_hf() {
 
 #[test]
 fn every_family_decodes_as_hf() {
-    for family in FAMILIES {
+    for family in &families() {
         let (tok, cases) = load(family);
         for c in &cases {
             assert_eq!(
@@ -105,7 +109,7 @@ fn byte_fallback_and_prefix_rules_fire_in_the_fixtures() {
 
 #[test]
 fn written_back_files_give_the_same_ids() {
-    for family in FAMILIES {
+    for family in &families() {
         let (tok, cases) = load(family);
         let json = hf::to_string(&tok).unwrap();
         let back =
@@ -120,5 +124,112 @@ fn written_back_files_give_the_same_ids() {
                 c.text
             );
         }
+    }
+}
+
+/// `family`'s tokenizer.json with `edit` applied, loaded: the error.
+fn refused(family: &str, edit: impl Fn(&mut serde_json::Value)) -> kiln_tokenizer::LoadError {
+    let text = std::fs::read(dir().join(format!("{family}.tokenizer.json"))).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    edit(&mut v);
+    match hf::from_slice(v.to_string().as_bytes(), "t.json") {
+        Ok(_) => panic!("{family}: the edited file loaded"),
+        Err(e) => e,
+    }
+}
+
+/// (family, edit, the key the error names, a word of its fix).
+type Refusal = (
+    &'static str,
+    Box<dyn Fn(&mut serde_json::Value)>,
+    &'static str,
+    &'static str,
+);
+
+#[test]
+fn what_kiln_does_not_implement_is_refused_with_its_key() {
+    use serde_json::json;
+    let cases: Vec<Refusal> = vec![
+        (
+            "llama2",
+            Box::new(|v| v["model"]["type"] = json!("WordPiece")),
+            "model.type",
+            "BPE models only",
+        ),
+        (
+            "llama2",
+            Box::new(|v| v["model"]["dropout"] = json!(0.1)),
+            "model.dropout",
+            "null",
+        ),
+        (
+            "qwen2",
+            Box::new(|v| v["normalizer"] = json!({"type": "BertNormalizer"})),
+            "normalizer.type",
+            "NFC",
+        ),
+        (
+            "llama2",
+            Box::new(|v| v["normalizer"]["normalizers"][1]["pattern"] = json!({"Regex": " +"})),
+            "normalizer.normalizers[1].pattern.Regex",
+            "String",
+        ),
+        (
+            "qwen2",
+            Box::new(|v| v["added_tokens"][1]["normalized"] = json!(true)),
+            "added_tokens[1].normalized",
+            "false",
+        ),
+        (
+            "sp_unk",
+            Box::new(|v| v["model"]["unk_token"] = json!(null)),
+            "model.unk_token",
+            "set unk_token",
+        ),
+        (
+            "llama2",
+            Box::new(|v| v["decoder"] = json!(null)),
+            "decoder",
+            "missing",
+        ),
+        (
+            "llama2",
+            Box::new(|v| {
+                let d = v["decoder"]["decoders"].as_array_mut().unwrap();
+                d.swap(2, 3); // Strip before Fuse strips every token
+            }),
+            "decoder.decoders[2]",
+            "after Fuse",
+        ),
+        (
+            "mistral",
+            Box::new(|v| v["pre_tokenizer"] = json!({"type": "Whitespace"})),
+            "pre_tokenizer.type",
+            "Metaspace",
+        ),
+        (
+            "mistral",
+            Box::new(|v| v["pre_tokenizer"]["prepend_scheme"] = json!("sometimes")),
+            "pre_tokenizer.prepend_scheme",
+            "\"first\"",
+        ),
+        (
+            "llama2",
+            Box::new(|v| v["model"]["continuing_subword_prefix"] = json!("##")),
+            "model.continuing_subword_prefix",
+            "null",
+        ),
+        (
+            "smollm",
+            Box::new(|v| v["model"]["byte_fallback"] = json!(true)),
+            "model.byte_fallback",
+            "false",
+        ),
+    ];
+    for (family, edit, key, fix) in cases {
+        let e = refused(family, edit);
+        assert_eq!(e.location, key, "{family}: {e}");
+        assert_eq!(e.source_name, "t.json");
+        assert!(e.problem.contains(fix), "{family}: {e}");
     }
 }

@@ -1,22 +1,29 @@
-//! Hugging Face `tokenizer.json` for byte-level BPE: read and write.
+//! Hugging Face `tokenizer.json`: read and write.
 //!
 //! Read: model `BPE` (vocab, merges as `"a b"` strings or `["a","b"]`
-//! pairs, `ignore_merges`), pre-tokenizer `ByteLevel` (GPT-2 regex) or
-//! `Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)]`, added
-//! tokens (matched before pre-tokenization, as HF does). Anything that
-//! would change ids and that kiln does not implement (a normalizer,
-//! `add_prefix_space`, byte fallback, subword prefixes, dropout) is refused
-//! with the field named, never silently ignored.
+//! pairs, `ignore_merges`), added tokens (matched before normalization and
+//! pre-tokenization, as HF does), a `normalizer` (see `hf_pipeline`), and
+//! - byte-level BPE: pre-tokenizer `ByteLevel` (GPT-2 regex),
+//!   `Sequence[Split(Regex, Isolated), ByteLevel(use_regex=false)]` or
+//!   `Sequence[Digits, ByteLevel]`, with or without `add_prefix_space`
+//!   (GPT-2, Llama 3, Qwen2, SmolLM);
+//! - otherwise SentencePiece-style BPE (`hf_pipeline`: Llama 2, Mistral).
+//!
+//! Anything that would change ids and that kiln does not implement
+//! (WordPiece/Unigram models, subword prefixes, dropout, other normalizers
+//! or pre-tokenizers) is refused with the key named, never ignored.
 //!
 //! Write: pair-form merges, special tokens in `added_tokens` and in
 //! `model.vocab` (HF ignores an added token's id otherwise), the pattern's
-//! non-possessive spelling (Oniguruma reads `{1,3}+` differently).
+//! non-possessive spelling (Oniguruma reads `{1,3}+` differently); a
+//! tokenizer read with a normalizer, prefix space or SentencePiece model
+//! gets its file's own normalizer, pre-tokenizer and decoder back.
 
 use super::hf_pipeline;
 use crate::byte_unicode::{bytes_to_string, string_to_bytes};
 use crate::error::{Error, LoadError};
 use crate::pattern::Pattern;
-use crate::pipeline::{Pipeline, PrefixSpace, Stage};
+use crate::pipeline::{Digits, Pipeline, PrefixSpace, Stage};
 use crate::tokenizer::{MergeRule, Tokenizer};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -97,7 +104,11 @@ fn is_byte_level(pre: Option<&Value>) -> bool {
     }
 }
 
-fn parse_pre_tokenizer(c: &Ctx, v: Option<&Value>) -> Result<(Pattern, PrefixSpace), LoadError> {
+/// What a byte-level pre-tokenizer does: its regex, prefix space and
+/// digit split.
+type BytePre = (Pattern, PrefixSpace, Option<Digits>);
+
+fn parse_pre_tokenizer(c: &Ctx, v: Option<&Value>) -> Result<BytePre, LoadError> {
     let field = "pre_tokenizer";
     let v = match v {
         None | Some(Value::Null) => {
@@ -119,6 +130,7 @@ fn parse_pre_tokenizer(c: &Ctx, v: Option<&Value>) -> Result<(Pattern, PrefixSpa
                 } else {
                     PrefixSpace::None
                 },
+                None,
             ))
         }
         "Sequence" => {
@@ -129,13 +141,32 @@ fn parse_pre_tokenizer(c: &Ctx, v: Option<&Value>) -> Result<(Pattern, PrefixSpa
             let [split, bl] = &list[..] else {
                 return Err(c.err(
                     "pre_tokenizer.pretokenizers",
-                    "expected exactly [Split, ByteLevel(use_regex=false)]",
+                    "expected exactly [Split, ByteLevel(use_regex=false)] or [Digits, ByteLevel]",
                 ));
             };
             let f0 = "pre_tokenizer.pretokenizers[0]";
             let so = c.obj(split, f0)?;
-            if c.type_of(so, f0)? != "Split" {
-                return Err(c.err(format!("{f0}.type"), "expected \"Split\""));
+            let f1 = "pre_tokenizer.pretokenizers[1]";
+            match c.type_of(so, f0)? {
+                "Split" => {}
+                "Digits" => {
+                    let digits = match so.get("individual_digits") {
+                        Some(Value::Bool(true)) => Digits::Individual,
+                        _ => Digits::Runs,
+                    };
+                    let bo = c.obj(bl, f1)?;
+                    if c.type_of(bo, f1)? != "ByteLevel" {
+                        return Err(c.err(format!("{f1}.type"), "expected \"ByteLevel\""));
+                    }
+                    let space = c.byte_level(bo, f1, true)?;
+                    let space = if space {
+                        PrefixSpace::Text
+                    } else {
+                        PrefixSpace::None
+                    };
+                    return Ok((Pattern::Gpt2, space, Some(digits)));
+                }
+                _ => return Err(c.err(format!("{f0}.type"), "expected \"Split\" or \"Digits\"")),
             }
             let behavior = so.get("behavior").and_then(Value::as_str).unwrap_or("");
             if behavior != "Isolated" {
@@ -159,7 +190,6 @@ fn parse_pre_tokenizer(c: &Ctx, v: Option<&Value>) -> Result<(Pattern, PrefixSpa
                     "expected {\"Regex\": ...} or {\"String\": ...}",
                 ));
             };
-            let f1 = "pre_tokenizer.pretokenizers[1]";
             let bo = c.obj(bl, f1)?;
             if c.type_of(bo, f1)? != "ByteLevel" {
                 return Err(c.err(format!("{f1}.type"), "expected \"ByteLevel\""));
@@ -170,7 +200,7 @@ fn parse_pre_tokenizer(c: &Ctx, v: Option<&Value>) -> Result<(Pattern, PrefixSpa
             } else {
                 PrefixSpace::None
             };
-            Ok((pattern, space))
+            Ok((pattern, space, None))
         }
         other => Err(c.err(
             format!("{field}.type"),
@@ -271,7 +301,7 @@ pub fn from_slice(json: &[u8], source: &str) -> Result<Tokenizer, LoadError> {
             },
         );
     }
-    let (pattern, space) = parse_pre_tokenizer(&c, root.get("pre_tokenizer"))?;
+    let (pattern, space, digits) = parse_pre_tokenizer(&c, root.get("pre_tokenizer"))?;
     c.flag(model, "model", "byte_fallback", false)?;
 
     let mut ordinary = Vec::with_capacity(vocab.len());
@@ -309,12 +339,12 @@ pub fn from_slice(json: &[u8], source: &str) -> Result<Tokenizer, LoadError> {
             }
             e
         })?;
-    if normalizer.is_empty() && space == PrefixSpace::None {
+    if normalizer.is_empty() && space == PrefixSpace::None && digits.is_none() {
         return Ok(tok);
     }
     Ok(tok.with_pipeline(Pipeline {
         normalizer,
-        stage: Stage::ByteLevel(space),
+        stage: Stage::ByteLevel(space, digits),
         hf: settings,
     }))
 }
