@@ -434,8 +434,8 @@ fn added_tokens_value(tok: &Tokenizer) -> Vec<Value> {
 }
 
 /// A SentencePiece-style tokenizer as its file had it: the normalizer,
-/// pre-tokenizer, decoder and model settings read, vocab and merges as
-/// vocabulary strings.
+/// pre-tokenizer, decoder, post-processor and model settings read, vocab
+/// and merges as vocabulary strings.
 fn char_value(tok: &Tokenizer, pipeline: &Pipeline, pieces: &[Option<Box<str>>]) -> Value {
     let mut vocab = Map::new();
     for (id, piece) in pieces.iter().enumerate() {
@@ -465,7 +465,7 @@ fn char_value(tok: &Tokenizer, pipeline: &Pipeline, pieces: &[Option<Box<str>>])
         "added_tokens": added_tokens_value(tok),
         "normalizer": hf.get("normalizer").cloned().unwrap_or(Value::Null),
         "pre_tokenizer": hf.get("pre_tokenizer").cloned().unwrap_or(Value::Null),
-        "post_processor": null,
+        "post_processor": hf.get("post_processor").cloned().unwrap_or(Value::Null),
         "decoder": hf.get("decoder").cloned().unwrap_or(Value::Null),
         "model": model
     })

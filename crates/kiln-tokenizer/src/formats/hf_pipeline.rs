@@ -26,14 +26,15 @@ pub(super) struct CharParts<'v> {
     pub settings: Map<String, Value>,
 }
 
-/// The file's normalizer, pre-tokenizer, decoder and model settings (the
-/// model without vocab and merges), kept to write the file back.
+/// The file's normalizer, pre-tokenizer, decoder, post-processor and model
+/// settings (the model without vocab and merges), kept to write the file
+/// back.
 pub(super) fn settings(
     root: &Map<String, Value>,
     model: &Map<String, Value>,
 ) -> Map<String, Value> {
     let mut m = Map::new();
-    for key in ["normalizer", "pre_tokenizer", "decoder"] {
+    for key in ["normalizer", "pre_tokenizer", "decoder", "post_processor"] {
         m.insert(key.into(), root.get(key).cloned().unwrap_or(Value::Null));
     }
     let mut settings = model.clone();
