@@ -19,6 +19,13 @@ the models it stands for:
   metaspace      Metaspace(prepend_scheme="always", split=true), Metaspace decoder
   metaspace_never  Metaspace(prepend_scheme="never", split=true), NFKC normalizer
   sp_unk         no byte fallback: absent characters become <unk>, fused (fuse_unk)
+  spm_legacy     a real SentencePiece BPE model (sentencepiece's trainer, byte_fallback,
+                 split_digits, whitespace-only pieces, as Llama 2 was trained) converted as
+                 transformers' LlamaConverter does with legacy=True: the Prepend + Replace
+                 normalizer, merges from the piece scores
+  spm_metaspace  the same model converted with legacy=False: Metaspace(first, split=false)
+                 (the two spm_ families need `pip install sentencepiece protobuf`; without
+                 them they are skipped)
 
 Written per family: <family>.tokenizer.json and <family>.cases.json, a list of
 {"text", "ids", "decoded"}: HF's ids for the text (added tokens matched, no post-processor
@@ -29,7 +36,7 @@ characters absent from the vocabulary (byte fallback) and added tokens inside te
 HF's trainer breaks count ties in hash order, so a rerun may renumber a few tokens; each
 cases file always holds the ids of the tokenizer.json written with it.
 
-Run from the repository root:  python3 scripts/make_hf_tokenizer_fixtures.py
+Run from the repository root:  python3 scripts/make_hf_tokenizer_fixtures.py [FAMILY...]
   (--out DIR writes elsewhere; tests/hf_python.rs uses `build(family, path)` through
   scripts/tokenizer_hf_check.py for its live comparison.)
 """
@@ -38,7 +45,8 @@ import json
 import os
 import sys
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                        trainers)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 OUT = os.path.join(ROOT, "crates", "kiln-tokenizer", "tests", "fixtures", "hf_families")
@@ -52,7 +60,20 @@ WORDS_REGEX = r"\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+|\s+"
 
 BYTE_LEVEL = ["qwen2", "llama3", "bytelevel_aps", "split_aps", "smollm"]
 SENTENCEPIECE = ["llama2", "mistral", "metaspace", "metaspace_never", "sp_unk"]
-FAMILIES = BYTE_LEVEL + SENTENCEPIECE
+SPM = ["spm_legacy", "spm_metaspace"]
+
+
+def spm_available():
+    """sentencepiece, protobuf and transformers are installed (found, not imported: importing
+    transformers takes seconds)."""
+    from importlib.util import find_spec
+    try:
+        return all(find_spec(m) for m in ("sentencepiece", "google.protobuf", "transformers"))
+    except ModuleNotFoundError:  # no `google` package at all
+        return False
+
+
+FAMILIES = BYTE_LEVEL + SENTENCEPIECE + (SPM if spm_available() else [])
 
 SPECIALS = {
     "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
@@ -196,9 +217,53 @@ def train_sentencepiece(family):
     return tok
 
 
+def convert_sentencepiece(family):
+    """sentencepiece's BPE trainer as Llama 2's tokenizer was trained, then the tokenizer.json
+    transformers' LlamaConverter makes of it (its BPE branch, written out here: the one in
+    transformers 5.24 calls SentencePieceExtractor.extract with the wrong arguments)."""
+    import tempfile
+
+    import sentencepiece as spm
+    from transformers.convert_slow_tokenizer import generate_merges, import_protobuf
+
+    with tempfile.TemporaryDirectory() as d:
+        corpus = os.path.join(d, "train.txt")
+        with open(corpus, "w", encoding="utf-8") as f:
+            f.write(training_text())
+        spm.SentencePieceTrainer.train(
+            input=corpus, model_prefix=os.path.join(d, "sp"), model_type="bpe", vocab_size=600,
+            byte_fallback=True, split_digits=True, character_coverage=0.999,
+            normalization_rule_name="identity", add_dummy_prefix=True,
+            allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2)
+        proto = import_protobuf().ModelProto()
+        with open(os.path.join(d, "sp.model"), "rb") as f:
+            proto.ParseFromString(f.read())
+    vocab_scores = [(p.piece, p.score) for p in proto.pieces]
+    vocab = {piece: i for i, (piece, _) in enumerate(vocab_scores)}
+    merges = generate_merges(vocab, dict(vocab_scores))
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token=proto.trainer_spec.unk_piece,
+                               fuse_unk=True, byte_fallback=True, dropout=None))
+    if family == "spm_legacy":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend(prepend="▁"),
+                                               normalizers.Replace(pattern=" ", content="▁")])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first",
+                                                     split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(content=" ", left=1)])
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SP_SPECIALS])
+    return tok
+
+
 def build(family, path):
     """Writes the tokenizer.json of `family` to `path`."""
-    tok = train_byte_level(family) if family in BYTE_LEVEL else train_sentencepiece(family)
+    if family in BYTE_LEVEL:
+        tok = train_byte_level(family)
+    elif family in SPM:
+        tok = convert_sentencepiece(family)
+    else:
+        tok = train_sentencepiece(family)
     tok.save(path)
 
 
@@ -216,9 +281,12 @@ def cases(tokenizer_path, family):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=OUT)
+    p.add_argument("families", nargs="*", help="only these (default: all)")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    for family in FAMILIES:
+    if not spm_available():
+        print(f"skipping {SPM}: pip install sentencepiece protobuf", file=sys.stderr)
+    for family in a.families or FAMILIES:
         path = os.path.join(a.out, f"{family}.tokenizer.json")
         build(family, path)
         c = cases(path, family)
