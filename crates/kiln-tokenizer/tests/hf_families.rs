@@ -5,7 +5,7 @@
 //! tests/fixtures/hf_families/, made by scripts/make_hf_tokenizer_fixtures.py.
 
 use kiln_tokenizer::formats::hf;
-use kiln_tokenizer::{SpecialPolicy, Tokenizer};
+use kiln_tokenizer::{Pattern, SpecialPolicy, Tokenizer};
 use std::path::{Path, PathBuf};
 
 struct Case {
@@ -231,5 +231,19 @@ fn what_kiln_does_not_implement_is_refused_with_its_key() {
         assert_eq!(e.location, key, "{family}: {e}");
         assert_eq!(e.source_name, "t.json");
         assert!(e.problem.contains(fix), "{family}: {e}");
+    }
+}
+
+#[test]
+fn byte_level_families_keep_the_fast_lexers() {
+    // Llama 3's Split regex is cl100k's; GPT-2's ByteLevel regex, with a
+    // prefix space or after Digits, is still GPT-2's: the hand-written
+    // lexers split them, not the regex engine.
+    for (family, pattern) in [
+        ("llama3", Pattern::Cl100k),
+        ("bytelevel_aps", Pattern::Gpt2),
+        ("smollm", Pattern::Gpt2),
+    ] {
+        assert_eq!(load(family).0.pattern(), &pattern, "{family}");
     }
 }

@@ -90,7 +90,7 @@ impl Ctx<'_> {
     }
 }
 
-/// Whether the pre-tokenizer is byte-level (ByteLevel, alone or last in a
+/// Whether the pre-tokenizer is byte-level (ByteLevel, alone or in a
 /// Sequence); anything else is read as a SentencePiece-style model.
 fn is_byte_level(pre: Option<&Value>) -> bool {
     let ty = |v: &Value| v.get("type").and_then(Value::as_str).map(str::to_owned);

@@ -300,7 +300,7 @@ pub(super) fn char_bpe(
             "model.unk_token",
             "null, and byte_fallback does not cover all 256 <0xNN> tokens: HF would drop \
              characters outside the vocabulary; set unk_token (or byte_fallback with all \
-             <0xNN> tokens)",
+             <0xNN> tokens), or, for a byte-level BPE, a ByteLevel pre_tokenizer",
         ));
     }
     let fallback = Fallback {
