@@ -309,7 +309,7 @@ impl Tokenizer {
     /// Encodes the text between special tokens; `at_start` = it begins the
     /// input (Metaspace's `prepend_scheme: "first"` asks).
     #[inline]
-    fn encode_text(&self, text: &str, at_start: bool, out: &mut Vec<u32>) {
+    pub(crate) fn encode_text(&self, text: &str, at_start: bool, out: &mut Vec<u32>) {
         match &self.pipeline {
             None => {
                 let mut scratch = Vec::new();
