@@ -7,8 +7,10 @@ tests/fixtures/text/kjv_excerpt.txt, then given the normalizer / pre-tokenizer /
 the models it stands for:
   qwen2          NFC normalizer, Split(Qwen2 regex, Isolated) + ByteLevel(use_regex=false)
   llama3         no normalizer, Split(Llama 3 regex) + ByteLevel, ignore_merges
-  bytelevel_aps  Sequence[NFKC, Lowercase], ByteLevel(add_prefix_space=true)  (GPT-2/RoBERTa)
-  split_aps      NFD, Split(regex) + ByteLevel(add_prefix_space=true, use_regex=false)
+  bytelevel_aps  Sequence[NFKC, Lowercase], ByteLevel(add_prefix_space=true)  (GPT-2/RoBERTa),
+                 <mask> with lstrip
+  split_aps      NFD, Split(regex) + ByteLevel(add_prefix_space=true, use_regex=false),
+                 added tokens with rstrip and single_word
   smollm         Digits(individual_digits=true) + ByteLevel(use_regex=true)  (SmolLM, StarCoder)
   llama2         SentencePiece BPE: Sequence[Prepend("▁"), Replace(" ", "▁")] normalizer, no
                  pre-tokenizer, byte_fallback + fuse_unk, <0xNN> tokens 3..258, decoder
@@ -79,10 +81,20 @@ SPECIALS = {
     "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
     "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
     "bytelevel_aps": ["<s>", "</s>", "<mask>"],
-    "split_aps": ["<|endoftext|>"],
+    "split_aps": ["<|endoftext|>", "[WORD]"],
     "smollm": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
 }
 SP_SPECIALS = ["<unk>", "<s>", "</s>"]
+# Added tokens with matching options: RoBERTa's <mask> takes the spaces before it (lstrip);
+# the others test rstrip and single_word.
+FLAGS = {"<mask>": dict(lstrip=True), "<|endoftext|>": dict(rstrip=True),
+         "[WORD]": dict(single_word=True)}
+
+
+def added(specials, family):
+    flagged = family in ("bytelevel_aps", "split_aps")
+    return [AddedToken(t, special=True, normalized=False, **(FLAGS.get(t, {}) if flagged else {}))
+            for t in specials]
 
 TEXTS = [
     "",
@@ -128,6 +140,8 @@ def special_texts(specials):
         f"before{a}",
         f" {a} spaced {a} ",
         f"{b}\n{a}line",
+        f"x  {b}  y {a}\t\tz",
+        f"word{b} {b}. ({b})",
     ]
 
 
@@ -164,7 +178,7 @@ def train_byte_level(family):
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIALS[family],
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=added(SPECIALS[family], family),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator([training_text()], trainer)

@@ -5,7 +5,7 @@ use crate::error::{DecodeError, EncodeError, LoadError};
 use crate::pattern::{Pattern, PreTokenizer};
 use crate::pipeline::{Pipeline, PrefixSpace, Stage};
 use crate::rules::{RankRule, TableRule};
-use crate::special::{SpecialMode, SpecialPolicy, Specials};
+use crate::special::{AddedFlags, SpecialMode, SpecialPolicy, Specials};
 use crate::stream::StreamDecoder;
 use crate::token_map::TokenMap;
 use rayon::prelude::*;
@@ -243,6 +243,12 @@ impl Tokenizer {
 
     pub(crate) fn pipeline(&self) -> Option<&Pipeline> {
         self.pipeline.as_deref()
+    }
+
+    /// tokenizer.json's `lstrip`/`rstrip`/`single_word` of added tokens.
+    pub(crate) fn with_added_flags(mut self, flags: &[(String, AddedFlags)]) -> Self {
+        self.specials.set_flags(flags);
+        self
     }
 
     /// Uses the fancy-regex engine on the verbatim pattern instead of the

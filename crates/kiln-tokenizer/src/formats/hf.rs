@@ -24,6 +24,7 @@ use crate::byte_unicode::{bytes_to_string, string_to_bytes};
 use crate::error::{Error, LoadError};
 use crate::pattern::Pattern;
 use crate::pipeline::{Digits, Pipeline, PrefixSpace, Stage};
+use crate::special::AddedFlags;
 use crate::tokenizer::{MergeRule, Tokenizer};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -283,11 +284,11 @@ pub fn from_slice(json: &[u8], source: &str) -> Result<Tokenizer, LoadError> {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let vocab = parse_vocab(&c, model)?;
-    let specials = parse_added_tokens(&c, root, &vocab, !normalizer.is_empty())?;
+    let (specials, flags) = parse_added_tokens(&c, root, &vocab, !normalizer.is_empty())?;
     let merges = parse_merges(&c, model.get("merges").unwrap_or(&Value::Array(Vec::new())))?;
     let settings = hf_pipeline::settings(root, model);
     if !is_byte_level(root.get("pre_tokenizer")) {
-        return hf_pipeline::char_bpe(
+        return Ok(hf_pipeline::char_bpe(
             &c,
             root,
             model,
@@ -299,7 +300,8 @@ pub fn from_slice(json: &[u8], source: &str) -> Result<Tokenizer, LoadError> {
                 ignore_merges,
                 settings,
             },
-        );
+        )?
+        .with_added_flags(&flags));
     }
     let (pattern, space, digits) = parse_pre_tokenizer(&c, root.get("pre_tokenizer"))?;
     c.flag(model, "model", "byte_fallback", false)?;
@@ -338,7 +340,8 @@ pub fn from_slice(json: &[u8], source: &str) -> Result<Tokenizer, LoadError> {
                 e.location = format!("model.{}", e.location);
             }
             e
-        })?;
+        })?
+        .with_added_flags(&flags);
     if normalizer.is_empty() && space == PrefixSpace::None && digits.is_none() {
         return Ok(tok);
     }
@@ -374,18 +377,20 @@ fn parse_vocab<'v>(
     Ok(vocab)
 }
 
-/// `added_tokens`: (content, id), matched in the raw text. With a
-/// normalizer, HF matches `normalized: true` tokens in the normalized text
-/// instead, which kiln does not do: such a token is refused.
+/// `added_tokens`: (content, id) and matching options, matched in the raw
+/// text. With a normalizer, HF matches `normalized: true` tokens in the
+/// normalized text instead, which kiln does not do: such a token is
+/// refused.
 fn parse_added_tokens(
     c: &Ctx,
     root: &Map<String, Value>,
     vocab: &HashMap<&str, u32>,
     normalizes: bool,
-) -> Result<Vec<(String, u32)>, LoadError> {
+) -> Result<AddedTokens, LoadError> {
     let mut specials = Vec::new();
+    let mut flags = Vec::new();
     let Some(added) = root.get("added_tokens") else {
-        return Ok(specials);
+        return Ok((specials, flags));
     };
     let arr = added
         .as_array()
@@ -408,12 +413,24 @@ fn parse_added_tokens(
                 format!("{content:?} is matched in normalized text, which kiln does not implement; set \"normalized\": false (as Llama, Mistral and Qwen files do)"),
             ));
         }
+        let flag = |key: &str| o.get(key).and_then(Value::as_bool).unwrap_or(false);
+        flags.push((
+            content.to_string(),
+            AddedFlags {
+                lstrip: flag("lstrip"),
+                rstrip: flag("rstrip"),
+                single_word: flag("single_word"),
+            },
+        ));
         // HF prefers the model's id when the token is in the vocab.
         let id = vocab.get(content).copied().unwrap_or(id);
         specials.push((content.to_string(), id));
     }
-    Ok(specials)
+    Ok((specials, flags))
 }
+
+/// Added tokens `(content, id)` and their matching options.
+type AddedTokens = (Vec<(String, u32)>, Vec<(String, AddedFlags)>);
 
 /// Loads a tokenizer.json file.
 pub fn load(path: &Path) -> Result<Tokenizer, Error> {
@@ -425,9 +442,10 @@ fn added_tokens_value(tok: &Tokenizer) -> Vec<Value> {
     tok.special_tokens()
         .iter()
         .map(|(s, id)| {
+            let f = tok.specials().flags(s);
             json!({
-                "id": id, "content": s, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true
+                "id": id, "content": s, "single_word": f.single_word, "lstrip": f.lstrip,
+                "rstrip": f.rstrip, "normalized": false, "special": true
             })
         })
         .collect()
