@@ -12,6 +12,7 @@ the models it stands for:
   split_aps      NFD, Split(regex) + ByteLevel(add_prefix_space=true, use_regex=false),
                  added tokens with rstrip and single_word
   smollm         Digits(individual_digits=true) + ByteLevel(use_regex=true)  (SmolLM, StarCoder)
+  stripped       Sequence[Strip(left, right), NFD, StripAccents, Lowercase], ByteLevel
   llama2         SentencePiece BPE: Sequence[Prepend("▁"), Replace(" ", "▁")] normalizer, no
                  pre-tokenizer, byte_fallback + fuse_unk, <0xNN> tokens 3..258, decoder
                  Sequence[Replace("▁", " "), ByteFallback, Fuse, Strip(" ", 1, 0)]
@@ -60,7 +61,7 @@ LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 WORDS_REGEX = r"\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+|\s+"
 
-BYTE_LEVEL = ["qwen2", "llama3", "bytelevel_aps", "split_aps", "smollm"]
+BYTE_LEVEL = ["qwen2", "llama3", "bytelevel_aps", "split_aps", "smollm", "stripped"]
 SENTENCEPIECE = ["llama2", "mistral", "metaspace", "metaspace_never", "sp_unk"]
 SPM = ["spm_legacy", "spm_metaspace"]
 
@@ -83,6 +84,7 @@ SPECIALS = {
     "bytelevel_aps": ["<s>", "</s>", "<mask>"],
     "split_aps": ["<|endoftext|>", "[WORD]"],
     "smollm": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    "stripped": ["<|endoftext|>"],
 }
 SP_SPECIALS = ["<unk>", "<s>", "</s>"]
 # Added tokens with matching options: RoBERTa's <mask> takes the spaces before it (lstrip);
@@ -177,6 +179,11 @@ def train_byte_level(family):
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ])
+    elif family == "stripped":
+        tok.normalizer = normalizers.Sequence([
+            normalizers.Strip(left=True, right=True), normalizers.NFD(), normalizers.StripAccents(),
+            normalizers.Lowercase()])
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=added(SPECIALS[family], family),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

@@ -1,6 +1,7 @@
 //! Text normalizers, as Hugging Face `tokenizers` applies them to the text
 //! between added tokens before pre-tokenization: Unicode normal forms,
-//! lowercasing, a prefix (`Prepend`) and literal replacement (`Replace`).
+//! lowercasing, accent and whitespace stripping, a prefix (`Prepend`) and
+//! literal replacement (`Replace`).
 
 use unicode_normalization::UnicodeNormalization;
 
@@ -14,6 +15,13 @@ pub enum Normalizer {
     /// Each character lowercased on its own (`char::to_lowercase`, as HF
     /// does: no final-sigma rule).
     Lowercase,
+    /// Drop combining marks (after NFD/NFKD this removes accents).
+    StripAccents,
+    /// Drop leading / trailing whitespace.
+    Strip {
+        left: bool,
+        right: bool,
+    },
     /// Put this text in front of a non-empty input.
     Prepend(String),
     /// Replace every (non-overlapping, leftmost) occurrence of a literal.
@@ -31,6 +39,20 @@ impl Normalizer {
             Normalizer::Nfkc => s.nfkc().collect(),
             Normalizer::Nfkd => s.nfkd().collect(),
             Normalizer::Lowercase => s.chars().flat_map(char::to_lowercase).collect(),
+            Normalizer::StripAccents => s
+                .chars()
+                .filter(|&c| !unicode_normalization::char::is_combining_mark(c))
+                .collect(),
+            Normalizer::Strip { left, right } => {
+                let mut t = s;
+                if *left {
+                    t = t.trim_start_matches(char::is_whitespace);
+                }
+                if *right {
+                    t = t.trim_end_matches(char::is_whitespace);
+                }
+                t.to_string()
+            }
             Normalizer::Prepend(p) if !s.is_empty() => format!("{p}{s}"),
             Normalizer::Prepend(_) => String::new(),
             Normalizer::Replace { pattern, content } => s.replace(pattern.as_str(), content),
@@ -67,5 +89,14 @@ mod tests {
         assert_eq!(normalize(&[Normalizer::Nfkc], "\u{fb01}"), "fi");
         // Per character: a final capital sigma lowercases to σ, not ς.
         assert_eq!(normalize(&[Normalizer::Lowercase], "ΟΣ"), "οσ");
+        let strip = [
+            Normalizer::Nfd,
+            Normalizer::StripAccents,
+            Normalizer::Strip {
+                left: true,
+                right: false,
+            },
+        ];
+        assert_eq!(normalize(&strip, " \tcafé naïve "), "cafe naive ");
     }
 }

@@ -108,6 +108,14 @@ fn push_normalizer(
         "NFKC" => Normalizer::Nfkc,
         "NFKD" => Normalizer::Nfkd,
         "Lowercase" => Normalizer::Lowercase,
+        "StripAccents" => Normalizer::StripAccents,
+        "Strip" => {
+            let side = |key: &str| o.get(key).and_then(Value::as_bool).unwrap_or(false);
+            Normalizer::Strip {
+                left: side("strip_left"),
+                right: side("strip_right"),
+            }
+        }
         "Prepend" => Normalizer::Prepend(string_field(c, o, field, "prepend")?.to_string()),
         "Replace" => Normalizer::Replace {
             pattern: literal_pattern(c, o, field)?.to_string(),
@@ -118,8 +126,8 @@ fn push_normalizer(
                 format!("{field}.type"),
                 format!(
                     "{other:?} is not supported; kiln implements NFC, NFD, NFKC, NFKD, Lowercase, \
-                     Prepend, Replace (String pattern) and Sequence; remove it or set the \
-                     normalizer to null if the model does not need it"
+                     StripAccents, Strip, Prepend, Replace (String pattern) and Sequence; remove \
+                     it or set the normalizer to null if the model does not need it"
                 ),
             ))
         }
