@@ -2,6 +2,9 @@
 //! between added tokens before pre-tokenization: Unicode normal forms,
 //! lowercasing, accent and whitespace stripping, a prefix (`Prepend`) and
 //! literal replacement (`Replace`).
+//!
+//! The Unicode tables are unicode-normalization's; HF's fork of that crate
+//! is older, so characters assigned since may normalize differently there.
 
 use unicode_normalization::UnicodeNormalization;
 

@@ -1,6 +1,8 @@
 //! Identical ids in Hugging Face `tokenizers` (Python, through
-//! scripts/tokenizer_hf_check.py). Skips with a message when Python or the
-//! package is missing; CI installs it (`pip install tokenizers`).
+//! scripts/tokenizer_hf_check.py): kiln-trained and GPT-2/cl100k files, and
+//! the tokenizer.json families of scripts/make_hf_tokenizer_fixtures.py
+//! (ids and decodes). Skips with a message when Python or the package is
+//! missing; CI installs it (`pip install tokenizers`).
 
 mod common;
 
