@@ -13,6 +13,7 @@ the models it stands for:
                  added tokens with rstrip and single_word
   smollm         Digits(individual_digits=true) + ByteLevel(use_regex=true)  (SmolLM, StarCoder)
   stripped       Sequence[Strip(left, right), NFD, StripAccents, Lowercase], ByteLevel
+  digit_runs     Digits(individual_digits=false) + ByteLevel(add_prefix_space=true)
   llama2         SentencePiece BPE: Sequence[Prepend("▁"), Replace(" ", "▁")] normalizer, no
                  pre-tokenizer, byte_fallback + fuse_unk, <0xNN> tokens 3..258, decoder
                  Sequence[Replace("▁", " "), ByteFallback, Fuse, Strip(" ", 1, 0)]
@@ -22,6 +23,7 @@ the models it stands for:
   metaspace      Metaspace(prepend_scheme="always", split=true), Metaspace decoder
   metaspace_never  Metaspace(prepend_scheme="never", split=true), NFKC normalizer
   sp_unk         no byte fallback: absent characters become <unk>, fused (fuse_unk)
+  sp_unfused     no byte fallback, fuse_unk=false (one <unk> per character), ignore_merges
   spm_legacy     a real SentencePiece BPE model (sentencepiece's trainer, byte_fallback,
                  split_digits, whitespace-only pieces, as Llama 2 was trained) converted as
                  transformers' LlamaConverter does with legacy=True: the Prepend + Replace
@@ -61,8 +63,8 @@ LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 WORDS_REGEX = r"\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+|\s+"
 
-BYTE_LEVEL = ["qwen2", "llama3", "bytelevel_aps", "split_aps", "smollm", "stripped"]
-SENTENCEPIECE = ["llama2", "mistral", "metaspace", "metaspace_never", "sp_unk"]
+BYTE_LEVEL = ["qwen2", "llama3", "bytelevel_aps", "split_aps", "smollm", "stripped", "digit_runs"]
+SENTENCEPIECE = ["llama2", "mistral", "metaspace", "metaspace_never", "sp_unk", "sp_unfused"]
 SPM = ["spm_legacy", "spm_metaspace"]
 
 
@@ -85,6 +87,7 @@ SPECIALS = {
     "split_aps": ["<|endoftext|>", "[WORD]"],
     "smollm": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
     "stripped": ["<|endoftext|>"],
+    "digit_runs": ["<|endoftext|>"],
 }
 SP_SPECIALS = ["<unk>", "<s>", "</s>"]
 # Added tokens with matching options: RoBERTa's <mask> takes the spaces before it (lstrip);
@@ -179,6 +182,11 @@ def train_byte_level(family):
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ])
+    elif family == "digit_runs":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True),
+        ])
     elif family == "stripped":
         tok.normalizer = normalizers.Sequence([
             normalizers.Strip(left=True, right=True), normalizers.NFD(), normalizers.StripAccents(),
@@ -196,7 +204,7 @@ def train_sentencepiece(family):
     """BpeTrainer on Metaspace pieces with a small alphabet (so byte fallback fires), then
     the Llama 2 layout: <unk> <s> </s>, the 256 <0xNN> tokens, the trained tokens."""
     scheme = {"llama2": "first", "mistral": "first", "metaspace": "always",
-              "metaspace_never": "never", "sp_unk": "first"}[family]
+              "metaspace_never": "never", "sp_unk": "first", "sp_unfused": "first"}[family]
     base = Tokenizer(models.BPE(unk_token="<unk>"))
     base.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=scheme, split=True)
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[], limit_alphabet=60,
@@ -210,8 +218,10 @@ def train_sentencepiece(family):
         if t not in vocab:
             vocab[t] = len(vocab)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
+    unk_only = family in ("sp_unk", "sp_unfused")
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>",
-                               byte_fallback=(family != "sp_unk"), fuse_unk=True))
+                               byte_fallback=not unk_only, fuse_unk=(family != "sp_unfused"),
+                               ignore_merges=(family == "sp_unfused")))
     sp_decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     if family == "llama2":
@@ -231,7 +241,7 @@ def train_sentencepiece(family):
         tok.decoder = decoders.Sequence([decoders.ByteFallback(),
                                          decoders.Metaspace(prepend_scheme="never", split=True),
                                          decoders.Fuse()])
-    elif family == "sp_unk":
+    elif unk_only:
         tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
         tok.decoder = sp_decoder
     tok.add_special_tokens(SP_SPECIALS)
