@@ -24,6 +24,8 @@ the models it stands for:
   metaspace_never  Metaspace(prepend_scheme="never", split=true), NFKC normalizer
   sp_unk         no byte fallback: absent characters become <unk>, fused (fuse_unk)
   sp_unfused     no byte fallback, fuse_unk=false (one <unk> per character), ignore_merges
+  sp_ascii_bytes byte fallback with <0x00>..<0x7F> only: other characters outside the
+                 vocabulary become <unk>, which HF puts after any byte tokens that follow
   spm_legacy     a real SentencePiece BPE model (sentencepiece's trainer, byte_fallback,
                  split_digits, whitespace-only pieces, as Llama 2 was trained) converted as
                  transformers' LlamaConverter does with legacy=True: the Prepend + Replace
@@ -64,7 +66,8 @@ LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 WORDS_REGEX = r"\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+|\s+"
 
 BYTE_LEVEL = ["qwen2", "llama3", "bytelevel_aps", "split_aps", "smollm", "stripped", "digit_runs"]
-SENTENCEPIECE = ["llama2", "mistral", "metaspace", "metaspace_never", "sp_unk", "sp_unfused"]
+SENTENCEPIECE = ["llama2", "mistral", "metaspace", "metaspace_never", "sp_unk", "sp_unfused",
+                 "sp_ascii_bytes"]
 SPM = ["spm_legacy", "spm_metaspace"]
 
 
@@ -127,6 +130,7 @@ TEXTS = [
     "한국어 텍스트",
     "emoji 😀🎉 and 👩‍👩‍👧 family",
     "absent chars: ☃ ∮ ⅋ ᚠ 𝔘",
+    "☃5☃ é9é ①2 x☃",                           # unknown next to byte-fallback digits
     "It's they're we've I'm you'll he'd",
     "ALL CAPS AND MiXeD cAsE",
     "symbols !@#$%^&*()_+-=[]{}|;':\",./<>?`~",
@@ -204,7 +208,8 @@ def train_sentencepiece(family):
     """BpeTrainer on Metaspace pieces with a small alphabet (so byte fallback fires), then
     the Llama 2 layout: <unk> <s> </s>, the 256 <0xNN> tokens, the trained tokens."""
     scheme = {"llama2": "first", "mistral": "first", "metaspace": "always",
-              "metaspace_never": "never", "sp_unk": "first", "sp_unfused": "first"}[family]
+              "metaspace_never": "never", "sp_unk": "first", "sp_unfused": "first",
+              "sp_ascii_bytes": "first"}[family]
     base = Tokenizer(models.BPE(unk_token="<unk>"))
     base.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=scheme, split=True)
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[], limit_alphabet=60,
@@ -212,7 +217,7 @@ def train_sentencepiece(family):
     base.train_from_iterator([training_text()], trainer)
     trained = json.loads(base.to_str())["model"]
     vocab = {t: i for i, t in enumerate(SP_SPECIALS)}
-    for b in range(256):
+    for b in range(128 if family == "sp_ascii_bytes" else 256):
         vocab[f"<0x{b:02X}>"] = len(vocab)
     for t, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1]):
         if t not in vocab:
@@ -241,7 +246,7 @@ def train_sentencepiece(family):
         tok.decoder = decoders.Sequence([decoders.ByteFallback(),
                                          decoders.Metaspace(prepend_scheme="never", split=True),
                                          decoders.Fuse()])
-    elif unk_only:
+    elif unk_only or family == "sp_ascii_bytes":
         tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
         tok.decoder = sp_decoder
     tok.add_special_tokens(SP_SPECIALS)

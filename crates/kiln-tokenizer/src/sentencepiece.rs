@@ -182,10 +182,8 @@ impl CharBpe {
                 let mut buf = [0u8; 4];
                 let utf8 = c.encode_utf8(&mut buf).as_bytes();
                 if utf8.iter().all(|&b| bytes[b as usize] != u32::MAX) {
-                    if unk {
-                        ids.extend(self.fallback.unk);
-                        unk = false;
-                    }
+                    // As HF: a pending unknown token stays pending (it
+                    // follows these bytes, and may fuse with a later one).
                     ids.extend(utf8.iter().map(|&b| bytes[b as usize]));
                     continue;
                 }
