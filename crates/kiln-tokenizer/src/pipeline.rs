@@ -11,8 +11,9 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PrefixSpace {
     None,
-    /// `ByteLevel(use_regex=true)`: in front of each text between added
-    /// tokens that does not start with one, before the regex split.
+    /// `ByteLevel(use_regex=true)`: in front of each text it is handed
+    /// (the text between added tokens, or each piece `Digits` made) that
+    /// does not start with one, before the regex split.
     Text,
     /// `Sequence[Split, ByteLevel(use_regex=false)]`: ByteLevel runs on
     /// each piece the Split made, so each piece gets its space.
