@@ -4,6 +4,13 @@
   encode --tokenizer tokenizer.json --texts texts.json
       prints a JSON list with the ids of each text (no added specials;
       added tokens in the text are matched, as HF always does).
+  decode --tokenizer tokenizer.json --ids ids.json
+      prints a JSON list with HF's decode of each id list (special tokens kept).
+  families
+      prints the names of the tokenizer.json families that
+      scripts/make_hf_tokenizer_fixtures.py builds.
+  family --name NAME --out tokenizer.json
+      builds that family's tokenizer.json (trained as for the fixtures).
   gpt2 --vocab vocab.json --merges merges.txt --out tokenizer.json
       builds GPT-2's tokenizer.json with HF's own loader.
   train --input corpus.txt --vocab-size N --out tokenizer.json
@@ -13,6 +20,7 @@ Exit code 3 when the `tokenizers` package is missing (tests skip then).
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -30,6 +38,27 @@ def cmd_encode(a):
         texts = json.load(f)
     out = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
     json.dump(out, sys.stdout)
+
+
+def cmd_decode(a):
+    tok = Tokenizer.from_file(a.tokenizer)
+    with open(a.ids, encoding="utf-8") as f:
+        ids = json.load(f)
+    json.dump([tok.decode(i, skip_special_tokens=False) for i in ids], sys.stdout)
+
+
+def fixtures():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import make_hf_tokenizer_fixtures
+    return make_hf_tokenizer_fixtures
+
+
+def cmd_families(a):
+    json.dump(fixtures().FAMILIES, sys.stdout)
+
+
+def cmd_family(a):
+    fixtures().build(a.name, a.out)
 
 
 def cmd_gpt2(a):
@@ -65,6 +94,13 @@ def main():
     e = sub.add_parser("encode")
     e.add_argument("--tokenizer", required=True)
     e.add_argument("--texts", required=True)
+    d = sub.add_parser("decode")
+    d.add_argument("--tokenizer", required=True)
+    d.add_argument("--ids", required=True)
+    sub.add_parser("families")
+    f = sub.add_parser("family")
+    f.add_argument("--name", required=True)
+    f.add_argument("--out", required=True)
     g = sub.add_parser("gpt2")
     g.add_argument("--vocab", required=True)
     g.add_argument("--merges", required=True)
@@ -74,7 +110,8 @@ def main():
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--out", required=True)
     a = p.parse_args()
-    {"encode": cmd_encode, "gpt2": cmd_gpt2, "train": cmd_train}[a.cmd](a)
+    {"encode": cmd_encode, "decode": cmd_decode, "families": cmd_families, "family": cmd_family,
+     "gpt2": cmd_gpt2, "train": cmd_train}[a.cmd](a)
 
 
 if __name__ == "__main__":

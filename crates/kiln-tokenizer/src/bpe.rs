@@ -277,6 +277,64 @@ fn merge_large(piece: &[u8], ids: &mut Vec<u32>, rule: &impl Pairs) {
     ids.truncate(w);
 }
 
+/// Merges a sequence of symbol ids in place by a pair table: the lowest
+/// rank first, the leftmost on ties (HF's `Word::merge_all`). For models
+/// whose first symbols are characters, not bytes (SentencePiece-style BPE):
+/// a heap over a linked list, O(n log n), since a Metaspace tokenizer
+/// without `split` hands the whole text over as one piece.
+pub(crate) fn merge_ids(ids: &mut Vec<u32>, table: &PairTable) {
+    let n = ids.len();
+    if n < 2 {
+        return;
+    }
+    let mut next: Vec<u32> = (1..=n as u32).collect();
+    next[n - 1] = NONE;
+    let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
+    prev[0] = NONE;
+    let mut alive = vec![true; n];
+    let mut heap = BinaryHeap::with_capacity(n);
+    let push = |heap: &mut BinaryHeap<_>, v: u64, p: u32| {
+        if v != u64::MAX {
+            heap.push(Reverse(((v >> 32) as u32, p)));
+        }
+    };
+    for i in 0..n - 1 {
+        push(&mut heap, table.packed(ids[i], ids[i + 1]), i as u32);
+    }
+    while let Some(Reverse((r, pos))) = heap.pop() {
+        let p = pos as usize;
+        if !alive[p] || next[p] == NONE {
+            continue;
+        }
+        let q = next[p] as usize;
+        // Stale entry: the pair at `p` changed since it was pushed.
+        let v = table.packed(ids[p], ids[q]);
+        if v == u64::MAX || (v >> 32) as u32 != r {
+            continue;
+        }
+        ids[p] = v as u32;
+        alive[q] = false;
+        let nq = next[q];
+        next[p] = nq;
+        if nq != NONE {
+            prev[nq as usize] = p as u32;
+            push(&mut heap, table.packed(ids[p], ids[nq as usize]), p as u32);
+        }
+        let pp = prev[p];
+        if pp != NONE {
+            push(&mut heap, table.packed(ids[pp as usize], ids[p]), pp);
+        }
+    }
+    let mut w = 0;
+    let mut i = 0u32;
+    while i != NONE {
+        ids[w] = ids[i as usize];
+        w += 1;
+        i = next[i as usize];
+    }
+    ids.truncate(w);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +406,24 @@ mod tests {
             let mut b = a.clone();
             merge_small(&bytes, &mut a, &rule);
             merge_large(&bytes, &mut b, &rule);
+            prop_assert_eq!(&a, &b);
+        }
+
+        /// The id-only merge (characters as first symbols) is the same
+        /// function as the byte merge when the symbols are the bytes.
+        #[test]
+        fn id_merge_equals_byte_merge(
+            merges in proptest::collection::vec((0u32..8, 0u32..8), 0..12),
+            bytes in proptest::collection::vec(0u8..4, 0..SMALL_PIECE * 2),
+        ) {
+            let merges: Vec<(u32, u32)> = merges.into_iter().enumerate()
+                .filter(|(k, (l, r))| *l < 4 + *k as u32 && *r < 4 + *k as u32)
+                .map(|(_, p)| p).collect();
+            let t = table(&merges);
+            let mut a: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
+            let mut b = a.clone();
+            merge(&bytes, &mut a, &t);
+            merge_ids(&mut b, &t.0);
             prop_assert_eq!(a, b);
         }
     }

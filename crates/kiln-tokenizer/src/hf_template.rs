@@ -222,7 +222,9 @@ fn encode_marked(tok: &Tokenizer, text: &str) -> Vec<u32> {
         let mut last = 0;
         for m in tok.specials().find_iter(seg) {
             plain.push_str(&seg[last..m.start]);
-            tok.encode_ordinary_into(plain, ids);
+            // Text after a special token does not start the input (for
+            // Metaspace's prepend_scheme "first").
+            tok.encode_text(plain, ids.is_empty(), ids);
             plain.clear();
             ids.push(m.id);
             last = m.end;
@@ -242,7 +244,7 @@ fn encode_marked(tok: &Tokenizer, text: &str) -> Vec<u32> {
             None => plain.push_str(part),
         }
     }
-    tok.encode_ordinary_into(&plain, &mut ids);
+    tok.encode_text(&plain, ids.is_empty(), &mut ids);
     ids
 }
 

@@ -1,5 +1,7 @@
 //! Byte-level BPE tokenizer: train, encode, decode; tokenizer.json, tiktoken
-//! and GPT-2 formats.
+//! and GPT-2 formats. tokenizer.json files of SentencePiece-style BPE
+//! (Llama 2, Mistral: Metaspace, byte fallback) and with normalizers load
+//! too ([`normalizer`], [`sentencepiece`]).
 //!
 //! - [`Tokenizer`]: encode (special tokens per call via [`SpecialPolicy`]),
 //!   decode, streaming decode ([`StreamDecoder`]).
@@ -18,8 +20,11 @@ pub mod error;
 pub mod formats;
 pub mod hf_template;
 pub mod lexer;
+pub mod normalizer;
 pub mod pattern;
+mod pipeline;
 mod rules;
+pub mod sentencepiece;
 pub mod special;
 pub mod stream;
 mod token_map;

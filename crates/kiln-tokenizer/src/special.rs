@@ -3,6 +3,7 @@
 //! error (tiktoken's `allowed_special` / `disallowed_special`).
 
 use aho_corasick::{AhoCorasick, MatchKind};
+use std::sync::OnceLock;
 
 /// What to do when a special token's text appears in the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +61,24 @@ impl SpecialPolicy {
     }
 }
 
+/// tokenizer.json's matching options of an added token (HF's
+/// `AddedToken`): `lstrip`/`rstrip` take the whitespace before/after an
+/// occurrence into the token, `single_word` matches only between non-word
+/// characters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddedFlags {
+    pub lstrip: bool,
+    pub rstrip: bool,
+    pub single_word: bool,
+}
+
 /// The special tokens of a tokenizer and their matcher.
 #[derive(Debug, Clone, Default)]
 pub struct Specials {
     tokens: Vec<(String, u32)>,
     matcher: Option<AhoCorasick>,
+    /// Per token (as `tokens`), or empty when no token sets any flag.
+    flags: Vec<AddedFlags>,
 }
 
 /// One special-token occurrence in a text.
@@ -89,7 +103,38 @@ impl Specials {
                     .expect("special token automaton builds"),
             )
         };
-        Specials { tokens, matcher }
+        Specials {
+            tokens,
+            matcher,
+            flags: Vec::new(),
+        }
+    }
+
+    /// Sets the matching options of the tokens named (by content).
+    pub fn set_flags(&mut self, flags: &[(String, AddedFlags)]) {
+        if flags.iter().all(|(_, f)| *f == AddedFlags::default()) {
+            return;
+        }
+        self.flags = self
+            .tokens
+            .iter()
+            .map(|(t, _)| {
+                flags
+                    .iter()
+                    .find(|(c, _)| c == t)
+                    .map(|(_, f)| *f)
+                    .unwrap_or_default()
+            })
+            .collect();
+    }
+
+    /// The matching options of a token.
+    pub fn flags(&self, token: &str) -> AddedFlags {
+        self.tokens
+            .iter()
+            .position(|(t, _)| t == token)
+            .and_then(|i| self.flags.get(i).copied())
+            .unwrap_or_default()
     }
 
     pub fn tokens(&self) -> &[(String, u32)] {
@@ -107,18 +152,72 @@ impl Specials {
         self.tokens.is_empty()
     }
 
-    /// Occurrences of special tokens in `text`, leftmost-longest.
-    pub fn find_iter<'a>(&'a self, text: &'a str) -> impl Iterator<Item = SpecialMatch<'a>> + 'a {
-        self.matcher.iter().flat_map(move |m| {
-            m.find_iter(text).map(move |hit| {
-                let (token, id) = &self.tokens[hit.pattern().as_usize()];
-                SpecialMatch {
-                    start: hit.start(),
-                    end: hit.end(),
-                    token,
-                    id: *id,
-                }
-            })
-        })
+    /// Occurrences of special tokens in `text`, leftmost-longest, with
+    /// their `lstrip`/`rstrip`/`single_word` options applied as HF's
+    /// `AddedVocabulary::find_matches` does.
+    pub fn find_iter<'a>(&'a self, text: &'a str) -> Matches<'a> {
+        Matches {
+            specials: self,
+            text,
+            hits: self.matcher.as_ref().map(|m| m.find_iter(text)),
+            last: 0,
+        }
     }
+}
+
+/// The iterator of [`Specials::find_iter`].
+pub struct Matches<'a> {
+    specials: &'a Specials,
+    text: &'a str,
+    hits: Option<aho_corasick::FindIter<'a, 'a>>,
+    /// End of the previous match.
+    last: usize,
+}
+
+impl<'a> Iterator for Matches<'a> {
+    type Item = SpecialMatch<'a>;
+
+    fn next(&mut self) -> Option<SpecialMatch<'a>> {
+        loop {
+            let hit = self.hits.as_mut()?.next()?;
+            let k = hit.pattern().as_usize();
+            let (token, id) = &self.specials.tokens[k];
+            let (mut start, mut end) = (hit.start(), hit.end());
+            if let Some(f) = self.specials.flags.get(k) {
+                let text = self.text;
+                if f.single_word
+                    && (text[..start].chars().next_back().is_some_and(is_word_char)
+                        || text[end..].chars().next().is_some_and(is_word_char))
+                {
+                    continue;
+                }
+                if start < self.last {
+                    // inside whitespace a previous token's rstrip took
+                    continue;
+                }
+                if f.lstrip {
+                    let trimmed = text[..start].trim_end_matches(char::is_whitespace).len();
+                    start = trimmed.max(self.last);
+                }
+                if f.rstrip {
+                    end = text.len() - text[end..].trim_start_matches(char::is_whitespace).len();
+                }
+            }
+            self.last = end;
+            return Some(SpecialMatch {
+                start,
+                end,
+                token,
+                id: *id,
+            });
+        }
+    }
+}
+
+/// The regex crate's `\w` (HF tests word characters with it).
+fn is_word_char(c: char) -> bool {
+    static WORD: OnceLock<fancy_regex::Regex> = OnceLock::new();
+    let re = WORD.get_or_init(|| fancy_regex::Regex::new(r"^\w$").expect("valid regex"));
+    let mut buf = [0u8; 4];
+    re.is_match(c.encode_utf8(&mut buf)).unwrap_or(false)
 }

@@ -5,6 +5,8 @@
 //! tail (at most 3 bytes) until the next token completes it. Bytes that can
 //! never form a character become U+FFFD exactly as `String::from_utf8_lossy`
 //! would, so the concatenated stream equals `decode_lossy` of all tokens.
+//! SentencePiece-style tokenizers decode their first token apart and may
+//! strip leading spaces; the stream does the same.
 
 use crate::error::DecodeError;
 use crate::tokenizer::Tokenizer;
@@ -12,6 +14,10 @@ use crate::tokenizer::Tokenizer;
 pub struct StreamDecoder<'t> {
     tokenizer: &'t Tokenizer,
     pending: Vec<u8>,
+    /// No token yet: the next one decodes as a first token.
+    first: bool,
+    /// Leading spaces still to strip.
+    strip: usize,
 }
 
 impl<'t> StreamDecoder<'t> {
@@ -19,27 +25,44 @@ impl<'t> StreamDecoder<'t> {
         StreamDecoder {
             tokenizer,
             pending: Vec::new(),
+            first: true,
+            strip: tokenizer.strip_spaces(),
         }
     }
 
     /// Adds one token; returns the text that is now complete (maybe empty).
     pub fn step(&mut self, id: u32) -> Result<String, DecodeError> {
-        let bytes = self
-            .tokenizer
-            .token_bytes(id)
-            .ok_or(DecodeError::UnknownId(id))?;
-        self.pending.extend_from_slice(bytes);
+        self.push(id)?;
         Ok(self.drain(false))
+    }
+
+    fn push(&mut self, id: u32) -> Result<(), DecodeError> {
+        let tok = self.tokenizer;
+        let bytes = if self.first {
+            self.first = false;
+            tok.first_token_bytes(id)
+        } else {
+            tok.token_bytes(id).map(std::borrow::Cow::Borrowed)
+        };
+        let mut bytes: &[u8] = &bytes.ok_or(DecodeError::UnknownId(id))?;
+        while self.strip > 0 {
+            match bytes.first() {
+                Some(b' ') => {
+                    bytes = &bytes[1..];
+                    self.strip -= 1;
+                }
+                Some(_) => self.strip = 0,
+                None => break,
+            }
+        }
+        self.pending.extend_from_slice(bytes);
+        Ok(())
     }
 
     /// Adds several tokens (e.g. a prompt prefill).
     pub fn step_many(&mut self, ids: &[u32]) -> Result<String, DecodeError> {
         for &id in ids {
-            let bytes = self
-                .tokenizer
-                .token_bytes(id)
-                .ok_or(DecodeError::UnknownId(id))?;
-            self.pending.extend_from_slice(bytes);
+            self.push(id)?;
         }
         Ok(self.drain(false))
     }

@@ -3,11 +3,13 @@
 use crate::bpe::{self, BytePairs, PairTable, Rank};
 use crate::error::{DecodeError, EncodeError, LoadError};
 use crate::pattern::{Pattern, PreTokenizer};
+use crate::pipeline::{Pipeline, PrefixSpace, Stage};
 use crate::rules::{RankRule, TableRule};
-use crate::special::{SpecialMode, SpecialPolicy, Specials};
+use crate::special::{AddedFlags, SpecialMode, SpecialPolicy, Specials};
 use crate::stream::StreamDecoder;
 use crate::token_map::TokenMap;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// How the pair table was built, kept so the tokenizer can be written back.
 #[derive(Debug, Clone)]
@@ -40,6 +42,9 @@ pub struct Tokenizer {
     pattern: Pattern,
     pre: PreTokenizer,
     specials: Specials,
+    /// Normalizer, prefix space or SentencePiece model (tokenizer.json);
+    /// `None` keeps the direct byte-level path.
+    pipeline: Option<Box<Pipeline>>,
 }
 
 fn load_err(what: &str, problem: impl Into<String>) -> LoadError {
@@ -177,7 +182,73 @@ impl Tokenizer {
             pattern,
             pre,
             specials: Specials::new(specials),
+            pipeline: None,
         })
+    }
+
+    /// Runs `pipeline` around this byte-level tokenizer's BPE.
+    pub(crate) fn with_pipeline(mut self, pipeline: Pipeline) -> Self {
+        self.pipeline = Some(Box::new(pipeline));
+        self
+    }
+
+    /// A SentencePiece-style tokenizer (`pipeline.stage` is `Chars`).
+    /// `ordinary` holds each token's decoded bytes, the preferred token of
+    /// equal bytes first (for `token_id`); `merges` is for writing back.
+    pub(crate) fn from_char_bpe(
+        ordinary: Vec<(Box<[u8]>, u32)>,
+        specials: Vec<(String, u32)>,
+        merges: Vec<(u32, u32, u32)>,
+        ignore_merges: bool,
+        pipeline: Pipeline,
+    ) -> Self {
+        let max_id = ordinary
+            .iter()
+            .map(|(_, i)| *i)
+            .chain(specials.iter().map(|(_, i)| *i))
+            .max()
+            .unwrap_or(0);
+        let mut id_to_bytes: Vec<Option<Box<[u8]>>> = vec![None; max_id as usize + 1];
+        let mut bytes_to_id = TokenMap::with_capacity(ordinary.len());
+        let mut max_token_len = 0;
+        for (bytes, id) in ordinary {
+            max_token_len = max_token_len.max(bytes.len());
+            if bytes_to_id.get(&bytes).is_none() {
+                bytes_to_id.insert(&bytes, id);
+            }
+            id_to_bytes[id as usize] = Some(bytes);
+        }
+        let chars = pipeline.chars().expect("a character-level pipeline");
+        for (text, id) in &specials {
+            let piece = chars.pieces[*id as usize].as_deref().unwrap_or(text);
+            id_to_bytes[*id as usize] = Some(chars.decode.bytes(piece).into());
+        }
+        let pattern = Pattern::Custom(String::new());
+        let pre = PreTokenizer::new(&pattern).expect("the empty regex compiles");
+        Tokenizer {
+            id_to_bytes,
+            bytes_to_id,
+            byte_ids: [0; 256],
+            pairs: PairTable::default(),
+            byte_pairs: BytePairs::default(),
+            rule: MergeRule::Merges(merges),
+            whole_piece_first: ignore_merges,
+            max_token_len,
+            pattern,
+            pre,
+            specials: Specials::new(specials),
+            pipeline: Some(Box::new(pipeline)),
+        }
+    }
+
+    pub(crate) fn pipeline(&self) -> Option<&Pipeline> {
+        self.pipeline.as_deref()
+    }
+
+    /// tokenizer.json's `lstrip`/`rstrip`/`single_word` of added tokens.
+    pub(crate) fn with_added_flags(mut self, flags: &[(String, AddedFlags)]) -> Self {
+        self.specials.set_flags(flags);
+        self
     }
 
     /// Uses the fancy-regex engine on the verbatim pattern instead of the
@@ -238,9 +309,60 @@ impl Tokenizer {
 
     /// Encodes text with no special-token handling, appending to `out`.
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
-        let mut scratch = Vec::new();
-        self.pre
-            .split(text, |p| self.encode_piece(p.as_bytes(), out, &mut scratch));
+        self.encode_text(text, true, out)
+    }
+
+    /// Encodes the text between special tokens; `at_start` = it begins the
+    /// input (Metaspace's `prepend_scheme: "first"` asks).
+    #[inline]
+    pub(crate) fn encode_text(&self, text: &str, at_start: bool, out: &mut Vec<u32>) {
+        match &self.pipeline {
+            None => {
+                let mut scratch = Vec::new();
+                self.pre
+                    .split(text, |p| self.encode_piece(p.as_bytes(), out, &mut scratch));
+            }
+            Some(p) => self.encode_through(p, text, at_start, out),
+        }
+    }
+
+    /// `encode_text` through a pipeline: as HF, an empty text (before or
+    /// after normalizing) gives nothing, not even a prefix.
+    fn encode_through(&self, p: &Pipeline, text: &str, at_start: bool, out: &mut Vec<u32>) {
+        if text.is_empty() {
+            return;
+        }
+        let text = p.normalized(text);
+        if text.is_empty() {
+            return;
+        }
+        match &p.stage {
+            Stage::Chars(model) => model.encode(&text, at_start, out),
+            Stage::ByteLevel(space, digits) => {
+                let mut scratch = Vec::new();
+                // ByteLevel runs on each piece `Digits` made (or the text).
+                let mut byte_level = |text: &str| {
+                    let text = match space {
+                        PrefixSpace::Text if !text.starts_with(' ') => {
+                            Cow::Owned(format!(" {text}"))
+                        }
+                        _ => Cow::Borrowed(text),
+                    };
+                    self.pre.split(&text, |piece| {
+                        if *space == PrefixSpace::EachPiece && !piece.starts_with(' ') {
+                            let spaced = format!(" {piece}");
+                            self.encode_piece(spaced.as_bytes(), out, &mut scratch)
+                        } else {
+                            self.encode_piece(piece.as_bytes(), out, &mut scratch)
+                        }
+                    });
+                };
+                match digits {
+                    Some(d) => d.split(&text, byte_level),
+                    None => byte_level(&text),
+                }
+            }
+        }
     }
 
     /// Encodes text; special-token text is plain text.
@@ -265,7 +387,7 @@ impl Tokenizer {
         out: &mut Vec<u32>,
     ) -> Result<(), EncodeError> {
         if self.specials.is_empty() || policy.is_all_text() {
-            self.encode_ordinary_into(text, out);
+            self.encode_text(text, true, out);
             return Ok(());
         }
         let mut last = 0;
@@ -279,13 +401,13 @@ impl Tokenizer {
                     })
                 }
                 SpecialMode::Special => {
-                    self.encode_ordinary_into(&text[last..m.start], out);
+                    self.encode_text(&text[last..m.start], last == 0, out);
                     out.push(m.id);
                     last = m.end;
                 }
             }
         }
-        self.encode_ordinary_into(&text[last..], out);
+        self.encode_text(&text[last..], last == 0, out);
         Ok(())
     }
 
@@ -326,7 +448,8 @@ impl Tokenizer {
             }
         }
         segments.push(Job::Text(last, text.len()));
-        let cuttable = matches!(self.pre, PreTokenizer::Lexer(_));
+        // A pipeline normalizes (or prefixes) whole texts: no cuts.
+        let cuttable = matches!(self.pre, PreTokenizer::Lexer(_)) && self.pipeline.is_none();
         let mut jobs = Vec::with_capacity(segments.len());
         for seg in segments {
             match seg {
@@ -346,7 +469,7 @@ impl Tokenizer {
             .map(|job| match *job {
                 Job::Text(a, b) => {
                     let mut out = Vec::with_capacity((b - a) / 3);
-                    self.encode_ordinary_into(&text[a..b], &mut out);
+                    self.encode_text(&text[a..b], a == 0, &mut out);
                     out
                 }
                 Job::Special(id) => vec![id],
@@ -384,8 +507,52 @@ impl Tokenizer {
         self.id_to_bytes.get(id as usize)?.as_deref()
     }
 
+    /// The bytes of `id` as the first token of a text: a Metaspace decoder
+    /// drops the first token's `▁` instead of making it a space.
+    pub(crate) fn first_token_bytes(&self, id: u32) -> Option<Cow<'_, [u8]>> {
+        let bytes = self.token_bytes(id)?;
+        match self.char_model() {
+            Some(m) if m.decode.first_drops.is_some() => {
+                let piece = m.pieces.get(id as usize)?.as_deref()?;
+                Some(Cow::Owned(m.decode.first_bytes(piece)))
+            }
+            _ => Some(Cow::Borrowed(bytes)),
+        }
+    }
+
+    /// Leading spaces that decoding strips (SentencePiece's `Strip`).
+    pub(crate) fn strip_spaces(&self) -> usize {
+        self.char_model().map_or(0, |m| m.decode.strip_spaces)
+    }
+
+    fn char_model(&self) -> Option<&crate::sentencepiece::CharBpe> {
+        self.pipeline.as_ref()?.chars()
+    }
+
+    /// Decoded bytes; for SentencePiece-style tokenizers with the rules of
+    /// their decoder (`▁` is a space, `<0xNN>` a byte, leading spaces
+    /// stripped). Their invalid UTF-8 differs from HF's in `decode_lossy`
+    /// only: HF's ByteFallback makes each byte of a bad run a U+FFFD.
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, DecodeError> {
         let mut out = Vec::with_capacity(ids.len() * 4);
+        if self.char_model().is_some() {
+            if let Some(&first) = ids.first() {
+                let b = self
+                    .first_token_bytes(first)
+                    .ok_or(DecodeError::UnknownId(first))?;
+                out.extend_from_slice(&b);
+            }
+            for &id in ids.iter().skip(1) {
+                out.extend_from_slice(self.token_bytes(id).ok_or(DecodeError::UnknownId(id))?);
+            }
+            let spaces = out
+                .iter()
+                .take(self.strip_spaces())
+                .take_while(|&&b| b == b' ')
+                .count();
+            out.drain(..spaces);
+            return Ok(out);
+        }
         for &id in ids {
             out.extend_from_slice(self.token_bytes(id).ok_or(DecodeError::UnknownId(id))?);
         }

@@ -118,16 +118,13 @@ fn malformed_files_name_the_field() {
     let e = load_err(&edit(&|v| v["model"]["merges"][2] = serde_json::json!(7)));
     assert_eq!(e.location, "model.merges[2]");
     let e = load_err(&edit(&|v| {
-        v["normalizer"] = serde_json::json!({"type": "NFC"})
+        v["normalizer"] = serde_json::json!({"type": "BertNormalizer"})
     }));
-    assert_eq!(e.location, "normalizer");
+    assert_eq!(e.location, "normalizer.type");
     let e = load_err(&edit(&|v| {
-        v["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = serde_json::json!(true)
+        v["pre_tokenizer"]["pretokenizers"][1]["use_regex"] = serde_json::json!(true)
     }));
-    assert_eq!(
-        e.location,
-        "pre_tokenizer.pretokenizers[1].add_prefix_space"
-    );
+    assert_eq!(e.location, "pre_tokenizer.pretokenizers[1].use_regex");
     let e = load_err(&edit(&|v| v["model"]["vocab"]["a"] = serde_json::json!(-1)));
     assert_eq!(e.location, "model.vocab[\"a\"]");
     let e = load_err("{not json");

@@ -4,6 +4,7 @@
 pub mod gpt2;
 pub mod hf;
 pub mod hf_config;
+mod hf_pipeline;
 pub mod tiktoken;
 
 use crate::{Error, Tokenizer};

@@ -164,3 +164,34 @@ proptest::proptest! {
         proptest::prop_assert_eq!(specials, 4);
     }
 }
+
+#[test]
+fn text_after_a_template_special_token_does_not_start_the_input() {
+    // Metaspace with prepend_scheme "first" (Mistral): HF prepends "▁" only
+    // to text at the start of the input, so the ids of a rendered chat are
+    // those of the whole rendered text.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf_families/mistral.tokenizer.json");
+    let tok = crate::formats::hf::load(&path).unwrap();
+    let tmpl = HfChatTemplate::new(
+        "{{ bos_token }}{% for m in messages %}[{{ m.content }}]{{ eos_token }}{% endfor %}",
+    )
+    .unwrap();
+    let msgs = [json!({"role": "user", "content": "the king"})];
+    let tokens = TemplateTokens {
+        bos_token: Some("<s>".into()),
+        eos_token: Some("</s>".into()),
+        ..TemplateTokens::default()
+    };
+    let text = tmpl.render(&msgs, false, &tokens).unwrap();
+    let whole = tok
+        .encode(&text, &crate::SpecialPolicy::allow_all())
+        .unwrap();
+    assert_eq!(tmpl.encode(&tok, &msgs, false, &tokens).unwrap(), whole);
+    // and a text that starts the input does get its "▁"
+    let mut first = Vec::new();
+    tok.encode_text("[x", true, &mut first);
+    let mut later = Vec::new();
+    tok.encode_text("[x", false, &mut later);
+    assert_ne!(first, later);
+}
