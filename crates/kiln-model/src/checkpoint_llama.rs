@@ -210,7 +210,7 @@ pub(crate) fn config_json(cfg: &GptConfig) -> Value {
         "head_dim": cfg.head_dim(),
         "max_position_embeddings": cfg.max_seq_len,
         "hidden_act": "silu",
-        "rms_norm_eps": cfg.layer_norm_eps,
+        "rms_norm_eps": shortest_f64(cfg.layer_norm_eps),
         "rope_theta": arch.rope_theta,
         "rope_parameters": rope,
         "tie_word_embeddings": arch.tie_word_embeddings,
@@ -238,4 +238,10 @@ pub(crate) fn config_json(cfg: &GptConfig) -> Value {
         }
     }
     v
+}
+
+/// The f64 whose shortest decimal is `x`'s (1e-5, not 9.99999974e-6), so
+/// that transformers computes with the epsilon the model was read with.
+fn shortest_f64(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
 }

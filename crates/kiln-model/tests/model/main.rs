@@ -6,6 +6,7 @@ mod align;
 mod checkpoint;
 mod generate;
 mod gradcheck;
+mod llama_checkpoint;
 mod llama_reference;
 mod packing;
 mod training;
