@@ -47,6 +47,15 @@ impl LlamaFamily {
             LlamaFamily::Qwen2 => "qwen2",
         }
     }
+    /// transformers' class for this family with a `score` head (a reward model).
+    pub fn sequence_classifier(self) -> &'static str {
+        match self {
+            LlamaFamily::Llama => "LlamaForSequenceClassification",
+            LlamaFamily::Mistral => "MistralForSequenceClassification",
+            LlamaFamily::Qwen2 => "Qwen2ForSequenceClassification",
+        }
+    }
+
     /// `config.json`'s `architectures` entry.
     pub fn architecture(self) -> &'static str {
         match self {

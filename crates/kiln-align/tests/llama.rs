@@ -1,0 +1,206 @@
+//! The post-training loops on Llama-family policies (kiln-model's
+//! `GptConfig::llama`): SFT overfits a few chats and the saved policy
+//! directory loads back as the same model; GRPO raises a verifiable
+//! reward; PPO with a Llama value model runs with finite figures.
+
+use kiln_abi::BackendBox;
+use kiln_align::grpo::{train_grpo, GrpoConfig};
+use kiln_align::metrics::{Progress, Record};
+use kiln_align::policy::Policy;
+use kiln_align::ppo::{train_ppo, PpoConfig, PpoModels, SamplingConfig};
+use kiln_align::reward::RewardModel;
+use kiln_align::rollout::Scorer;
+use kiln_align::sft::{train_sft, SftConfig};
+use kiln_model::{Gpt, GptConfig, LlamaFamily};
+use kiln_tokenizer::{chat, Message, Pattern, Tokenizer};
+
+fn tokenizer() -> Tokenizer {
+    let specials = chat::default_special_tokens();
+    let refs: Vec<&str> = specials.iter().map(String::as_str).collect();
+    let corpus = [
+        "What is the capital of France? Paris is the capital of France.",
+        "Name a red fruit. An apple is a red fruit. Say hello. Hello there, friend!",
+        "say some letters please, letters and more letters",
+    ];
+    kiln_tokenizer::train(&corpus, 300, Pattern::Gpt2, &refs, 0).unwrap()
+}
+
+/// A 2-layer Llama (grouped-query, untied) or Qwen2 (q/k/v biases, tied).
+fn policy(be: &mut BackendBox, family: LlamaFamily, seed: u64, t: usize) -> Policy {
+    let tok = tokenizer();
+    let tied = family == LlamaFamily::Qwen2;
+    let cfg = GptConfig::new_llama(family, tok.vocab_size(), t, 2, 4, 2, 32, 48, tied);
+    Policy::new(Gpt::new(be, cfg, seed).unwrap(), tok).unwrap()
+}
+
+#[test]
+fn sft_overfits_chats_on_llama_policies_and_the_saved_directory_loads_back() {
+    let mut be = kiln_tensor::cpu_backend(Some(2));
+    for family in [LlamaFamily::Llama, LlamaFamily::Qwen2] {
+        let mut p = policy(&mut be, family, 3, 64);
+        let convs = [
+            ("What is the capital of France?", "Paris is the capital."),
+            ("Name a red fruit.", "An apple."),
+            ("Say hello.", "Hello there, friend!"),
+        ];
+        let chats: Vec<_> = convs
+            .iter()
+            .map(|(q, a)| {
+                p.template
+                    .encode(&p.tokenizer, &[Message::user(*q), Message::assistant(*a)])
+                    .unwrap()
+            })
+            .collect();
+        let config = SftConfig {
+            epochs: 60,
+            batch_size: 3,
+            lr: 1e-2,
+            min_lr: 1e-3,
+            warmup: 5,
+            eval_fraction: 0.0,
+            ..SftConfig::default()
+        };
+        let s = train_sft(
+            &mut be,
+            &mut p,
+            &chats,
+            &[],
+            &config,
+            None,
+            &Progress::hidden("sft", 60),
+        )
+        .unwrap();
+        eprintln!("{family:?}: SFT loss {} -> {}", s.first_loss, s.last_loss);
+        assert!(
+            s.last_loss.is_finite() && s.last_loss < 0.2 * s.first_loss,
+            "{family:?}: {} -> {}",
+            s.first_loss,
+            s.last_loss
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        p.save(&mut be, &dir.path().join("policy")).unwrap();
+        let mut again = Policy::load(&mut be, &dir.path().join("policy"), None).unwrap();
+        assert_eq!(again.model.config, p.model.config);
+        let ids = &chats[0].ids;
+        let n = ids.len();
+        p.model.forward(&mut be, ids, None, 1, n).unwrap();
+        again.model.forward(&mut be, ids, None, 1, n).unwrap();
+        assert_eq!(
+            p.model.logits(&mut be).unwrap(),
+            again.model.logits(&mut be).unwrap(),
+            "{family:?}"
+        );
+    }
+}
+
+fn prompts(p: &Policy) -> Vec<Vec<u32>> {
+    ["say letters", "more please", "letters and", "some"]
+        .iter()
+        .map(|q| {
+            p.template
+                .encode_prompt(&p.tokenizer, &[Message::user(*q)])
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Share of the reply's characters that are lowercase ASCII letters.
+fn letters(_prompt: usize, reply: &str) -> f32 {
+    let total = reply.chars().count();
+    if total == 0 {
+        return 0.0;
+    }
+    reply.chars().filter(|c| c.is_ascii_lowercase()).count() as f32 / total as f32
+}
+
+fn sampling() -> SamplingConfig {
+    SamplingConfig {
+        max_new_tokens: 8,
+        ..SamplingConfig::default()
+    }
+}
+
+fn series(records: &[Record], key: &str) -> Vec<f64> {
+    records.iter().map(|r| r.get(key).unwrap()).collect()
+}
+
+fn mean(x: &[f64]) -> f64 {
+    x.iter().sum::<f64>() / x.len() as f64
+}
+
+#[test]
+fn grpo_raises_a_verifiable_reward_on_a_llama_policy() {
+    let mut be = kiln_tensor::cpu_backend(Some(2));
+    let mut pol = policy(&mut be, LlamaFamily::Llama, 11, 40);
+    let mut reference = policy(&mut be, LlamaFamily::Llama, 11, 40);
+    let data = prompts(&pol);
+    let cfg = GrpoConfig {
+        seed: 2,
+        iterations: 30,
+        batch_prompts: 4,
+        group_size: 4,
+        minibatch_size: 8,
+        epochs: 2,
+        sampling: sampling(),
+        beta: 0.02,
+        missing_eos_penalty: None,
+        lr: 3e-3,
+        ..GrpoConfig::default()
+    };
+    let reward = letters;
+    let recs = train_grpo(
+        &mut be,
+        &mut pol,
+        &mut reference,
+        Scorer::Program(&reward),
+        &data,
+        &cfg,
+        |_| Ok(()),
+    )
+    .unwrap();
+    let reward = series(&recs, "reward");
+    let kl = series(&recs, "kl");
+    eprintln!("reward {reward:.3?}\nkl {kl:.3?}");
+    let (first, last) = (mean(&reward[..5]), mean(&reward[25..]));
+    assert!(last > first + 0.1, "reward {first:.3} -> {last:.3}");
+    assert!(kl.iter().all(|k| k.is_finite() && *k >= 0.0), "{kl:?}");
+}
+
+#[test]
+fn ppo_runs_on_a_llama_policy_with_a_llama_value_model() {
+    let mut be = kiln_tensor::cpu_backend(Some(2));
+    let mut pol = policy(&mut be, LlamaFamily::Llama, 7, 40);
+    let mut reference = policy(&mut be, LlamaFamily::Llama, 7, 40);
+    let lm = policy(&mut be, LlamaFamily::Llama, 7, 40);
+    let mut value = RewardModel::from_policy(&mut be, lm, 3).unwrap();
+    let data = prompts(&pol);
+    let cfg = PpoConfig {
+        seed: 1,
+        iterations: 4,
+        batch_size: 16,
+        minibatch_size: 8,
+        ppo_epochs: 2,
+        sampling: sampling(),
+        kl_coef: 0.02,
+        missing_eos_penalty: None,
+        lr: 3e-3,
+        value_lr: 3e-3,
+        ..PpoConfig::default()
+    };
+    let reward = letters;
+    let models = PpoModels {
+        policy: &mut pol,
+        reference: &mut reference,
+        value: &mut value,
+        scorer: Scorer::Program(&reward),
+        gold: None,
+    };
+    let recs = train_ppo(&mut be, models, &data, &cfg, |_| Ok(())).unwrap();
+    assert_eq!(recs.len(), 4);
+    for key in ["reward", "kl", "value_loss", "policy_loss", "entropy"] {
+        let s = series(&recs, key);
+        assert!(s.iter().all(|x| x.is_finite()), "{key}: {s:?}");
+    }
+    assert!(recs[3].get("kl").unwrap() != 0.0, "the policy moved");
+}
