@@ -6,13 +6,9 @@ use kiln_abi::{
     MatmulArgs, ROption, Rounding, Unary,
 };
 
-use crate::llama_block::{llama_block_backward, BlockGrads};
 use crate::model::LastForward;
-use crate::ops::{
-    attention_scale, gpt2_attention_shape, layernorm_backward, linear_backward, rmsnorm_backward,
-};
-use crate::params::{final_norm_index, layer_index, lm_head_index, ln_f_index, slot, WPE, WTE};
-use crate::rope::Positions;
+use crate::ops::{attention_scale, gpt2_attention_shape, layernorm_backward, linear_backward};
+use crate::params::{layer_index, lm_head_index, ln_f_index, slot, WPE, WTE};
 use crate::{Gpt, ModelError};
 
 impl Gpt {
@@ -173,8 +169,11 @@ impl Gpt {
     }
 
     /// From `grads.dln = d(ln_f output)` down to the embeddings: ln_f, the
-    /// blocks last to first, the encoder.
+    /// blocks last to first, the encoder (Llama family: `llama_backward.rs`).
     fn backward_trunk(&mut self, be: &mut BackendBox, last: LastForward) -> Result<(), ModelError> {
+        if self.rope.is_some() {
+            return self.llama_backward_trunk(be, last);
+        }
         let cfg = self.config.clone();
         let (b, t) = (last.b, last.t);
         let (c, nh) = (cfg.n_embd, cfg.n_head);
@@ -183,83 +182,9 @@ impl Gpt {
         let g = &acts.grads;
         let p = |i: usize| self.params[i].weight();
         let d = |i: usize| self.params[i].grad;
+        let lnf = ln_f_index(&cfg);
         let top = acts.layers[cfg.n_layer - 1].residual3;
         be.zero(g.dresidual).ok_or_err()?;
-        if let Some(rope) = &self.rope {
-            let norm = final_norm_index(&cfg);
-            rmsnorm_backward(
-                be,
-                g.dresidual,
-                d(norm),
-                g.dln,
-                top,
-                p(norm),
-                acts.lnf_rstd,
-                rows,
-                c,
-            )?;
-            let mixed = self.precision.is_mixed();
-            let branch_grad = |be: &mut BackendBox| -> Result<BufId, ModelError> {
-                if mixed {
-                    be.cast(g.dln, g.dresidual, rows * c, Rounding::NearestEven, 0)
-                        .ok_or_err()?;
-                    Ok(g.dln)
-                } else {
-                    Ok(g.dresidual)
-                }
-            };
-            let grads = BlockGrads {
-                dresidual: g.dresidual,
-                dln: g.dln,
-                datty: g.datty,
-                dqkv: g.dqkv,
-                dfch_gelu: g.dfch_gelu,
-                dfch: g.dfch,
-                dqkv_bias: g.dqkv_bias.expect("allocated for Llama-family configs"),
-            };
-            let (positions, segments) = if last.packed {
-                (Positions::PerToken(acts.positions), Some(acts.segments))
-            } else {
-                (Positions::From(0), None)
-            };
-            for l in (0..cfg.n_layer).rev() {
-                let la = &acts.layers[l];
-                let x = if l == 0 {
-                    acts.encoded
-                } else {
-                    acts.layers[l - 1].residual3
-                };
-                llama_block_backward(
-                    be,
-                    &cfg,
-                    &self.params,
-                    rope,
-                    l,
-                    &la.io(x),
-                    la.att,
-                    segments,
-                    positions,
-                    &grads,
-                    &branch_grad,
-                    b,
-                    t,
-                )?;
-            }
-            be.embedding_backward(EmbeddingBackwardArgs {
-                dwte: ROption::RSome(d(WTE)),
-                dwpe: ROption::RNone,
-                dout: g.dresidual,
-                tokens: acts.tokens,
-                positions: ROption::RNone,
-                pos0: 0,
-                b,
-                t,
-                c,
-            })
-            .ok_or_err()?;
-            return Ok(());
-        }
-        let lnf = ln_f_index(&cfg);
         layernorm_backward(
             be,
             g.dresidual,

@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod forward;
 mod generate;
+mod llama_backward;
 mod llama_block;
 mod llama_params;
 mod model;

@@ -20,7 +20,8 @@ pub(crate) struct LastForward {
     pub packed: bool,
 }
 
-/// A GPT-2 model whose parameters live in backend buffers. The backend is
+/// A GPT-2 or Llama-family model (see [`GptConfig::llama`]) whose
+/// parameters live in backend buffers. The backend is
 /// passed to every call; buffers are freed by [`Gpt::release`].
 pub struct Gpt {
     pub config: GptConfig,
