@@ -245,3 +245,81 @@ pub(crate) fn config_json(cfg: &GptConfig) -> Value {
 fn shortest_f64(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(x as f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Result<GptConfig, ModelError> {
+        let v: Value = serde_json::from_str(text).unwrap();
+        let family = family_of(v["model_type"].as_str().unwrap()).unwrap();
+        read_config(Path::new("config.json"), &v, family)
+    }
+
+    /// The published config.json of meta-llama/Llama-3.2-1B (transformers 4
+    /// keys: top-level rope_theta and rope_scaling, head_dim, tied).
+    #[test]
+    fn llama_3_2_1b_config_reads() {
+        let cfg = read(
+            r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false,
+            "attention_dropout": 0.0, "bos_token_id": 128000, "eos_token_id": 128001,
+            "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048,
+            "initializer_range": 0.02, "intermediate_size": 8192,
+            "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
+            "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+            "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+            "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+            "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+            "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256}"#,
+        )
+        .unwrap();
+        let l = cfg.llama.as_ref().unwrap();
+        assert_eq!(
+            (cfg.n_embd, cfg.n_head, l.n_kv_head, cfg.head_dim()),
+            (2048, 32, 8, 64)
+        );
+        assert_eq!((l.rope_theta, l.tie_word_embeddings), (500000.0, true));
+        let s = l.rope_scaling.unwrap();
+        assert_eq!((s.factor, s.original_max_position_embeddings), (32.0, 8192));
+        assert_eq!(cfg.num_params(), 1_235_814_400);
+    }
+
+    /// Qwen/Qwen2.5-0.5B: q/k/v biases, tied, a `sliding_window` that
+    /// `use_sliding_window: false` switches off.
+    #[test]
+    fn qwen2_5_0_5b_config_reads() {
+        let cfg = read(
+            r#"{"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+            "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
+            "hidden_size": 896, "initializer_range": 0.02, "intermediate_size": 4864,
+            "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2",
+            "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+            "tie_word_embeddings": true, "torch_dtype": "bfloat16", "use_cache": true,
+            "use_sliding_window": false, "vocab_size": 151936}"#,
+        )
+        .unwrap();
+        let l = cfg.llama.as_ref().unwrap();
+        assert!(l.qkv_bias && l.tie_word_embeddings && l.sliding_window.is_none());
+        assert_eq!(cfg.num_params(), 494_032_768);
+    }
+
+    /// mistralai/Mistral-7B-v0.1: the 4096 window is kept (and honoured).
+    #[test]
+    fn mistral_7b_config_keeps_its_window() {
+        let cfg = read(
+            r#"{"architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2,
+            "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
+            "intermediate_size": 14336, "max_position_embeddings": 32768,
+            "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 32,
+            "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+            "sliding_window": 4096, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+            "use_cache": true, "vocab_size": 32000}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.llama.as_ref().unwrap().sliding_window, Some(4096));
+        assert_eq!(cfg.attention_window(), 4096);
+        assert_eq!(cfg.num_params(), 7_241_732_096);
+    }
+}
