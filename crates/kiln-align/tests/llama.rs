@@ -204,3 +204,86 @@ fn ppo_runs_on_a_llama_policy_with_a_llama_value_model() {
     }
     assert!(recs[3].get("kl").unwrap() != 0.0, "the policy moved");
 }
+
+/// Scores a reward-model directory with transformers'
+/// AutoModelForSequenceClassification; writes them as little-endian f32.
+const HF_SCORE: &str = r#"
+import sys, numpy as np, torch
+from transformers import AutoModelForSequenceClassification
+model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], attn_implementation="eager").float().eval()
+assert type(model).__name__ == sys.argv[3], type(model).__name__
+out = []
+for seq in sys.argv[4:]:
+    ids = torch.tensor([[int(x) for x in seq.split(",")]])
+    with torch.no_grad():
+        out.append(model(input_ids=ids).logits[0, 0].item())
+np.asarray(out, dtype="<f4").tofile(sys.argv[2])
+"#;
+
+fn have_transformers() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import torch, transformers, numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A kiln Llama-family reward model loads in transformers as its family's
+/// sequence classifier and scores as kiln does (head bias 0 here; a bias
+/// would shift transformers' scores by that constant). Live: skipped
+/// without python3 + torch + transformers + numpy.
+#[test]
+fn transformers_scores_a_kiln_llama_reward_model_as_kiln_does() {
+    if !have_transformers() {
+        eprintln!("skipped: python3 with torch, transformers and numpy is not available");
+        return;
+    }
+    let mut be = kiln_tensor::cpu_backend(Some(2));
+    for family in [LlamaFamily::Llama, LlamaFamily::Qwen2] {
+        let lm = policy(&mut be, family, 5, 40);
+        let mut rm = RewardModel::from_policy(&mut be, lm, 6).unwrap();
+        let texts = ["Paris is the capital.", "An apple, please."];
+        let seqs: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| rm.lm.tokenizer.encode_ordinary(t))
+            .collect();
+        let kiln: Vec<f32> = seqs
+            .iter()
+            .map(|s| {
+                let batch = kiln_align::batch::TokenBatch::whole(&[s], 0).unwrap();
+                rm.scores(&mut be, &batch).unwrap()[0]
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rm");
+        rm.save(&mut be, &path).unwrap();
+        let out = dir.path().join("scores.f32");
+        let run = std::process::Command::new("python3")
+            .args(["-c", HF_SCORE])
+            .arg(&path)
+            .arg(&out)
+            .arg(family.sequence_classifier())
+            .args(
+                seqs.iter()
+                    .map(|s| s.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{family:?}: transformers could not load the reward model:\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let hf: Vec<f32> = std::fs::read(&out)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        for (k, h) in kiln.iter().zip(&hf) {
+            assert!(
+                (k - h).abs() <= 1e-4 * k.abs().max(1.0),
+                "{family:?}: kiln {kiln:?} vs transformers {hf:?}"
+            );
+        }
+    }
+}
