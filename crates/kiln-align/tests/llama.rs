@@ -1,7 +1,9 @@
 //! The post-training loops on Llama-family policies (kiln-model's
 //! `GptConfig::llama`): SFT overfits a few chats and the saved policy
 //! directory loads back as the same model; GRPO raises a verifiable
-//! reward; PPO with a Llama value model runs with finite figures.
+//! reward; PPO with a Llama value model runs with finite figures; DPO
+//! separates chosen from rejected; transformers scores a kiln Llama reward
+//! model as kiln does.
 
 use kiln_abi::BackendBox;
 use kiln_align::grpo::{train_grpo, GrpoConfig};
@@ -286,4 +288,46 @@ fn transformers_scores_a_kiln_llama_reward_model_as_kiln_does() {
             );
         }
     }
+}
+
+/// DPO on a Llama policy: step 0 is ln 2 (the policy is its reference)
+/// and training separates chosen from rejected replies.
+#[test]
+fn dpo_raises_margins_on_a_llama_policy() {
+    use kiln_align::data::EncodedPair;
+    use kiln_align::dpo::{pair_logps, train, DpoConfig};
+    let mut be = kiln_tensor::cpu_backend(Some(2));
+    let pairs: Vec<EncodedPair> = (0..6u32)
+        .map(|i| EncodedPair {
+            prompt: vec![1 + i, 40 + 3 * i, 90 + i],
+            chosen: vec![7, 7 + i, 0],
+            rejected: vec![200 + i, 150, 120 + 2 * i, 0],
+        })
+        .collect();
+    let mut reference = policy(&mut be, LlamaFamily::Llama, 13, 16).model;
+    let refs = pair_logps(&mut reference, &mut be, &pairs, 0, 1).unwrap();
+    let mut model = policy(&mut be, LlamaFamily::Llama, 13, 16).model;
+    let cfg = DpoConfig {
+        steps: Some(8),
+        batch_size: 6,
+        micro_batch: 3,
+        lr: 3e-3,
+        min_lr: 3e-3,
+        ..DpoConfig::default()
+    };
+    let s = train(
+        &mut be,
+        &mut model,
+        &pairs,
+        &refs,
+        0,
+        &cfg,
+        None,
+        &Progress::hidden("dpo", 8),
+    )
+    .unwrap();
+    let ln2 = std::f64::consts::LN_2;
+    assert!((s.first_loss - ln2).abs() < 1e-6, "{}", s.first_loss);
+    assert!(s.after.rewards_accuracies >= 5.0 / 6.0, "{:?}", s.after);
+    assert!(s.last_loss < ln2 - 0.02, "{}", s.last_loss);
 }
