@@ -149,3 +149,24 @@ fn a_llama_model_pretrains_and_resumes_bit_for_bit() {
     };
     assert!(weights(&straight) == weights(&run), "final weights differ");
 }
+
+/// `--model llama-tiny`: a Llama-family preset pretrains from kiln's init.
+#[test]
+fn the_llama_tiny_preset_pretrains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    let mut c = tiny_config(20);
+    c.model = "llama-tiny".into();
+    let recs = train(c, &data, &dir.path().join("run"));
+    assert_eq!(recs.len(), 20);
+    assert!(
+        recs[19].loss < recs[0].loss - 0.5,
+        "loss {} -> {}",
+        recs[0].loss,
+        recs[19].loss
+    );
+    let ck = checkpoint_dir(&dir.path().join("run"), 20);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+}

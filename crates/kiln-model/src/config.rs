@@ -98,7 +98,14 @@ pub struct LlamaArch {
 }
 
 /// Names accepted by [`GptConfig::preset`].
-pub const PRESETS: [&str; 4] = ["tiny", "mini", "small", "gpt2-124m"];
+pub const PRESETS: [&str; 6] = [
+    "tiny",
+    "mini",
+    "small",
+    "gpt2-124m",
+    "llama-tiny",
+    "llama-mini",
+];
 
 /// The padded vocabulary size kiln uses for `vocab_size`.
 pub fn padded_vocab(vocab_size: usize) -> usize {
@@ -182,9 +189,27 @@ impl GptConfig {
 
     /// "tiny" (2 layers, d=64, 4 heads, T=128), "mini" (4 layers, d=128,
     /// 4 heads, T=128; the pipeline's default), "small" (6 layers, d=384,
-    /// 6 heads, T=256), "gpt2-124m" (12 layers, d=768, 12 heads, T=1024).
+    /// 6 heads, T=256), "gpt2-124m" (12 layers, d=768, 12 heads, T=1024);
+    /// Llama-family: "llama-tiny" (2 layers, d=64, 4 heads, 2 key/value
+    /// heads, SwiGLU 176, T=128) and "llama-mini" (4 layers, d=128, 4 and 2
+    /// heads, SwiGLU 352, T=128), tied embeddings as small Llamas (SmolLM) do.
     pub fn preset(name: &str, vocab_size: usize) -> Result<Self, ModelError> {
+        let llama = |t, layers, heads, kv, c, f| {
+            GptConfig::new_llama(
+                LlamaFamily::Llama,
+                vocab_size,
+                t,
+                layers,
+                heads,
+                kv,
+                c,
+                f,
+                true,
+            )
+        };
         let c = match name {
+            "llama-tiny" => llama(128, 2, 4, 2, 64, 176),
+            "llama-mini" => llama(128, 4, 4, 2, 128, 352),
             "tiny" => GptConfig::new(vocab_size, 128, 2, 4, 64),
             "mini" => GptConfig::new(vocab_size, 128, 4, 4, 128),
             "small" => GptConfig::new(vocab_size, 256, 6, 6, 384),
@@ -340,6 +365,16 @@ mod tests {
             e.contains("huge") && e.contains("tiny") && e.contains("gpt2-124m"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn llama_presets_are_llama_family_configs() {
+        for name in ["llama-tiny", "llama-mini"] {
+            let c = GptConfig::preset(name, 300).unwrap();
+            let l = c.llama.as_ref().unwrap();
+            assert_eq!((l.family, l.n_kv_head * 2), (LlamaFamily::Llama, c.n_head));
+            assert!(l.tie_word_embeddings && !l.qkv_bias);
+        }
     }
 
     #[test]
