@@ -100,3 +100,73 @@ fn half_written_checkpoints_are_ignored() {
     let err = Trainer::resume(be, other, &data, &run, &ck).err().unwrap();
     assert!(err.to_string().contains("lr"), "{err}");
 }
+
+/// Pretraining a Llama-family model (here Qwen2-style: GQA, q/k/v biases,
+/// tied embeddings) started from its checkpoint directory: the loss falls,
+/// and 10 steps + a resumed 10 equal 20 straight, bit for bit.
+#[test]
+fn a_llama_model_pretrains_and_resumes_bit_for_bit() {
+    use kiln_model::{Gpt, GptConfig, LlamaFamily};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    let init = dir.path().join("init");
+    {
+        let mut be = kiln_tensor::cpu_backend(Some(1));
+        let cfg = GptConfig::new_llama(LlamaFamily::Qwen2, 256, 32, 2, 4, 2, 32, 48, true);
+        let gpt = Gpt::new(&mut be, cfg, 9).unwrap();
+        gpt.save_pretrained(&mut be, &init).unwrap();
+    }
+    let mut c = tiny_config(20);
+    c.model = "init".into();
+    let run_from = |c: &kiln_train::TrainConfig, run: &std::path::Path, steps: usize| {
+        let be = kiln_tensor::cpu_backend(Some(2));
+        let mut t = Trainer::start(be, c.clone(), &data, run, Init::Checkpoint(&init)).unwrap();
+        for _ in 0..steps {
+            t.train_step(&mut Quiet).unwrap();
+        }
+        t.save_checkpoint(&mut Quiet).unwrap();
+    };
+    let straight = dir.path().join("straight");
+    run_from(&c, &straight, 20);
+    let run = dir.path().join("split");
+    run_from(&c, &run, 10);
+    let (step, ck) = latest_checkpoint(&run).unwrap().unwrap();
+    assert_eq!(step, 10);
+    let be = kiln_tensor::cpu_backend(Some(2));
+    let mut t = Trainer::resume(be, c, &data, &run, &ck).unwrap();
+    assert_eq!(t.run(&mut Quiet).unwrap().steps, 20);
+    let a = read_metrics(&straight.join("metrics.jsonl")).unwrap();
+    let b = read_metrics(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(loss_bits(&a), loss_bits(&b));
+    assert!(
+        a[19].loss < a[0].loss - 0.5,
+        "loss {} -> {}",
+        a[0].loss,
+        a[19].loss
+    );
+    let weights = |r: &std::path::Path| {
+        std::fs::read(checkpoint_dir(r, 20).join("model.safetensors")).unwrap()
+    };
+    assert!(weights(&straight) == weights(&run), "final weights differ");
+}
+
+/// `--model llama-tiny`: a Llama-family preset pretrains from kiln's init.
+#[test]
+fn the_llama_tiny_preset_pretrains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    let mut c = tiny_config(20);
+    c.model = "llama-tiny".into();
+    let recs = train(c, &data, &dir.path().join("run"));
+    assert_eq!(recs.len(), 20);
+    assert!(
+        recs[19].loss < recs[0].loss - 0.5,
+        "loss {} -> {}",
+        recs[0].loss,
+        recs[19].loss
+    );
+    let ck = checkpoint_dir(&dir.path().join("run"), 20);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+}

@@ -95,7 +95,12 @@ impl RewardModel {
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| v.get("architectures").cloned())
             .and_then(|a| a.as_array().cloned())
-            .is_some_and(|a| a.iter().any(|x| x == SEQUENCE_CLASSIFIER))
+            .is_some_and(|a| {
+                a.iter().any(|x| {
+                    x.as_str()
+                        .is_some_and(|s| s.ends_with("ForSequenceClassification"))
+                })
+            })
     }
 
     /// Loads a directory written by [`RewardModel::save`] (or an older
@@ -151,11 +156,19 @@ impl RewardModel {
     }
 
     /// Writes `dir` (atomic swap) as a `GPT2ForSequenceClassification`
-    /// directory with the policy's tokenizer files.
+    /// directory with the policy's tokenizer files. A Llama-family model is
+    /// written as its family's `*ForSequenceClassification`; RMSNorm has no
+    /// bias to fold the head's bias into, so it is kept as `score.bias`,
+    /// which kiln reads back and transformers ignores (its scores are then
+    /// kiln's minus that constant: the same rankings and preferences).
     pub fn save(&self, be: &mut BackendBox, dir: &Path) -> Result<(), AlignError> {
         let (w, b) = self.head(be)?;
         let mut extras = self.lm.hf_extras();
-        extras.architecture = Some(SEQUENCE_CLASSIFIER.into());
+        let family = self.lm.model.config.llama.as_ref().map(|l| l.family);
+        extras.architecture = Some(match family {
+            None => SEQUENCE_CLASSIFIER.into(),
+            Some(f) => f.sequence_classifier().into(),
+        });
         for (key, v) in [
             ("num_labels", serde_json::json!(1)),
             ("id2label", serde_json::json!({"0": "LABEL_0"})),
@@ -166,7 +179,9 @@ impl RewardModel {
         extras
             .tensors
             .push((WEIGHT_NAME.into(), vec![1, w.len()], w.clone()));
-        if b != 0.0 {
+        if b != 0.0 && family.is_some() {
+            extras.tensors.push((BIAS_NAME.into(), vec![1], vec![b]));
+        } else if b != 0.0 {
             let beta = self
                 .lm
                 .model
@@ -894,6 +909,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A Llama-family reward model keeps its head's bias as `score.bias`
+    /// under its family's sequence-classifier class, and loads back with
+    /// the same scores.
+    #[test]
+    fn llama_save_load_round_trip_keeps_the_bias() {
+        let mut be = kiln_tensor::cpu_backend(Some(1));
+        let tok = crate::testutil::chat_tokenizer();
+        let cfg = kiln_model::GptConfig::new_llama(
+            kiln_model::LlamaFamily::Qwen2,
+            tok.vocab_size(),
+            48,
+            2,
+            4,
+            2,
+            32,
+            40,
+            true,
+        );
+        let model = Gpt::new(&mut be, cfg, 4).unwrap();
+        let p = Policy::new(model, tok).unwrap();
+        let mut rm = RewardModel::from_policy(&mut be, p, 5).unwrap();
+        be.upload_f32(rm.head_b.value, &[0.75]).unwrap();
+        let a = ids(&rm, "Paris is the capital.");
+        let b = ids(&rm, "No.");
+        let batch = TokenBatch::whole(&[&a, &b], 0).unwrap();
+        let before = rm.scores(&mut be, &batch).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rm");
+        rm.save(&mut be, &path).unwrap();
+        assert!(RewardModel::is_saved_in(&path));
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["architectures"][0], "Qwen2ForSequenceClassification");
+        assert_eq!(config["model_type"], "qwen2");
+        let mut back = RewardModel::load(&mut be, &path, None).unwrap();
+        assert_eq!(back.head(&mut be).unwrap(), rm.head(&mut be).unwrap());
+        assert_eq!(back.scores(&mut be, &batch).unwrap(), before);
     }
 
     #[test]

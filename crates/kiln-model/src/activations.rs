@@ -69,6 +69,9 @@ pub(crate) struct GradScratch {
     pub dfch: BufId,
     /// Per-row loss weights for crossentropy_backward.
     pub dlosses: BufId,
+    /// `[qkv_width]` f32: the fused q/k/v bias gradient (Llama family only,
+    /// so that GPT-2's buffers stay what they were).
+    pub dqkv_bias: Option<BufId>,
 }
 
 pub(crate) struct Activations {
@@ -109,6 +112,8 @@ impl Activations {
     ) -> Result<Self, ModelError> {
         let c = cfg.n_embd;
         let vp = cfg.padded_vocab_size;
+        // GPT-2: 3C and 4C; a Llama-family config's q|k|v and gate|up widths.
+        let (qkv_w, mlp_in, mlp_act) = (cfg.qkv_width(), cfg.mlp_in_width(), cfg.mlp_act_width());
         let mut all = Vec::new();
         let mut bytes = 0usize;
         let mut buf = |dtype: DType, len: usize| -> Result<BufId, ModelError> {
@@ -136,7 +141,7 @@ impl Activations {
                 ln1: buf(f, rows * c)?,
                 ln1_mean: buf(s, rows)?,
                 ln1_rstd: buf(s, rows)?,
-                qkv: buf(f, rows * 3 * c)?,
+                qkv: buf(f, rows * qkv_w)?,
                 atty: buf(f, rows * c)?,
                 att: buf(s, att_len)?,
                 attproj: buf(f, rows * c)?,
@@ -144,8 +149,8 @@ impl Activations {
                 ln2: buf(f, rows * c)?,
                 ln2_mean: buf(s, rows)?,
                 ln2_rstd: buf(s, rows)?,
-                fch: buf(f, rows * 4 * c)?,
-                fch_gelu: buf(f, rows * 4 * c)?,
+                fch: buf(f, rows * mlp_in)?,
+                fch_gelu: buf(f, rows * mlp_act)?,
                 fcproj: buf(f, rows * c)?,
                 residual3: buf(r, rows * c)?,
             });
@@ -160,10 +165,14 @@ impl Activations {
             dresidual: buf(r, rows * c)?,
             dln: buf(f, rows * c)?,
             datty: buf(f, rows * c)?,
-            dqkv: buf(f, rows * 3 * c)?,
-            dfch_gelu: buf(f, rows * 4 * c)?,
-            dfch: buf(f, rows * 4 * c)?,
+            dqkv: buf(f, rows * qkv_w)?,
+            dfch_gelu: buf(f, rows * mlp_act)?,
+            dfch: buf(f, rows * mlp_in)?,
             dlosses: buf(s, rows)?,
+            dqkv_bias: match cfg.llama {
+                Some(_) => Some(buf(s, qkv_w)?),
+                None => None,
+            },
         };
         Ok(Activations {
             rows,

@@ -8,7 +8,7 @@ use kiln_abi::{
 
 use crate::model::LastForward;
 use crate::ops::{attention_scale, gpt2_attention_shape, layernorm_backward, linear_backward};
-use crate::params::{layer_index, ln_f_index, slot, WPE, WTE};
+use crate::params::{layer_index, lm_head_index, ln_f_index, slot, WPE, WTE};
 use crate::{Gpt, ModelError};
 
 impl Gpt {
@@ -155,28 +155,25 @@ impl Gpt {
             vp,
         )
         .ok_or_err()?;
-        // Tied lm_head: dwte += dlogits^T @ lnf; dlnf = dlogits @ wte.
+        // lm_head (tied: wte): dW += dlogits^T @ lnf; dlnf = dlogits @ W.
+        let head = &self.params[lm_head_index(cfg)];
         be.matmul(MatmulArgs {
             trans_a: true,
             beta: 1.0,
-            ..MatmulArgs::new(self.params[WTE].grad, dlogits, acts.lnf, vp, c, rows)
+            ..MatmulArgs::new(head.grad, dlogits, acts.lnf, vp, c, rows)
         })
         .ok_or_err()?;
-        be.matmul(MatmulArgs::new(
-            g.dln,
-            dlogits,
-            self.params[WTE].weight(),
-            rows,
-            c,
-            vp,
-        ))
-        .ok_or_err()?;
+        be.matmul(MatmulArgs::new(g.dln, dlogits, head.weight(), rows, c, vp))
+            .ok_or_err()?;
         self.backward_trunk(be, last)
     }
 
     /// From `grads.dln = d(ln_f output)` down to the embeddings: ln_f, the
-    /// blocks last to first, the encoder.
+    /// blocks last to first, the encoder (Llama family: `llama_backward.rs`).
     fn backward_trunk(&mut self, be: &mut BackendBox, last: LastForward) -> Result<(), ModelError> {
+        if self.rope.is_some() {
+            return self.llama_backward_trunk(be, last);
+        }
         let cfg = self.config.clone();
         let (b, t) = (last.b, last.t);
         let (c, nh) = (cfg.n_embd, cfg.n_head);

@@ -11,12 +11,15 @@ use kiln_abi::{BackendBox, BackendExt};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Map, Value};
 
+use crate::checkpoint_llama;
 use crate::params::{self, ParamSpec, WTE};
 use crate::safetensors_stream::{write_f32_tensors, StreamError, TensorSpec};
 pub use crate::special_ids::{SpecialTokenIds, GENERATION_CONFIG_FILE};
 use crate::{Gpt, GptConfig, ModelError};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// A sharded checkpoint's `weight_map` (tensor name -> shard file).
+pub const SHARD_INDEX_FILE: &str = "model.safetensors.index.json";
 pub const CONFIG_FILE: &str = "config.json";
 
 /// Tensors HF checkpoints may carry that kiln does not need (the causal-mask
@@ -121,7 +124,10 @@ impl Gpt {
                     .map(|(name, shape, _)| TensorSpec::new(name.clone(), shape.clone())),
             )
             .collect();
-        let mut config = hf_config_json(&self.config);
+        let mut config = match self.config.llama {
+            None => hf_config_json(&self.config),
+            Some(_) => checkpoint_llama::config_json(&self.config),
+        };
         let obj = config.as_object_mut().expect("the config is an object");
         obj.extend(extras.special.config_entries());
         if let Some(arch) = &extras.architecture {
@@ -183,15 +189,17 @@ impl Gpt {
         let config = read_hf_config(&dir.join(CONFIG_FILE))?;
         let special = SpecialTokenIds::read(dir, config.vocab_size)?;
         let path = dir.join(WEIGHTS_FILE);
-        if !path.exists() && dir.join("model.safetensors.index.json").exists() {
-            return Err(ModelError::format(
-                &path,
-                "sharded checkpoints (model.safetensors.index.json) are not supported; \
-                 re-save with a single model.safetensors",
-            ));
+        let index = dir.join(SHARD_INDEX_FILE);
+        let files = if !path.exists() && index.exists() {
+            shard_files(&index)?
+        } else {
+            vec![path]
+        };
+        let mut blobs = Vec::with_capacity(files.len());
+        for f in &files {
+            blobs.push(std::fs::read(f).map_err(|e| ModelError::io(f, e))?);
         }
-        let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
-        let (values, tensors) = read_weights(&path, &bytes, &config, extra)?;
+        let (values, tensors) = read_weights(&files, &blobs, &config, extra)?;
         let model = Gpt::from_values(be, config, &values)?;
         Ok(LoadedDir {
             model,
@@ -208,7 +216,7 @@ fn to_hf(spec: &ParamSpec, mut v: Vec<f32>, cfg: &GptConfig) -> Vec<f32> {
         let (rows, cols) = (spec.shape[0], spec.shape[1]);
         transpose(&v, rows, cols)
     } else {
-        if spec.name == params::specs_name_wte() {
+        if spec.vocab_rows {
             // In place: a copy of the largest tensor would double what
             // saving adds to peak memory.
             v.truncate(cfg.vocab_size * cfg.n_embd);
@@ -274,10 +282,21 @@ fn read_hf_config(path: &Path) -> Result<GptConfig, ModelError> {
     let need = |key: &str| -> Result<usize, ModelError> {
         int(key)?.ok_or_else(|| bad(format!("missing required key \"{key}\"")))
     };
+    if v.get("quantization_config").is_some_and(|q| !q.is_null()) {
+        return Err(bad(
+            "\"quantization_config\": quantized checkpoints are not supported \
+             (kiln reads f32, bf16 and f16 weights); use the unquantized model"
+                .into(),
+        ));
+    }
     if let Some(mt) = v.get("model_type").and_then(Value::as_str) {
+        if let Some(family) = checkpoint_llama::family_of(mt) {
+            return checkpoint_llama::read_config(path, &v, family);
+        }
         if mt != "gpt2" {
             return Err(bad(format!(
-                "model_type is {mt:?}; kiln loads \"gpt2\" only"
+                "\"model_type\": {mt:?} is not supported; kiln loads \"gpt2\", \"llama\", \
+                 \"mistral\" and \"qwen2\""
             )));
         }
     }
@@ -331,64 +350,117 @@ fn read_hf_config(path: &Path) -> Result<GptConfig, ModelError> {
     Ok(cfg)
 }
 
-/// Reads every parameter of `cfg` from a safetensors file into kiln layout.
-/// Also returns the tensors named in `extra` that the file holds.
+/// The shard files a `model.safetensors.index.json` names, in first-use order.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::format(index, format!("invalid JSON: {e}")))?;
+    let Some(map) = v.get("weight_map").and_then(Value::as_object) else {
+        return Err(ModelError::format(
+            index,
+            "missing \"weight_map\" (tensor name -> shard file)",
+        ));
+    };
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (name, file) in map {
+        let Some(file) = file
+            .as_str()
+            .filter(|f| !f.contains('/') && !f.contains(".."))
+        else {
+            return Err(ModelError::format(
+                index,
+                format!("\"weight_map\".{name}: {file} is not a file name in this directory"),
+            ));
+        };
+        let path = dir.join(file);
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// Reads every parameter of `cfg` from safetensors files (one, or the
+/// shards of an index) into kiln layout. Also returns the tensors named in
+/// `extra` that the files hold.
 #[allow(clippy::type_complexity)]
 fn read_weights(
-    path: &Path,
-    bytes: &[u8],
+    paths: &[PathBuf],
+    blobs: &[Vec<u8>],
     cfg: &GptConfig,
     extra: &[&str],
 ) -> Result<(Vec<Vec<f32>>, HashMap<String, (Vec<usize>, Vec<f32>)>), ModelError> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| ModelError::format(path, format!("not a valid safetensors file: {e}")))?;
+    let mut files = Vec::with_capacity(blobs.len());
+    for (path, bytes) in paths.iter().zip(blobs) {
+        files.push(
+            SafeTensors::deserialize(bytes).map_err(|e| {
+                ModelError::format(path, format!("not a valid safetensors file: {e}"))
+            })?,
+        );
+    }
+    let path = paths[0].as_path();
+    let llama = cfg.llama.is_some();
     let specs = params::specs(cfg);
-    // Map each stored name to the canonical HF name ("transformer." optional).
-    let mut stored: HashMap<String, String> = HashMap::new();
+    // Map each stored name to the canonical HF name (GPT-2: "transformer."
+    // optional) and the file holding it.
+    let mut stored: HashMap<String, (usize, String)> = HashMap::new();
     let mut unknown = Vec::new();
     let mut extras = HashMap::new();
+    let mut tied_head: Option<usize> = None;
     let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    for name in st.names() {
-        if extra.contains(&name) {
-            let t = st
-                .tensor(name)
-                .map_err(|e| ModelError::format(path, format!("tensor {name}: {e}")))?;
-            let data = to_f32(path, name, t.dtype(), t.data())?;
-            extras.insert(name.to_string(), (t.shape().to_vec(), data));
-            continue;
-        }
-        let canonical = if name.starts_with("transformer.") || name.starts_with("lm_head.") {
-            name.to_string()
-        } else {
-            format!("transformer.{name}")
-        };
-        if known.contains(canonical.as_str()) {
-            stored.insert(canonical, name.to_string());
-        } else if canonical == "lm_head.weight" {
-            // checked against wte below
-        } else if !IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
-            unknown.push(name.to_string());
+    for (fi, st) in files.iter().enumerate() {
+        for name in st.names() {
+            if extra.contains(&name) {
+                let t = st
+                    .tensor(name)
+                    .map_err(|e| ModelError::format(&paths[fi], format!("tensor {name}: {e}")))?;
+                let data = to_f32(&paths[fi], name, t.dtype(), t.data())?;
+                extras.insert(name.to_string(), (t.shape().to_vec(), data));
+                continue;
+            }
+            let canonical =
+                if llama || name.starts_with("transformer.") || name.starts_with("lm_head.") {
+                    name.to_string()
+                } else {
+                    format!("transformer.{name}")
+                };
+            if known.contains(canonical.as_str()) {
+                stored.insert(canonical, (fi, name.to_string()));
+            } else if canonical == "lm_head.weight" {
+                // a tied head: checked against the embedding below
+                tied_head = Some(fi);
+            } else if llama && name.ends_with(".rotary_emb.inv_freq") {
+                // older transformers saved RoPE's buffer; kiln recomputes it
+            } else if !IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+                unknown.push(name.to_string());
+            }
         }
     }
+    let kind = match &cfg.llama {
+        None => "GPT-2",
+        Some(l) => l.family.architecture(),
+    };
     if !unknown.is_empty() {
         unknown.sort();
         return Err(ModelError::format(
             path,
             format!(
-                "unexpected tensors for a GPT-2 of this config: {}",
+                "unexpected tensors for a {kind} of this config: {}",
                 unknown.join(", ")
             ),
         ));
     }
     let mut values = Vec::with_capacity(specs.len());
     for spec in &specs {
-        let Some(stored_name) = stored.get(&spec.name) else {
+        let Some((fi, stored_name)) = stored.get(&spec.name) else {
             return Err(ModelError::format(
                 path,
                 format!("missing tensor {} (config {})", spec.name, describe(cfg)),
             ));
         };
-        let view = st
+        let path = paths[*fi].as_path();
+        let view = files[*fi]
             .tensor(stored_name)
             .map_err(|e| ModelError::format(path, format!("tensor {stored_name}: {e}")))?;
         let want = hf_shape(spec, cfg);
@@ -406,30 +478,50 @@ fn read_weights(
         let data = to_f32(path, stored_name, view.dtype(), view.data())?;
         values.push(from_hf(spec, data, cfg));
     }
-    if let Ok(lm_head) = st.tensor("lm_head.weight") {
+    if let Some(fi) = tied_head {
+        let path = paths[fi].as_path();
+        let lm_head = files[fi]
+            .tensor("lm_head.weight")
+            .map_err(|e| ModelError::format(path, format!("tensor lm_head.weight: {e}")))?;
         let data = to_f32(path, "lm_head.weight", lm_head.dtype(), lm_head.data())?;
         let c = cfg.n_embd;
         if lm_head.shape() != [cfg.vocab_size, c] || data[..] != values[WTE][..cfg.vocab_size * c] {
-            return Err(ModelError::format(
-                path,
-                "lm_head.weight differs from transformer.wte.weight: untied output embeddings are not supported",
-            ));
+            let problem = if llama {
+                "lm_head.weight differs from model.embed_tokens.weight although \
+                 \"tie_word_embeddings\" is true in config.json"
+            } else {
+                "lm_head.weight differs from transformer.wte.weight: untied output embeddings are not supported"
+            };
+            return Err(ModelError::format(path, problem));
         }
     }
     Ok((values, extras))
 }
 
 fn describe(cfg: &GptConfig) -> String {
-    format!(
-        "vocab_size {}, n_positions {}, n_embd {}, n_layer {}, n_head {}",
-        cfg.vocab_size, cfg.max_seq_len, cfg.n_embd, cfg.n_layer, cfg.n_head
-    )
+    match &cfg.llama {
+        None => format!(
+            "vocab_size {}, n_positions {}, n_embd {}, n_layer {}, n_head {}",
+            cfg.vocab_size, cfg.max_seq_len, cfg.n_embd, cfg.n_layer, cfg.n_head
+        ),
+        Some(l) => format!(
+            "vocab_size {}, hidden_size {}, num_hidden_layers {}, num_attention_heads {}, \
+             num_key_value_heads {}, intermediate_size {}, tie_word_embeddings {}",
+            cfg.vocab_size,
+            cfg.n_embd,
+            cfg.n_layer,
+            cfg.n_head,
+            l.n_kv_head,
+            l.intermediate_size,
+            l.tie_word_embeddings
+        ),
+    }
 }
 
 fn hf_shape(spec: &ParamSpec, cfg: &GptConfig) -> Vec<usize> {
     if spec.hf_transposed {
         vec![spec.shape[1], spec.shape[0]]
-    } else if spec.name == params::specs_name_wte() {
+    } else if spec.vocab_rows {
         vec![cfg.vocab_size, cfg.n_embd]
     } else {
         spec.shape.clone()
@@ -441,7 +533,7 @@ fn from_hf(spec: &ParamSpec, data: Vec<f32>, cfg: &GptConfig) -> Vec<f32> {
     if spec.hf_transposed {
         // stored [in, out] = [shape[1], shape[0]]
         transpose(&data, spec.shape[1], spec.shape[0])
-    } else if spec.name == params::specs_name_wte() {
+    } else if spec.vocab_rows {
         let mut v = data;
         v.resize(cfg.padded_vocab_size * cfg.n_embd, 0.0);
         v

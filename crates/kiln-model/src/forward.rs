@@ -5,9 +5,11 @@ use kiln_abi::{BackendBox, BackendExt, BufId, EmbeddingArgs, IntoBResult, ROptio
 
 use crate::activations::Activations;
 use crate::block::{block_forward, Attention};
+use crate::llama_block::llama_block_forward;
 use crate::model::LastForward;
-use crate::ops::{gpt2_attention_shape, layernorm, lm_head};
-use crate::params::{ln_f_index, WPE, WTE};
+use crate::ops::{gpt2_attention_shape, layernorm, lm_head, model_attention_shape, rmsnorm};
+use crate::params::{final_norm_index, lm_head_index, ln_f_index, WPE, WTE};
+use crate::rope::Positions;
 use crate::{Gpt, ModelError, Packing};
 
 impl Gpt {
@@ -172,7 +174,7 @@ impl Gpt {
             be,
             acts.logits,
             acts.lnf,
-            self.params[WTE].weight(),
+            self.params[lm_head_index(cfg)].weight(),
             rows,
             c,
             vp,
@@ -231,9 +233,11 @@ impl Gpt {
         let cfg = self.config.clone();
         let (c, nh) = (cfg.n_embd, cfg.n_head);
         let rows = b * t;
-        let workspace_len = be
-            .attention_workspace_len(gpt2_attention_shape(b, t, c, nh))
-            .ok_or_err()?;
+        let shape = match cfg.llama {
+            None => gpt2_attention_shape(b, t, c, nh),
+            Some(_) => model_attention_shape(&cfg, b, t),
+        };
+        let workspace_len = be.attention_workspace_len(shape).ok_or_err()?;
         self.ensure_activations(be, rows, workspace_len)?;
         let acts = self.acts.as_ref().expect("activations allocated above");
 
@@ -249,14 +253,20 @@ impl Gpt {
         }
 
         let p = |i: usize| self.params[i].weight();
+        let llama = cfg.llama.is_some();
         be.embedding_forward(EmbeddingArgs {
             out: acts.encoded,
             tokens: acts.tokens,
             wte: p(WTE),
-            wpe: ROption::RSome(p(WPE)),
+            // Llama: rotary positions, no table.
+            wpe: if llama {
+                ROption::RNone
+            } else {
+                ROption::RSome(p(WPE))
+            },
             positions: match packing {
-                None => ROption::RNone,
-                Some(_) => ROption::RSome(acts.positions),
+                Some(_) if !llama => ROption::RSome(acts.positions),
+                _ => ROption::RNone,
             },
             pos0: 0,
             b,
@@ -277,12 +287,37 @@ impl Gpt {
                     segments: acts.segments,
                 },
             };
-            block_forward(be, &cfg, &self.params, l, &la.io(inp), attention, b, t)?;
+            match &self.rope {
+                None => block_forward(be, &cfg, &self.params, l, &la.io(inp), attention, b, t)?,
+                Some(rope) => {
+                    let positions = match packing {
+                        None => Positions::From(0),
+                        Some(_) => Positions::PerToken(acts.positions),
+                    };
+                    llama_block_forward(
+                        be,
+                        &cfg,
+                        &self.params,
+                        rope,
+                        l,
+                        &la.io(inp),
+                        attention,
+                        positions,
+                        b,
+                        t,
+                    )?
+                }
+            }
         }
         let eps = cfg.layer_norm_eps;
         let top = acts.layers[cfg.n_layer - 1].residual3;
-        let lnf = ln_f_index(&cfg);
-        layernorm(be, &acts.lnf_io(top, p(lnf), p(lnf + 1)), rows, c, eps)?;
+        if llama {
+            let norm = p(final_norm_index(&cfg));
+            rmsnorm(be, acts.lnf, acts.lnf_rstd, top, norm, rows, c, eps)?;
+        } else {
+            let lnf = ln_f_index(&cfg);
+            layernorm(be, &acts.lnf_io(top, p(lnf), p(lnf + 1)), rows, c, eps)?;
+        }
         Ok(())
     }
 

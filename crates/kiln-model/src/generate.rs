@@ -17,8 +17,10 @@
 use kiln_abi::{BackendBox, BackendExt, BufId, DType, EmbeddingArgs, IntoBResult, ROption};
 
 use crate::block::{block_forward, Attention, BlockIo};
-use crate::ops::{layernorm, lm_head, LayerNormIo};
-use crate::params::{ln_f_index, WPE, WTE};
+use crate::llama_block::llama_block_forward;
+use crate::ops::{layernorm, lm_head, rmsnorm, LayerNormIo};
+use crate::params::{final_norm_index, lm_head_index, ln_f_index, WPE, WTE};
+use crate::rope::Positions;
 use crate::sample::sample_token;
 use crate::{Gpt, GptConfig, ModelError, Rng, SampleOptions};
 
@@ -79,17 +81,19 @@ impl GenBuffers {
         let ln = buf(f, rows * c)?;
         let mean = buf(DType::F32, rows)?;
         let rstd = buf(DType::F32, rows)?;
-        let qkv = buf(f, rows * 3 * c)?;
+        let qkv = buf(f, rows * cfg.qkv_width())?;
         let atty = buf(f, rows * c)?;
         let proj = buf(f, rows * c)?;
-        let fch = buf(f, rows * 4 * c)?;
-        let fch_gelu = buf(f, rows * 4 * c)?;
+        let fch = buf(f, rows * cfg.mlp_in_width())?;
+        let fch_gelu = buf(f, rows * cfg.mlp_act_width())?;
         let logits = buf(f, batch * cfg.padded_vocab_size)?;
         let mut k_cache = Vec::with_capacity(cfg.n_layer);
         let mut v_cache = Vec::with_capacity(cfg.n_layer);
+        // Grouped-query attention caches n_kv_head heads, not n_head.
+        let kv = cfg.n_kv_head() * cfg.head_dim();
         for _ in 0..cfg.n_layer {
-            k_cache.push(buf(f, batch * t_max * c)?);
-            v_cache.push(buf(f, batch * t_max * c)?);
+            k_cache.push(buf(f, batch * t_max * kv)?);
+            v_cache.push(buf(f, batch * t_max * kv)?);
         }
         Ok(GenBuffers {
             batch,
@@ -207,7 +211,8 @@ impl Gpt {
     /// full-context key/value caches as fit in `KV_CACHE_BUDGET`.
     pub fn lockstep_group(&self) -> usize {
         let c = &self.config;
-        let per_sequence = 2 * c.n_layer * c.max_seq_len * c.n_embd * self.act_dtype().size();
+        let kv = c.n_kv_head() * c.head_dim();
+        let per_sequence = 2 * c.n_layer * c.max_seq_len * kv * self.act_dtype().size();
         (KV_CACHE_BUDGET / per_sequence.max(1)).max(1)
     }
 
@@ -331,7 +336,10 @@ impl Gpt {
             out: g.x[0],
             tokens: g.tokens,
             wte: p(WTE),
-            wpe: ROption::RSome(p(WPE)),
+            wpe: match cfg.llama {
+                None => ROption::RSome(p(WPE)),
+                Some(_) => ROption::RNone,
+            },
             positions: ROption::RNone,
             pos0,
             b,
@@ -346,7 +354,21 @@ impl Gpt {
                 t_past: pos0,
                 t_max: g.t_max,
             };
-            block_forward(be, cfg, &self.params, l, &g.io(l), attention, b, t)?;
+            match &self.rope {
+                None => block_forward(be, cfg, &self.params, l, &g.io(l), attention, b, t)?,
+                Some(rope) => llama_block_forward(
+                    be,
+                    cfg,
+                    &self.params,
+                    rope,
+                    l,
+                    &g.io(l),
+                    attention,
+                    Positions::From(pos0),
+                    b,
+                    t,
+                )?,
+            }
         }
         Ok(())
     }
@@ -365,18 +387,23 @@ impl Gpt {
         let (c, vp) = (cfg.n_embd, cfg.padded_vocab_size);
         let g = self.gen.as_ref().expect("allocated by ensure_gen_buffers");
         let top = g.x[cfg.n_layer % 2];
-        let lnf = ln_f_index(cfg);
         let p = |i: usize| self.params[i].weight();
-        let io = LayerNormIo {
-            out: g.ln,
-            mean: g.mean,
-            rstd: g.rstd,
-            inp: top,
-            weight: p(lnf),
-            bias: p(lnf + 1),
-        };
-        layernorm(be, &io, b, c, cfg.layer_norm_eps)?;
-        lm_head(be, g.logits, g.ln, p(WTE), b, c, vp)?;
+        if cfg.llama.is_some() {
+            let norm = p(final_norm_index(cfg));
+            rmsnorm(be, g.ln, g.rstd, top, norm, b, c, cfg.layer_norm_eps)?;
+        } else {
+            let lnf = ln_f_index(cfg);
+            let io = LayerNormIo {
+                out: g.ln,
+                mean: g.mean,
+                rstd: g.rstd,
+                inp: top,
+                weight: p(lnf),
+                bias: p(lnf + 1),
+            };
+            layernorm(be, &io, b, c, cfg.layer_norm_eps)?;
+        }
+        lm_head(be, g.logits, g.ln, p(lm_head_index(cfg)), b, c, vp)?;
         let mut logits = be.download_widened(g.logits)?;
         logits.truncate(b * vp);
         Ok(logits)

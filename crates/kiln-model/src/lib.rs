@@ -1,4 +1,6 @@
-//! GPT-2 over a kiln [`Backend`](kiln_abi::Backend): config, parameters,
+//! GPT-2 and Llama-family decoders (Llama, Mistral, Qwen2: RMSNorm, RoPE,
+//! SwiGLU, grouped-query attention; `GptConfig::llama`) over a kiln
+//! [`Backend`](kiln_abi::Backend): config, parameters,
 //! one explicit forward and backward per layer (llm.c style, no autograd),
 //! KV-cache generation and sampling, and checkpoints in Hugging Face's GPT-2
 //! format (safetensors + config.json).
@@ -12,24 +14,30 @@ mod activations;
 mod backward;
 mod block;
 mod checkpoint;
+mod checkpoint_llama;
 mod config;
 mod error;
 mod forward;
 mod generate;
+mod llama_backward;
+mod llama_block;
+mod llama_params;
 mod model;
 mod ops;
 mod packing;
 mod params;
 mod precision;
 pub mod rng;
+mod rope;
 pub mod safetensors_stream;
 pub mod sample;
 mod special_ids;
 
 pub use checkpoint::{
-    HfExtras, LoadedDir, SpecialTokenIds, CONFIG_FILE, GENERATION_CONFIG_FILE, WEIGHTS_FILE,
+    HfExtras, LoadedDir, SpecialTokenIds, CONFIG_FILE, GENERATION_CONFIG_FILE, SHARD_INDEX_FILE,
+    WEIGHTS_FILE,
 };
-pub use config::{padded_vocab, GptConfig, PRESETS};
+pub use config::{padded_vocab, GptConfig, Llama3RopeScaling, LlamaArch, LlamaFamily, PRESETS};
 pub use error::ModelError;
 pub use model::Gpt;
 pub use packing::Packing;

@@ -5,6 +5,7 @@ use kiln_abi::{BackendBox, BackendExt, DType, IntoBResult, Rounding};
 use crate::activations::Activations;
 use crate::generate::GenBuffers;
 use crate::params::{self, Param};
+use crate::rope::RopeTables;
 use crate::{GptConfig, ModelError, Precision, Rng};
 
 /// What backward needs to know about the last forward.
@@ -19,7 +20,8 @@ pub(crate) struct LastForward {
     pub packed: bool,
 }
 
-/// A GPT-2 model whose parameters live in backend buffers. The backend is
+/// A GPT-2 or Llama-family model (see [`GptConfig::llama`]) whose
+/// parameters live in backend buffers. The backend is
 /// passed to every call; buffers are freed by [`Gpt::release`].
 pub struct Gpt {
     pub config: GptConfig,
@@ -35,12 +37,15 @@ pub struct Gpt {
     /// The logits buffer holds the last forward's logits (backward reuses it).
     pub(crate) logits_valid: bool,
     pub(crate) precision: Precision,
+    /// RoPE's cos/sin tables (Llama family only).
+    pub(crate) rope: Option<RopeTables>,
 }
 
 impl Gpt {
     /// GPT-2 init, deterministic from `seed`: N(0, 0.02) weights, residual
     /// projections (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2*n_layer)),
     /// biases 0, LayerNorm weight 1 and bias 0, padding rows of wte 0.
+    /// A Llama-family config: N(0, 0.02) weights, biases 0, norms 1.
     pub fn new(be: &mut BackendBox, config: GptConfig, seed: u64) -> Result<Gpt, ModelError> {
         config.validate()?;
         let specs = params::specs(&config);
@@ -62,6 +67,10 @@ impl Gpt {
         let specs = params::specs(&config);
         check_value_shapes(&specs, values)?;
         let params = params::upload_params(be, &specs, values)?;
+        let rope = match config.llama {
+            Some(_) => Some(RopeTables::upload(be, &config)?),
+            None => None,
+        };
         Ok(Gpt {
             config,
             params,
@@ -73,6 +82,7 @@ impl Gpt {
             host_targets: Vec::new(),
             logits_valid: false,
             precision: Precision::F32,
+            rope,
         })
     }
 
@@ -194,6 +204,9 @@ impl Gpt {
         }
         if let Some(g) = self.gen.take() {
             g.release(be)?;
+        }
+        if let Some(r) = self.rope.take() {
+            r.release(be)?;
         }
         for p in self.params.drain(..) {
             be.free(p.value).ok_or_err()?;

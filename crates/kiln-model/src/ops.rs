@@ -157,3 +157,152 @@ pub(crate) fn gpt2_attention_shape(b: usize, t: usize, c: usize, nh: usize) -> A
 pub(crate) fn attention_scale(c: usize, nh: usize) -> f32 {
     1.0 / ((c / nh) as f32).sqrt()
 }
+
+/// A model's attention: grouped-query heads and the sliding window of a
+/// Llama-family config (GPT-2: [`gpt2_attention_shape`]).
+pub(crate) fn model_attention_shape(cfg: &crate::GptConfig, b: usize, t: usize) -> AttentionShape {
+    AttentionShape {
+        b,
+        t,
+        nh: cfg.n_head,
+        nkv: cfg.n_kv_head(),
+        hd: cfg.head_dim(),
+        window: cfg.attention_window(),
+    }
+}
+
+/// `out = x * rstd * w` over `rows x cols` (RMSNorm), saving `rstd`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rmsnorm(
+    be: &mut BackendBox,
+    out: BufId,
+    rstd: BufId,
+    inp: BufId,
+    weight: BufId,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> Result<(), ModelError> {
+    be.norm_forward(NormArgs {
+        kind: NormKind::RmsNorm,
+        out,
+        mean: ROption::RNone,
+        rstd,
+        inp,
+        weight,
+        bias: ROption::RNone,
+        residual: ROption::RNone,
+        residual_out: ROption::RNone,
+        rows,
+        cols,
+        eps,
+    })
+    .ok_or_err()?;
+    Ok(())
+}
+
+/// Accumulates `dinp` and `dweight` of [`rmsnorm`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rmsnorm_backward(
+    be: &mut BackendBox,
+    dinp: BufId,
+    dweight: BufId,
+    dout: BufId,
+    inp: BufId,
+    weight: BufId,
+    rstd: BufId,
+    rows: usize,
+    cols: usize,
+) -> Result<(), ModelError> {
+    be.norm_backward(NormBackwardArgs {
+        kind: NormKind::RmsNorm,
+        dinp,
+        dweight: ROption::RSome(dweight),
+        dbias: ROption::RNone,
+        dout,
+        inp,
+        weight,
+        mean: ROption::RNone,
+        rstd,
+        rows,
+        cols,
+    })
+    .ok_or_err()?;
+    Ok(())
+}
+
+/// A column block `[rows, width]` at column `col` of a row-major buffer
+/// `rows x stride`: one of the projections written into a fused output.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cols {
+    pub buf: BufId,
+    pub stride: usize,
+    pub col: usize,
+    pub width: usize,
+}
+
+impl Cols {
+    /// A view starting at the block's first element, long enough for
+    /// `rows` rows of stride `stride` (free it after use).
+    fn view(&self, be: &mut BackendBox, rows: usize) -> Result<BufId, ModelError> {
+        let len = (rows - 1) * self.stride + self.width;
+        Ok(be.view(self.buf, self.col, len).ok_or_err()?)
+    }
+}
+
+/// [`linear`] writing into a column block: `out[:, col..col+out_f] = inp @ w^T + bias`.
+pub(crate) fn linear_into_cols(
+    be: &mut BackendBox,
+    out: Cols,
+    inp: BufId,
+    w: BufId,
+    bias: Option<BufId>,
+    rows: usize,
+    in_f: usize,
+) -> Result<(), ModelError> {
+    let view = out.view(be, rows)?;
+    let r = be.matmul(MatmulArgs {
+        bias: opt(bias),
+        trans_b: true,
+        ldc: out.stride,
+        ..MatmulArgs::new(view, inp, w, rows, out.width, in_f)
+    });
+    be.free(view).ok_or_err()?;
+    r.ok_or_err()?;
+    Ok(())
+}
+
+/// Backward of [`linear_into_cols`] without the bias: `dinp (+)= dout @ w`
+/// (`accumulate` adds, else overwrites), `dw += dout^T @ inp`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_backward_from_cols(
+    be: &mut BackendBox,
+    dinp: BufId,
+    accumulate: bool,
+    dw: BufId,
+    dout: Cols,
+    inp: BufId,
+    w: BufId,
+    rows: usize,
+    in_f: usize,
+) -> Result<(), ModelError> {
+    let view = dout.view(be, rows)?;
+    let out_f = dout.width;
+    let r = be
+        .matmul(MatmulArgs {
+            lda: dout.stride,
+            beta: if accumulate { 1.0 } else { 0.0 },
+            ..MatmulArgs::new(dinp, view, w, rows, in_f, out_f)
+        })
+        .and_then(|()| {
+            be.matmul(MatmulArgs {
+                trans_a: true,
+                lda: dout.stride,
+                beta: 1.0,
+                ..MatmulArgs::new(dw, view, inp, out_f, in_f, rows)
+            })
+        });
+    be.free(view).ok_or_err()?;
+    r.ok_or_err()?;
+    Ok(())
+}

@@ -58,6 +58,8 @@ pub(crate) struct ParamSpec {
     pub init: Init,
     /// Stored transposed in HF checkpoints (Conv1D `[in, out]`).
     pub hf_transposed: bool,
+    /// `[Vp, C]` in kiln, `[V, C]` in checkpoints (an embedding or lm_head).
+    pub vocab_rows: bool,
 }
 
 /// Parameters per transformer block, in HF `named_parameters` order.
@@ -91,19 +93,34 @@ pub(crate) fn ln_f_index(cfg: &GptConfig) -> usize {
     2 + cfg.n_layer * PER_LAYER
 }
 
-/// HF name of the token embedding (stored with real vocabulary rows only).
-pub(crate) fn specs_name_wte() -> &'static str {
-    "transformer.wte.weight"
+/// Index of the final norm's weight (GPT-2's `ln_f.weight`, Llama's `model.norm.weight`).
+pub(crate) fn final_norm_index(cfg: &GptConfig) -> usize {
+    match cfg.llama {
+        None => ln_f_index(cfg),
+        Some(_) => crate::llama_params::norm_index(cfg),
+    }
+}
+
+/// Index of the output projection: the tied embedding, or Llama's untied `lm_head.weight`.
+pub(crate) fn lm_head_index(cfg: &GptConfig) -> usize {
+    match &cfg.llama {
+        Some(l) if !l.tie_word_embeddings => crate::llama_params::norm_index(cfg) + 1,
+        _ => WTE,
+    }
 }
 
 /// Every parameter of `cfg`, in HF `named_parameters` order.
 pub(crate) fn specs(cfg: &GptConfig) -> Vec<ParamSpec> {
+    if cfg.llama.is_some() {
+        return crate::llama_params::specs(cfg);
+    }
     let c = cfg.n_embd;
     let std = 0.02f32;
     // GPT-2 scales the init of the projections that write into the residual stream.
     let resid_std = std / ((2 * cfg.n_layer) as f32).sqrt();
     let spec = |name: String, shape: Vec<usize>, init: Init, hf_transposed: bool| ParamSpec {
         decay: shape.len() == 2,
+        vocab_rows: name == "transformer.wte.weight",
         name,
         shape,
         init,

@@ -102,7 +102,9 @@ impl BytesPerParam {
 /// encoder output and d(residual) (C each, f32), lnf and 13 C of gradient
 /// scratch (compute dtype), the padded logits (compute dtype, reused for
 /// their gradient), 2 lnf statistics, lse, loss and loss weight (f32), and
-/// 4 u32 ids (tokens, targets, positions, segments).
+/// 4 u32 ids (tokens, targets, positions, segments). A Llama-family config
+/// has its q|k|v width Q in place of 3C, gate|up 2F and SwiGLU F in place
+/// of the two 4C, and a Q-wide f32 scratch for the q/k/v bias gradients.
 pub fn activation_bytes(
     cfg: &crate::GptConfig,
     rows: usize,
@@ -110,9 +112,16 @@ pub fn activation_bytes(
     precision: Precision,
 ) -> usize {
     let (a, f, c) = (precision.compute_dtype().size(), 4, cfg.n_embd);
-    let layer = rows * (16 * c * a + 2 * c * f + 4 * f) + workspace.max(1) * f;
-    let once = rows * (2 * c * f + 14 * c * a + cfg.padded_vocab_size * a + 5 * f + 4 * 4);
-    cfg.n_layer * layer + once
+    // GPT-2: 3C + 4C + 4C.
+    let wide = cfg.qkv_width() + cfg.mlp_in_width() + cfg.mlp_act_width();
+    let layer = rows * ((5 * c + wide) * a + 2 * c * f + 4 * f) + workspace.max(1) * f;
+    let once = rows * (2 * c * f + (3 * c + wide) * a + cfg.padded_vocab_size * a + 5 * f + 4 * 4);
+    let bias_scratch = if cfg.llama.is_some() {
+        cfg.qkv_width() * f
+    } else {
+        0
+    };
+    cfg.n_layer * layer + once + bias_scratch
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Model preset ("tiny", "small", "gpt2-124m"), or "init" when the
+    /// Model preset ("tiny", "small", "gpt2-124m", "llama-tiny", ...), or "init" when the
     /// weights come from `--init`.
     pub model: String,
     pub vocab_size: usize,

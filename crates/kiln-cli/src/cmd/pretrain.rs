@@ -48,7 +48,7 @@ pub struct Args {
 #[derive(clap::Args, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
-    /// Model preset: tiny, small or gpt2-124m.
+    /// Model preset: tiny, mini, small, gpt2-124m, llama-tiny or llama-mini.
     #[arg(long)]
     model: Option<String>,
     /// Total optimizer steps of the run.

@@ -1,6 +1,6 @@
 //! KV-cache generation against recomputing the full forward every step.
 
-use kiln_model::{sample::argmax, GptConfig, SampleOptions};
+use kiln_model::{sample::argmax, GptConfig, LlamaFamily, SampleOptions};
 
 use crate::{backend, perturbed_model, tokens};
 
@@ -112,10 +112,24 @@ fn sample_by_full_forward(
 
 #[test]
 fn batched_sampling_equals_full_forward_sampling_with_long_prompts() {
+    batched_sampling_with_long_prompts(GptConfig::new(57, 150, 2, 2, 16));
+}
+
+/// Llama family: rotary positions continue across prefill chunks and
+/// steps, grouped-query caches, and a sliding window (40) far shorter than
+/// the prompts.
+#[test]
+fn llama_batched_sampling_equals_full_forward_sampling_with_long_prompts() {
+    let mut cfg = GptConfig::new_llama(LlamaFamily::Mistral, 57, 150, 2, 4, 2, 16, 24, false);
+    cfg.llama.as_mut().unwrap().sliding_window = Some(40);
+    batched_sampling_with_long_prompts(cfg);
+}
+
+fn batched_sampling_with_long_prompts(cfg: GptConfig) {
     let mut be = backend();
     // Prompts longer than one prefill chunk (64 positions), of different
     // lengths; the longest reaches max_seq_len before max_new_tokens.
-    let cfg = GptConfig::new(57, 150, 2, 2, 16);
+    assert_eq!(cfg.max_seq_len, 150);
     let mut gpt = perturbed_model(&mut be, cfg.clone(), 6);
     let prompts: Vec<Vec<u32>> = [70usize, 131, 66, 145]
         .iter()

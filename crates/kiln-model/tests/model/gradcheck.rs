@@ -2,12 +2,28 @@
 //! differences of the whole model's loss against backward, for two entries
 //! (the largest-gradient one and a pseudo-random one) of every parameter.
 
-use crate::{backend, perturbed_model, tiny_config, tokens};
+use kiln_model::GptConfig;
+
+use crate::{backend, is_vocab_table, perturbed_model, tiny_config, tiny_llama_config, tokens};
 
 #[test]
 fn backward_matches_central_differences_for_every_parameter() {
-    let mut be = backend();
     let cfg = tiny_config();
+    let n = 2 + 12 * cfg.n_layer + 2;
+    check_every_parameter(cfg, n);
+}
+
+/// A Qwen2-style model (biases, GQA, untied head) whose sliding window (5)
+/// is shorter than the batch's rows (8).
+#[test]
+fn llama_backward_matches_central_differences_for_every_parameter() {
+    let cfg = tiny_llama_config();
+    let n = 1 + 12 * cfg.n_layer + 2;
+    check_every_parameter(cfg, n);
+}
+
+fn check_every_parameter(cfg: GptConfig, n_params: usize) {
+    let mut be = backend();
     let (b, t) = (2, 8);
     let mut gpt = perturbed_model(&mut be, cfg.clone(), 11);
     let x = tokens(b * t, cfg.vocab_size, 1);
@@ -24,7 +40,7 @@ fn backward_matches_central_differences_for_every_parameter() {
     let mut checked = 0;
     for pi in 0..values.len() {
         let name = gpt.params()[pi].name.clone();
-        let used = if name == "transformer.wte.weight" {
+        let used = if is_vocab_table(&name) {
             cfg.vocab_size * cfg.n_embd
         } else {
             values[pi].len()
@@ -53,7 +69,7 @@ fn backward_matches_central_differences_for_every_parameter() {
         }
     }
     gpt.write_params(&mut be, &values).unwrap();
-    assert_eq!(checked, 2 * (2 + 12 * cfg.n_layer + 2));
+    assert_eq!(checked, 2 * n_params);
 }
 
 #[test]

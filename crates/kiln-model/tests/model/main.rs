@@ -6,11 +6,13 @@ mod align;
 mod checkpoint;
 mod generate;
 mod gradcheck;
+mod llama_checkpoint;
+mod llama_reference;
 mod packing;
 mod training;
 
 use kiln_abi::BackendBox;
-use kiln_model::{Gpt, GptConfig, Rng};
+use kiln_model::{Gpt, GptConfig, LlamaFamily, Rng};
 
 pub fn backend() -> BackendBox {
     kiln_tensor::cpu_backend(Some(1))
@@ -23,8 +25,9 @@ pub fn perturbed_model(be: &mut BackendBox, cfg: GptConfig, seed: u64) -> Gpt {
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut values = gpt.read_params(be).unwrap();
     for (p, v) in gpt.params().iter().zip(values.iter_mut()) {
-        let is_ln_weight = p.name.contains("ln_") && p.name.ends_with(".weight");
-        let used = if p.name == "transformer.wte.weight" {
+        let is_ln_weight =
+            (p.name.contains("ln_") || p.name.contains("norm")) && p.name.ends_with(".weight");
+        let used = if is_vocab_table(&p.name) {
             cfg.vocab_size * cfg.n_embd
         } else {
             v.len()
@@ -43,6 +46,16 @@ pub fn perturbed_model(be: &mut BackendBox, cfg: GptConfig, seed: u64) -> Gpt {
     gpt
 }
 
+/// A `[Vp, C]` parameter whose rows past the real vocabulary are padding.
+pub fn is_vocab_table(name: &str) -> bool {
+    [
+        "transformer.wte.weight",
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+    ]
+    .contains(&name)
+}
+
 /// Deterministic token ids below `vocab`.
 pub fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed);
@@ -53,4 +66,13 @@ pub fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 
 pub fn tiny_config() -> GptConfig {
     GptConfig::new(29, 8, 2, 2, 16)
+}
+
+/// A tiny Qwen2-style config (q/k/v biases, grouped-query attention, an
+/// untied lm_head: every Llama-family parameter kind) with a sliding window
+/// shorter than the context.
+pub fn tiny_llama_config() -> GptConfig {
+    let mut cfg = GptConfig::new_llama(LlamaFamily::Qwen2, 29, 8, 2, 4, 2, 16, 24, false);
+    cfg.llama.as_mut().unwrap().sliding_window = Some(5);
+    cfg
 }

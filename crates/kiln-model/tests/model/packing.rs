@@ -2,9 +2,9 @@
 //! document and no attention across documents. A packed batch must give each
 //! document the losses and gradients it gets when run alone.
 
-use kiln_model::{Gpt, ModelError, Packing, Rng};
+use kiln_model::{Gpt, GptConfig, ModelError, Packing, Rng};
 
-use crate::{backend, perturbed_model, tiny_config, tokens};
+use crate::{backend, perturbed_model, tiny_config, tiny_llama_config, tokens};
 
 /// Largest |a - b| over all entries, relative to the largest |b|.
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
@@ -21,8 +21,25 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn packed_batch_equals_its_documents_run_alone() {
+    let (cfg, packed_grads) = packed_batch_equals_documents(tiny_config());
+    // wpe rows 5..8 are used by no document: no gradient either way.
+    let wpe = 1;
+    let c = cfg.n_embd;
+    assert!(packed_grads[wpe][5 * c..].iter().all(|&g| g == 0.0));
+}
+
+/// Llama family: per-token rotary positions (forward and the inverse
+/// rotation in backward), grouped-query attention within segments.
+#[test]
+fn llama_packed_batch_equals_its_documents_run_alone() {
+    packed_batch_equals_documents(tiny_llama_config());
+}
+
+/// Runs a packed batch and each of its documents alone, asserting equal
+/// losses and gradients; returns the config and the packed gradients.
+fn packed_batch_equals_documents(cfg: GptConfig) -> (GptConfig, Vec<Vec<f32>>) {
     let mut be = backend();
-    let cfg = tiny_config(); // max_seq_len 8
+    assert_eq!(cfg.max_seq_len, 8);
     let t = cfg.max_seq_len;
     // Row 0: documents of 3 and 5 tokens; row 1: 4 and 2, then 2 padding
     // tokens (their own segment, targets ignored).
@@ -97,14 +114,11 @@ fn packed_batch_equals_its_documents_run_alone() {
     eprintln!("packed vs alone: losses {loss_diff:e}, gradients {grad_diff:e} (max relative)");
     assert!(loss_diff <= 1e-5, "losses differ by {loss_diff:e}");
     assert!(packed.iter().all(|l| l.is_finite()));
-    // wpe rows 5..8 are used by no document: no gradient either way.
-    let wpe = gpt
-        .params()
-        .iter()
-        .position(|p| p.name == "transformer.wpe.weight")
-        .unwrap();
-    let c = cfg.n_embd;
-    assert!(packed_grads[wpe][5 * c..].iter().all(|&g| g == 0.0));
+    assert_eq!(
+        gpt.params()[1].name == "transformer.wpe.weight",
+        cfg.llama.is_none()
+    );
+    (cfg, packed_grads)
 }
 
 #[test]
