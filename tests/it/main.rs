@@ -6,6 +6,7 @@ mod cli;
 mod data_cli;
 mod dpo;
 mod dpo_cli;
+mod export_cli;
 mod fault_injection;
 mod gpt2_reference;
 mod hf_models;

@@ -45,6 +45,8 @@ enum Command {
     Chat(cmd::chat::Args),
     /// Write RUN_DIR/report.html: plots, tables and samples of a pipeline run.
     Report(cmd::report::Args),
+    /// Write a model directory as a GGUF file for llama.cpp / ollama.
+    Export(cmd::export::Args),
     /// Plan a parallel layout on paper: memory per GPU, step time and MFU of
     /// data x tensor x pipeline layouts for a model on N GPUs.
     Plan(cmd::plan::Args),
@@ -71,6 +73,7 @@ fn main() {
         Command::Chat(a) => cmd::chat::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::Export(a) => cmd::export::run(a),
     };
     if let Err(err) = result {
         // A reader that stopped reading (`kiln generate | head`): exit

@@ -6,10 +6,12 @@
 //! and its tokenizer onto llama.cpp's names. Format: ggml's `docs/gguf.md`
 //! (version 3, little-endian).
 
+mod model;
 mod quant;
 mod tokenizer;
 mod writer;
 
+pub use model::{export_hf_dir, ExportSummary};
 pub use quant::{quantize_q8_0, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
 pub use tokenizer::add_tokenizer;
 pub use writer::{GgufWriter, TensorType, Value};

@@ -5,6 +5,7 @@ pub mod data;
 pub mod data_tokenize;
 pub mod dpo;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod grpo;
 pub mod out_dir;
