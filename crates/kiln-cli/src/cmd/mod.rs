@@ -7,6 +7,8 @@ pub mod dpo;
 pub mod eval;
 pub mod generate;
 pub mod grpo;
+pub mod lora_args;
+pub mod merge;
 pub mod out_dir;
 pub mod pipeline;
 pub mod plan;
