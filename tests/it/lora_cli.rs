@@ -68,10 +68,9 @@ fn chats(dir: &Path) -> PathBuf {
 }
 
 /// Logits of `ids` from `model` (kiln).
-fn logits(model: &mut Gpt, ids: &[u32]) -> Vec<f32> {
-    let mut be = kiln_tensor::cpu_backend(Some(1));
-    model.forward(&mut be, ids, None, 1, ids.len()).unwrap();
-    model.logits(&mut be).unwrap()
+fn logits(be: &mut kiln_abi::BackendBox, model: &mut Gpt, ids: &[u32]) -> Vec<f32> {
+    model.forward(be, ids, None, 1, ids.len()).unwrap();
+    model.logits(be).unwrap()
 }
 
 #[test]
@@ -145,8 +144,8 @@ fn lora_sft_writes_a_peft_adapter_and_merge_matches_it() {
     let mut plain = Gpt::load_pretrained(&mut be, &base).unwrap();
     let mut folded = Gpt::load_pretrained(&mut be, &merged).unwrap();
     let ids: Vec<u32> = (5..25).collect();
-    let want = logits(&mut with_adapter, &ids);
-    let got = logits(&mut folded, &ids);
+    let want = logits(&mut be, &mut with_adapter, &ids);
+    let got = logits(&mut be, &mut folded, &ids);
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
     let worst = got
         .iter()
@@ -158,7 +157,7 @@ fn lora_sft_writes_a_peft_adapter_and_merge_matches_it() {
         "merged vs adapter: {worst} of {scale}"
     );
     assert_ne!(
-        logits(&mut plain, &ids),
+        logits(&mut be, &mut plain, &ids),
         want,
         "the adapter learned something"
     );
