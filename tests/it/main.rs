@@ -10,6 +10,7 @@ mod export_cli;
 mod fault_injection;
 mod gpt2_reference;
 mod hf_models;
+mod lora_cli;
 mod perplexity_filter;
 mod pipeline;
 mod plan_cli;

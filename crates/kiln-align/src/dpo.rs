@@ -375,14 +375,53 @@ pub fn reference_logps(
     micro_batch: usize,
     cache_path: &Path,
 ) -> Result<(Vec<PairRef>, RefSource), AlignError> {
+    cached_reference_logps(model_dir, pairs, cache_path, || {
+        let mut reference = Gpt::load_pretrained(be, model_dir)?;
+        let logps = pair_logps(&mut reference, be, pairs, pad, micro_batch);
+        reference.release(be)?;
+        logps
+    })
+}
+
+/// Reference log-probs of `pairs` for a LoRA `policy` whose base was
+/// loaded from `base_dir`: the policy with its adapters off is the frozen
+/// base, so no second copy of the model is loaded. Cached as
+/// [`reference_logps`] (the fingerprint is the base's).
+pub fn lora_reference_logps(
+    be: &mut BackendBox,
+    policy: &mut Gpt,
+    base_dir: &Path,
+    pairs: &[EncodedPair],
+    pad: u32,
+    micro_batch: usize,
+    cache_path: &Path,
+) -> Result<(Vec<PairRef>, RefSource), AlignError> {
+    if policy.lora().is_none() {
+        return Err(AlignError::Config(
+            "lora_reference_logps needs a model with LoRA adapters".into(),
+        ));
+    }
+    cached_reference_logps(base_dir, pairs, cache_path, || {
+        policy.set_lora_enabled(false);
+        let logps = pair_logps(policy, be, pairs, pad, micro_batch);
+        policy.set_lora_enabled(true);
+        logps
+    })
+}
+
+/// The cache at `cache_path` when it matches `model_dir` and `pairs`, else
+/// `compute`'s log-probs, written there.
+fn cached_reference_logps(
+    model_dir: &Path,
+    pairs: &[EncodedPair],
+    cache_path: &Path,
+    compute: impl FnOnce() -> Result<Vec<PairRef>, AlignError>,
+) -> Result<(Vec<PairRef>, RefSource), AlignError> {
     let fingerprint = reference_fingerprint(model_dir, pairs)?;
     if let Some(c) = ReferenceCache::load_matching(cache_path, &fingerprint, pairs.len()) {
         return Ok((c.logps, RefSource::Reused));
     }
-    let mut reference = Gpt::load_pretrained(be, model_dir)?;
-    let logps = pair_logps(&mut reference, be, pairs, pad, micro_batch);
-    reference.release(be)?;
-    let logps = logps?;
+    let logps = compute()?;
     ReferenceCache {
         fingerprint,
         pairs: pairs.len(),

@@ -243,10 +243,12 @@ fn batch_counts(target: u32) -> bool {
     target != crate::batch::IGNORE
 }
 
-/// [`ParamRef`]s of every parameter of `model`, in [`Gpt::params`] order.
+/// [`ParamRef`]s of what `model` trains, in order: every parameter
+/// ([`Gpt::params`]), or under LoRA the adapters alone (the base is frozen:
+/// no optimizer state, never updated).
 pub fn param_refs(model: &Gpt) -> Vec<ParamRef> {
     model
-        .params()
+        .trainable_params()
         .iter()
         .map(|p| ParamRef {
             value: p.value,

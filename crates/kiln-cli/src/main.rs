@@ -34,13 +34,16 @@ enum Command {
     /// Supervised fine-tuning on chats (loss on assistant tokens only).
     Sft(cmd::sft::Cli),
     /// Train a reward model on preference pairs (Bradley-Terry).
-    Reward(cmd::reward::Args),
+    Reward(cmd::reward::Cli),
     /// Direct preference optimisation (DPO, IPO, hinge, robust, SimPO).
-    Dpo(cmd::dpo::Args),
+    Dpo(cmd::dpo::Cli),
     /// RLHF with PPO against a reward model or the task judge.
     Ppo(cmd::ppo::Args),
     /// GRPO: group-relative policy optimisation (reward model or verifiable rewards).
     Grpo(cmd::grpo::Args),
+    /// Fold a LoRA adapter (PEFT directory) into its base model: a merged
+    /// Hugging Face model directory.
+    Merge(cmd::merge::Args),
     /// Chat interactively with a checkpoint (streaming output).
     Chat(cmd::chat::Args),
     /// Write RUN_DIR/report.html: plots, tables and samples of a pipeline run.
@@ -68,6 +71,7 @@ fn main() {
         Command::Sft(a) => cmd::sft::run(a),
         Command::Reward(a) => cmd::reward::run(a),
         Command::Dpo(a) => cmd::dpo::run(a),
+        Command::Merge(a) => cmd::merge::run(a),
         Command::Ppo(a) => cmd::ppo::run(a),
         Command::Grpo(a) => cmd::grpo::run(a),
         Command::Chat(a) => cmd::chat::run(a),

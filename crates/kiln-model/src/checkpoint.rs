@@ -545,7 +545,12 @@ fn from_hf(spec: &ParamSpec, data: Vec<f32>, cfg: &GptConfig) -> Vec<f32> {
 /// A tensor's values as f32; a NaN or infinity is an error naming the
 /// tensor (a diverged run's weights would evaluate to `null` and generate
 /// garbage without a word).
-fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
+pub(crate) fn to_f32(
+    path: &Path,
+    name: &str,
+    dtype: Dtype,
+    bytes: &[u8],
+) -> Result<Vec<f32>, ModelError> {
     let values = decode_f32(path, name, dtype, bytes)?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         let bad = values.iter().filter(|v| !v.is_finite()).count();
@@ -587,7 +592,7 @@ fn decode_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec
 /// `fill` writes into a fresh temporary directory next to `dir`, which is
 /// then swapped into place: readers see the old directory, nothing, or the
 /// new one.
-fn write_dir_atomic(
+pub(crate) fn write_dir_atomic(
     dir: &Path,
     fill: impl FnOnce(&Path) -> Result<(), ModelError>,
 ) -> Result<(), ModelError> {

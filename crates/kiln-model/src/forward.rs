@@ -239,6 +239,7 @@ impl Gpt {
         };
         let workspace_len = be.attention_workspace_len(shape).ok_or_err()?;
         self.ensure_activations(be, rows, workspace_len)?;
+        self.prepare_lora(be, rows)?;
         let acts = self.acts.as_ref().expect("activations allocated above");
 
         // Uploads cover whole buffers; the tail beyond b*t is padding.
@@ -298,6 +299,7 @@ impl Gpt {
                         be,
                         &cfg,
                         &self.params,
+                        self.lora.as_ref(),
                         rope,
                         l,
                         &la.io(inp),

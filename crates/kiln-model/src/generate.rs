@@ -326,6 +326,7 @@ impl Gpt {
         t: usize,
         pos0: usize,
     ) -> Result<(), ModelError> {
+        self.prepare_lora(be, b * t)?;
         let cfg = &self.config;
         let g = self.gen.as_ref().expect("allocated by ensure_gen_buffers");
         debug_assert!(b * t <= g.rows && pos0 + t <= g.t_max);
@@ -360,6 +361,7 @@ impl Gpt {
                     be,
                     cfg,
                     &self.params,
+                    self.lora.as_ref(),
                     rope,
                     l,
                     &g.io(l),

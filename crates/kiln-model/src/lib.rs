@@ -22,6 +22,8 @@ mod generate;
 mod llama_backward;
 mod llama_block;
 mod llama_params;
+mod lora;
+mod lora_io;
 mod model;
 mod ops;
 mod packing;
@@ -39,6 +41,8 @@ pub use checkpoint::{
 };
 pub use config::{padded_vocab, GptConfig, Llama3RopeScaling, LlamaArch, LlamaFamily, PRESETS};
 pub use error::ModelError;
+pub use lora::{peft_tensor_name, Lora, LoraConfig, LoraTarget};
+pub use lora_io::{read_adapter_config, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use model::Gpt;
 pub use packing::Packing;
 pub use params::Param;

@@ -79,6 +79,7 @@ impl Gpt {
                 be,
                 &cfg,
                 &self.params,
+                self.lora.as_ref(),
                 rope,
                 l,
                 &la.io(x),

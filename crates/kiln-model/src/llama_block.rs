@@ -14,6 +14,7 @@ use kiln_abi::{
 
 use crate::block::{Attention, BlockIo};
 use crate::llama_params::{layer_index, slots};
+use crate::lora::{whole, Lora, LoraTarget};
 use crate::ops::{
     attention_scale, linear, linear_backward, linear_backward_from_cols, linear_into_cols,
     model_attention_shape, rmsnorm, rmsnorm_backward, Cols,
@@ -56,6 +57,7 @@ pub(crate) fn llama_block_forward(
     be: &mut BackendBox,
     cfg: &GptConfig,
     params: &[Param],
+    lora: Option<&Lora>,
     rope: &RopeTables,
     l: usize,
     io: &BlockIo,
@@ -70,9 +72,19 @@ pub(crate) fn llama_block_forward(
     let s = slots(cfg);
     let w = |slot: usize| params[layer_index(cfg, l, slot)].weight();
     rmsnorm(be, io.ln1, io.ln1_rstd, io.inp, w(s.ln1_w), rows, c, eps)?;
+    let adapt = |be: &mut BackendBox, target, x, out: Cols| match lora {
+        Some(lo) => lo.forward(be, l, target, x, out, rows),
+        None => Ok(()),
+    };
     let projections = [(s.q_w, s.q_b), (s.k_w, s.k_b), (s.v_w, s.v_b)];
-    for ((wi, bi), cols) in projections.into_iter().zip(qkv_cols(cfg, io.qkv)) {
+    let qkv_targets = [LoraTarget::Q, LoraTarget::K, LoraTarget::V];
+    for (((wi, bi), cols), target) in projections
+        .into_iter()
+        .zip(qkv_cols(cfg, io.qkv))
+        .zip(qkv_targets)
+    {
         linear_into_cols(be, cols, io.ln1, w(wi), bi.map(w), rows, c)?;
+        adapt(be, target, io.ln1, cols)?;
     }
     rope.apply_qk(be, cfg, io.qkv, positions, b, t, false)?;
     let shape = model_attention_shape(cfg, b, t);
@@ -115,6 +127,7 @@ pub(crate) fn llama_block_forward(
     }
     .ok_or_err()?;
     linear(be, io.attproj, io.atty, w(s.o_w), None, rows, c, c)?;
+    adapt(be, LoraTarget::O, io.atty, whole(io.attproj, c))?;
     be.add(io.residual2, io.inp, io.attproj, rows * c)
         .ok_or_err()?;
     rmsnorm(
@@ -127,15 +140,18 @@ pub(crate) fn llama_block_forward(
         c,
         eps,
     )?;
-    for (wi, cols) in [s.gate_w, s.up_w]
+    for ((wi, cols), target) in [s.gate_w, s.up_w]
         .into_iter()
         .zip(gate_up_cols(cfg, io.fch))
+        .zip([LoraTarget::Gate, LoraTarget::Up])
     {
         linear_into_cols(be, cols, io.ln2, w(wi), None, rows, c)?;
+        adapt(be, target, io.ln2, cols)?;
     }
     be.swiglu_forward(io.fch_gelu, io.fch, rows, f)
         .ok_or_err()?;
     linear(be, io.fcproj, io.fch_gelu, w(s.down_w), None, rows, f, c)?;
+    adapt(be, LoraTarget::Down, io.fch_gelu, whole(io.fcproj, c))?;
     be.add(io.out, io.residual2, io.fcproj, rows * c)
         .ok_or_err()?;
     Ok(())
@@ -162,6 +178,7 @@ pub(crate) fn llama_block_backward(
     be: &mut BackendBox,
     cfg: &GptConfig,
     params: &[Param],
+    lora: Option<&Lora>,
     rope: &RopeTables,
     l: usize,
     io: &BlockIo,
@@ -179,6 +196,11 @@ pub(crate) fn llama_block_backward(
     let s = slots(cfg);
     let w = |slot: usize| params[layer_index(cfg, l, slot)].weight();
     let dw = |slot: usize| params[layer_index(cfg, l, slot)].grad;
+    // The adapters' share of d(projection input), added after the base's.
+    let adapt = |be: &mut BackendBox, target, x, dout: Cols, dx| match lora {
+        Some(lo) => lo.backward(be, l, target, x, dout, dx, rows),
+        None => Ok(()),
+    };
 
     // MLP.
     let dfcproj = branch_grad(be)?;
@@ -194,15 +216,24 @@ pub(crate) fn llama_block_backward(
         f,
         c,
     )?;
+    adapt(
+        be,
+        LoraTarget::Down,
+        io.fch_gelu,
+        whole(dfcproj, c),
+        g.dfch_gelu,
+    )?;
     be.zero(g.dfch).ok_or_err()?;
     be.swiglu_backward(g.dfch, io.fch, g.dfch_gelu, rows, f)
         .ok_or_err()?;
-    for (i, (wi, cols)) in [s.gate_w, s.up_w]
+    for (i, ((wi, cols), target)) in [s.gate_w, s.up_w]
         .into_iter()
         .zip(gate_up_cols(cfg, g.dfch))
+        .zip([LoraTarget::Gate, LoraTarget::Up])
         .enumerate()
     {
         linear_backward_from_cols(be, g.dln, i > 0, dw(wi), cols, io.ln2, w(wi), rows, c)?;
+        adapt(be, target, io.ln2, cols, g.dln)?;
     }
     rmsnorm_backward(
         be,
@@ -230,6 +261,7 @@ pub(crate) fn llama_block_backward(
         c,
         c,
     )?;
+    adapt(be, LoraTarget::O, io.atty, whole(dattproj, c), g.datty)?;
     be.zero(g.dqkv).ok_or_err()?;
     be.attention_backward(AttentionBackwardArgs {
         dqkv: g.dqkv,
@@ -259,12 +291,15 @@ pub(crate) fn llama_block_backward(
         }
     }
     let projections = [s.q_w, s.k_w, s.v_w];
-    for (i, (wi, cols)) in projections
+    let qkv_targets = [LoraTarget::Q, LoraTarget::K, LoraTarget::V];
+    for (i, ((wi, cols), target)) in projections
         .into_iter()
         .zip(qkv_cols(cfg, g.dqkv))
+        .zip(qkv_targets)
         .enumerate()
     {
         linear_backward_from_cols(be, g.dln, i > 0, dw(wi), cols, io.ln1, w(wi), rows, c)?;
+        adapt(be, target, io.ln1, cols, g.dln)?;
     }
     rmsnorm_backward(
         be,

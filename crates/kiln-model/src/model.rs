@@ -4,6 +4,7 @@ use kiln_abi::{BackendBox, BackendExt, DType, IntoBResult, Rounding};
 
 use crate::activations::Activations;
 use crate::generate::GenBuffers;
+use crate::lora::Lora;
 use crate::params::{self, Param};
 use crate::rope::RopeTables;
 use crate::{GptConfig, ModelError, Precision, Rng};
@@ -39,6 +40,8 @@ pub struct Gpt {
     pub(crate) precision: Precision,
     /// RoPE's cos/sin tables (Llama family only).
     pub(crate) rope: Option<RopeTables>,
+    /// LoRA adapters ([`Gpt::add_lora`]); `None` for a plain model.
+    pub(crate) lora: Option<Lora>,
 }
 
 impl Gpt {
@@ -83,6 +86,7 @@ impl Gpt {
             logits_valid: false,
             precision: Precision::F32,
             rope,
+            lora: None,
         })
     }
 
@@ -158,6 +162,12 @@ impl Gpt {
         be: &mut BackendBox,
         precision: Precision,
     ) -> Result<(), ModelError> {
+        if self.lora.is_some() && precision.is_mixed() {
+            return Err(ModelError::Config(format!(
+                "LoRA runs in f32 for now; --precision {} is refused with --lora-rank",
+                precision.name()
+            )));
+        }
         if let Some(a) = self.acts.take() {
             a.release(be)?;
         }
@@ -207,6 +217,9 @@ impl Gpt {
         }
         if let Some(r) = self.rope.take() {
             r.release(be)?;
+        }
+        if let Some(l) = self.lora.take() {
+            l.release(be)?;
         }
         for p in self.params.drain(..) {
             be.free(p.value).ok_or_err()?;

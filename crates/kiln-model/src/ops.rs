@@ -244,7 +244,7 @@ pub(crate) struct Cols {
 impl Cols {
     /// A view starting at the block's first element, long enough for
     /// `rows` rows of stride `stride` (free it after use).
-    fn view(&self, be: &mut BackendBox, rows: usize) -> Result<BufId, ModelError> {
+    pub(crate) fn view(&self, be: &mut BackendBox, rows: usize) -> Result<BufId, ModelError> {
         let len = (rows - 1) * self.stride + self.width;
         Ok(be.view(self.buf, self.col, len).ok_or_err()?)
     }

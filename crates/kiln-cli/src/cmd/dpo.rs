@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use kiln_align::data::{encode_pairs, read_preferences, OnBad};
 use kiln_align::dpo::{
-    out_paths, reference_logps, summary_json, train, DpoConfig, DpoSummary, RefSource,
+    lora_reference_logps, out_paths, reference_logps, summary_json, train, DpoConfig, DpoSummary,
+    RefSource,
 };
 use kiln_align::metrics::{MetricsLog, Progress};
 use kiln_align::policy::Policy;
@@ -103,8 +104,24 @@ fn config_of(args: &Args) -> Result<DpoConfig> {
     Ok(c)
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let s = run_dpo(&args)?;
+/// `kiln dpo`'s command line: [`Args`] (what the pipeline passes too)
+/// plus the LoRA switches.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Cli {
+    #[command(flatten)]
+    pub args: Args,
+    #[command(flatten)]
+    pub lora: super::lora_args::LoraArgs,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let args = cli.args;
+    let s = run_dpo_with(&args, &cli.lora)?;
+    let written = if cli.lora.lora_rank.is_some() {
+        super::lora_args::ADAPTER_DIR
+    } else {
+        "model"
+    };
     println!(
         "done: {} {} steps, loss {:.4} -> {:.4}, pairs: accuracy {:.3} -> {:.3}, margin {:.4} -> {:.4}, {:.0} tokens/s; model {}",
         s.loss_type,
@@ -116,13 +133,20 @@ pub fn run(args: Args) -> Result<()> {
         s.before.rewards_margins,
         s.after.rewards_margins,
         s.tokens_per_s,
-        args.out.join("model").display()
+        args.out.join(written).display()
     );
     Ok(())
 }
 
 /// The whole command as a function (the pipeline calls it).
 pub fn run_dpo(args: &Args) -> Result<DpoSummary> {
+    run_dpo_with(args, &super::lora_args::LoraArgs::default())
+}
+
+/// [`run_dpo`], training LoRA adapters when `lora` says so: the reference
+/// is then the policy with its adapters off (the frozen base), and the
+/// adapter goes to OUT/adapter/.
+fn run_dpo_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<DpoSummary> {
     let config = config_of(args)?;
     let kind = config.objective()?;
     let on_bad = if args.skip_bad {
@@ -134,6 +158,7 @@ pub fn run_dpo(args: &Args) -> Result<DpoSummary> {
     super::out_dir::check_finished_model(&args.model)?;
     let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
         .with_context(|| format!("loading model {}", args.model.display()))?;
+    lora.apply(&mut be, &mut policy.model, config.seed)?;
     let pairs = read_preferences(&args.data, on_bad)?;
     let encoded = encode_pairs(
         &policy.tokenizer,
@@ -148,7 +173,18 @@ pub fn run_dpo(args: &Args) -> Result<DpoSummary> {
     let _lock = super::out_dir::claim(&args.out)?;
     let (metrics_path, cache_path, model_out, summary_path) = out_paths(&args.out);
     let pad = policy.pad_id();
-    let (refs, source) = if kind.uses_reference() {
+    let (refs, source) = if kind.uses_reference() && policy.model.lora().is_some() {
+        lora_reference_logps(
+            &mut be,
+            &mut policy.model,
+            &args.model,
+            &encoded.items,
+            pad,
+            config.micro_batch,
+            &cache_path,
+        )
+        .context("reference log-probs (the base: adapters off)")?
+    } else if kind.uses_reference() {
         reference_logps(
             &mut be,
             &args.model,
@@ -192,11 +228,17 @@ pub fn run_dpo(args: &Args) -> Result<DpoSummary> {
     );
     progress.finish();
     let summary = result?;
-    policy.save(&mut be, &model_out)?;
-    kiln_stdx::fs::write_atomic(
-        &summary_path,
-        summary_json(&summary, source, encoded.skipped.len()).as_bytes(),
-    )
-    .with_context(|| format!("writing {}", summary_path.display()))?;
+    let mut json = summary_json(&summary, source, encoded.skipped.len());
+    if policy.model.lora().is_some() {
+        super::lora_args::save_adapter(&mut be, &policy.model, &args.out, &args.model)?;
+        let mut v: serde_json::Value = serde_json::from_str(&json)?;
+        v["lora"] = serde_json::to_value(&policy.model.lora().unwrap().config)?;
+        v["memory"] = super::lora_args::memory_figures(&policy.model);
+        json = serde_json::to_string_pretty(&v)?;
+    } else {
+        policy.save(&mut be, &model_out)?;
+    }
+    kiln_stdx::fs::write_atomic(&summary_path, json.as_bytes())
+        .with_context(|| format!("writing {}", summary_path.display()))?;
     Ok(summary)
 }

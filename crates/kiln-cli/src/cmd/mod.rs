@@ -8,6 +8,8 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod grpo;
+pub mod lora_args;
+pub mod merge;
 pub mod out_dir;
 pub mod pipeline;
 pub mod plan;

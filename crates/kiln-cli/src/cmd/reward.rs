@@ -101,8 +101,19 @@ fn config_of(args: &Args) -> Result<RewardConfig> {
     Ok(c)
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let s = run_reward(&args)?;
+/// `kiln reward`'s command line: [`Args`] (what the pipeline passes too)
+/// plus the LoRA switches.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Cli {
+    #[command(flatten)]
+    pub args: Args,
+    #[command(flatten)]
+    pub lora: super::lora_args::LoraArgs,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let args = cli.args;
+    let s = run_reward_with(&args, &cli.lora)?;
     let acc = |e: Option<kiln_align::reward::RewardEval>| {
         e.map_or("-".to_string(), |e| format!("{:.3}", e.accuracy))
     };
@@ -137,6 +148,13 @@ fn load_start(be: &mut kiln_abi::BackendBox, args: &Args, seed: u64) -> Result<R
 
 /// The whole command as a function (the pipeline calls it).
 pub fn run_reward(args: &Args) -> Result<RewardSummary> {
+    run_reward_with(args, &super::lora_args::LoraArgs::default())
+}
+
+/// [`run_reward`], training LoRA adapters and the score head (the rest
+/// frozen) when `lora` says so. The adapter goes to OUT/adapter/, and
+/// OUT/model/ holds the merged reward model later stages read as any other.
+fn run_reward_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<RewardSummary> {
     let config = config_of(args)?;
     let on_bad = if args.skip_bad {
         OnBad::Skip
@@ -145,6 +163,7 @@ pub fn run_reward(args: &Args) -> Result<RewardSummary> {
     };
     let mut be = crate::backend::open(&args.backend, args.threads)?;
     let mut rm = load_start(&mut be, args, config.seed)?;
+    lora.apply(&mut be, &mut rm.lm.model, config.seed)?;
     let pairs = read_preferences(&args.data, on_bad)?;
     let encoded = encode_pairs(
         &rm.lm.tokenizer,
@@ -201,9 +220,15 @@ pub fn run_reward(args: &Args) -> Result<RewardSummary> {
     );
     progress.finish();
     let summary = result?;
-    rm.save(&mut be, &args.out.join("model"))?;
     let mut json = serde_json::to_value(&summary)?;
     json["skipped_lines"] = encoded.skipped.len().into();
+    if let Some(cfg) = rm.lm.model.lora().map(|l| l.config.clone()) {
+        json["memory"] = super::lora_args::memory_figures(&rm.lm.model);
+        json["lora"] = serde_json::to_value(&cfg)?;
+        super::lora_args::save_adapter(&mut be, &rm.lm.model, &args.out, &args.model)?;
+        rm.lm.model.merge_lora(&mut be)?;
+    }
+    rm.save(&mut be, &args.out.join("model"))?;
     let path = args.out.join("summary.json");
     kiln_stdx::fs::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;

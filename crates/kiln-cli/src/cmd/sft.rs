@@ -71,6 +71,8 @@ pub struct Cli {
     /// the TOML file.
     #[arg(long)]
     pub packing: bool,
+    #[command(flatten)]
+    pub lora: super::lora_args::LoraArgs,
 }
 
 /// Reads a TOML settings file of type `T` (unknown keys refused), naming
@@ -120,10 +122,15 @@ fn config_of(args: &Args, packing: bool) -> Result<SftConfig> {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let summary = sft_with(&cli.args, cli.packing)?;
+    let summary = sft_with(&cli.args, cli.packing, &cli.lora, true)?;
+    let written = if cli.lora.lora_rank.is_some() {
+        super::lora_args::ADAPTER_DIR
+    } else {
+        "model"
+    };
     println!(
         "done: {} steps, loss {:.4} -> {:.4}, val loss {} -> {}, {:.0} tokens/s, {} rows \
-         ({:.0}% real tokens{}); model {}",
+         ({:.0}% real tokens{}); {}",
         summary.steps,
         summary.first_loss,
         summary.last_loss,
@@ -133,7 +140,7 @@ pub fn run(cli: Cli) -> Result<()> {
         summary.rows,
         100.0 * summary.packing_efficiency,
         if summary.packing { ", packed" } else { "" },
-        cli.args.out.join("model").display()
+        cli.args.out.join(written).display()
     );
     Ok(())
 }
@@ -145,11 +152,19 @@ fn fmt_opt(x: Option<f32>) -> String {
 /// The whole command as a function (the pipeline calls it); settings from
 /// the TOML file and `args`.
 pub fn run_sft(args: &Args) -> Result<SftSummary> {
-    sft_with(args, false)
+    sft_with(args, false, &super::lora_args::LoraArgs::default(), false)
 }
 
-/// [`run_sft`], with packing forced on when `packing`.
-fn sft_with(args: &Args, packing: bool) -> Result<SftSummary> {
+/// [`run_sft`], with packing forced on when `packing`, and LoRA adapters
+/// trained instead of the whole model when `lora` says so; `memory` adds
+/// the parameter counts and peak memory to summary.json (the command line
+/// does, the pipeline keeps its summaries as they were).
+fn sft_with(
+    args: &Args,
+    packing: bool,
+    lora: &super::lora_args::LoraArgs,
+    memory: bool,
+) -> Result<SftSummary> {
     let config = config_of(args, packing)?;
     let on_bad = if args.skip_bad {
         OnBad::Skip
@@ -160,6 +175,7 @@ fn sft_with(args: &Args, packing: bool) -> Result<SftSummary> {
     super::out_dir::check_finished_model(&args.model)?;
     let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
         .with_context(|| format!("loading model {}", args.model.display()))?;
+    lora.apply(&mut be, &mut policy.model, config.seed)?;
     let chats = read_chats(&args.data, on_bad)?;
     let encoded = encode_chats(
         &policy.tokenizer,
@@ -213,9 +229,17 @@ fn sft_with(args: &Args, packing: bool) -> Result<SftSummary> {
     );
     progress.finish();
     let summary = result?;
-    policy.save(&mut be, &args.out.join("model"))?;
     let mut json = serde_json::to_value(&summary)?;
     json["skipped_lines"] = encoded.skipped.len().into();
+    if policy.model.lora().is_some() {
+        super::lora_args::save_adapter(&mut be, &policy.model, &args.out, &args.model)?;
+        json["lora"] = serde_json::to_value(&policy.model.lora().unwrap().config)?;
+    } else {
+        policy.save(&mut be, &args.out.join("model"))?;
+    }
+    if memory {
+        json["memory"] = super::lora_args::memory_figures(&policy.model);
+    }
     let path = args.out.join("summary.json");
     kiln_stdx::fs::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;

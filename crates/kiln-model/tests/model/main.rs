@@ -8,6 +8,7 @@ mod generate;
 mod gradcheck;
 mod llama_checkpoint;
 mod llama_reference;
+mod lora_reference;
 mod packing;
 mod training;
 
