@@ -138,7 +138,8 @@ def main():
         if Llama is not None:
             with open(a.reference) as f:
                 ref = json.load(f)
-            llm = Llama(model_path=a.gguf, n_ctx=128, logits_all=False, verbose=False, n_threads=1)
+            # logits_all: without it llama-cpp-python keeps no per-position scores.
+            llm = Llama(model_path=a.gguf, n_ctx=128, logits_all=True, verbose=False, n_threads=1)
             ids = llm.tokenize(ref["prompt"].encode(), add_bos=True, special=False)
             llm.eval(ref["ids"])
             logits = np.array(llm.scores[len(ref["ids"]) - 1], dtype=np.float64)

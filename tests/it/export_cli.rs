@@ -213,7 +213,9 @@ fn llama_cpp_reads_the_weights_kiln_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gguf_check.py");
     for family in FAMILIES {
-        for (ty, weight_tol, logit_tol) in [("f32", 0.0, 1e-4), ("q8_0", 0.005, 0.05)] {
+        // Logits: llama.cpp keeps its KV cache in f16 even for an f32 model
+        // (measured 1.7e-4 to 3.4e-4 of max-abs in f32, 1.1e-2 to 2.2e-2 in q8_0).
+        for (ty, weight_tol, logit_tol) in [("f32", 0.0, 1e-3), ("q8_0", 0.005, 0.05)] {
             let out = dir.path().join(format!("{family}-{ty}.gguf"));
             let model = fixture(family).join("model");
             let o = kiln(&[
