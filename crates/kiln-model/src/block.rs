@@ -2,7 +2,9 @@
 //! kept per layer, full causal attention) and generation (one reused set of
 //! buffers, attention against a KV cache).
 
-use kiln_abi::{AttentionArgs, BackendBox, BufId, IntoBResult, KvAttentionArgs, ROption, Unary};
+use kiln_abi::{
+    AttentionArgs, AttentionShape, BackendBox, BufId, IntoBResult, KvAttentionArgs, ROption, Unary,
+};
 
 use crate::ops::{attention_scale, gpt2_attention_shape, layernorm, linear, LayerNormIo};
 use crate::params::{layer_index, slot, Param};
@@ -44,6 +46,53 @@ pub(crate) enum Attention {
     },
 }
 
+impl Attention {
+    /// `out` = attention over the fused `qkv`, the way this variant asks.
+    pub(crate) fn forward(
+        self,
+        be: &mut BackendBox,
+        out: BufId,
+        qkv: BufId,
+        shape: AttentionShape,
+        scale: f32,
+    ) -> Result<(), ModelError> {
+        let args = |workspace, segments| AttentionArgs {
+            out,
+            workspace,
+            qkv,
+            segments,
+            shape,
+            scale,
+        };
+        match self {
+            Attention::Causal { workspace } => {
+                be.attention_forward(args(workspace, ROption::RNone))
+            }
+            Attention::Segmented {
+                workspace,
+                segments,
+            } => be.attention_forward(args(workspace, ROption::RSome(segments))),
+            Attention::Cached {
+                k_cache,
+                v_cache,
+                t_past,
+                t_max,
+            } => be.attention_kv_forward(KvAttentionArgs {
+                out,
+                qkv,
+                k_cache,
+                v_cache,
+                shape,
+                t_past,
+                t_max,
+                scale,
+            }),
+        }
+        .ok_or_err()?;
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn block_forward(
     be: &mut BackendBox,
@@ -71,43 +120,7 @@ pub(crate) fn block_forward(
     )?;
     let shape = gpt2_attention_shape(b, t, c, nh);
     let scale = attention_scale(c, nh);
-    match attention {
-        Attention::Causal { workspace } => be.attention_forward(AttentionArgs {
-            out: io.atty,
-            workspace,
-            qkv: io.qkv,
-            segments: ROption::RNone,
-            shape,
-            scale,
-        }),
-        Attention::Segmented {
-            workspace,
-            segments,
-        } => be.attention_forward(AttentionArgs {
-            out: io.atty,
-            workspace,
-            qkv: io.qkv,
-            segments: ROption::RSome(segments),
-            shape,
-            scale,
-        }),
-        Attention::Cached {
-            k_cache,
-            v_cache,
-            t_past,
-            t_max,
-        } => be.attention_kv_forward(KvAttentionArgs {
-            out: io.atty,
-            qkv: io.qkv,
-            k_cache,
-            v_cache,
-            shape,
-            t_past,
-            t_max,
-            scale,
-        }),
-    }
-    .ok_or_err()?;
+    attention.forward(be, io.atty, io.qkv, shape, scale)?;
     linear(
         be,
         io.attproj,

@@ -8,9 +8,7 @@
 //! q, k and v (each `nn.Linear`, with Qwen2's biases) write column blocks
 //! of the fused `qkv` the attention op reads, gate and up those of `fch`.
 
-use kiln_abi::{
-    AttentionArgs, AttentionBackwardArgs, BackendBox, BufId, IntoBResult, KvAttentionArgs, ROption,
-};
+use kiln_abi::{AttentionBackwardArgs, BackendBox, BufId, IntoBResult, ROption};
 
 use crate::block::{Attention, BlockIo};
 use crate::llama_params::{layer_index, slots};
@@ -89,43 +87,7 @@ pub(crate) fn llama_block_forward(
     rope.apply_qk(be, cfg, io.qkv, positions, b, t, false)?;
     let shape = model_attention_shape(cfg, b, t);
     let scale = attention_scale(c, cfg.n_head);
-    match attention {
-        Attention::Causal { workspace } => be.attention_forward(AttentionArgs {
-            out: io.atty,
-            workspace,
-            qkv: io.qkv,
-            segments: ROption::RNone,
-            shape,
-            scale,
-        }),
-        Attention::Segmented {
-            workspace,
-            segments,
-        } => be.attention_forward(AttentionArgs {
-            out: io.atty,
-            workspace,
-            qkv: io.qkv,
-            segments: ROption::RSome(segments),
-            shape,
-            scale,
-        }),
-        Attention::Cached {
-            k_cache,
-            v_cache,
-            t_past,
-            t_max,
-        } => be.attention_kv_forward(KvAttentionArgs {
-            out: io.atty,
-            qkv: io.qkv,
-            k_cache,
-            v_cache,
-            shape,
-            t_past,
-            t_max,
-            scale,
-        }),
-    }
-    .ok_or_err()?;
+    attention.forward(be, io.atty, io.qkv, shape, scale)?;
     linear(be, io.attproj, io.atty, w(s.o_w), None, rows, c, c)?;
     adapt(be, LoraTarget::O, io.atty, whole(io.attproj, c))?;
     be.add(io.residual2, io.inp, io.attproj, rows * c)
