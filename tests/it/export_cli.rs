@@ -23,14 +23,14 @@ fn fixture(name: &str) -> PathBuf {
 
 /// What this test reads of a GGUF file: metadata keys with their type ids,
 /// and each tensor's dims (ggml order), type and offset.
-struct Gguf {
-    metadata: BTreeMap<String, (u32, Value)>,
+pub(crate) struct Gguf {
+    pub(crate) metadata: BTreeMap<String, (u32, Value)>,
     tensors: BTreeMap<String, (Vec<u64>, u32, u64)>,
     data_start: usize,
     len: usize,
 }
 
-fn read_gguf(path: &Path) -> Gguf {
+pub(crate) fn read_gguf(path: &Path) -> Gguf {
     let b = std::fs::read(path).unwrap();
     assert_eq!(&b[..4], b"GGUF");
     assert_eq!(u32::from_le_bytes(b[4..8].try_into().unwrap()), 3);

@@ -431,7 +431,7 @@ pub fn check_quick_run(run: &Path) {
     // Chat: transformers' greedy reply is kiln's, and stops at <|end|>.
     for (model, result) in models.iter().zip(&hf) {
         let policy = Policy::load(&mut be, model, None).unwrap();
-        let (tok, t) = (&policy.tokenizer, policy.template);
+        let (tok, t) = (&policy.tokenizer, &policy.template);
         let mut ended = 0;
         let mut single_turn = Vec::new();
         let mut hf_texts = String::new();
@@ -474,7 +474,7 @@ pub fn check_quick_run(run: &Path) {
     let encoded: Vec<EncodedPair> = pairs
         .iter()
         .map(|p| {
-            let (tok, t) = (&rm.lm.tokenizer, rm.lm.template);
+            let (tok, t) = (&rm.lm.tokenizer, &rm.lm.template);
             let (c, n) = t.encode_completion(tok, &p.prompt(), &p.chosen).unwrap();
             let (r, _) = t.encode_completion(tok, &p.prompt(), &p.rejected).unwrap();
             EncodedPair {

@@ -11,6 +11,7 @@ mod fault_injection;
 mod gpt2_reference;
 mod hf_models;
 mod lora_cli;
+mod open_model;
 mod perplexity_filter;
 mod pipeline;
 mod plan_cli;

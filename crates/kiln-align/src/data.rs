@@ -453,17 +453,26 @@ pub fn encode_pairs(
     on_bad: OnBad,
 ) -> Result<Dataset<EncodedPair>, DataError> {
     encode_each(data, on_bad, |pair| {
-        let prompt = template
-            .encode_prompt(tok, &pair.prompt)
-            .map_err(|e| e.to_string())?;
+        // Each completion as the template writes an assistant turn (its
+        // words, the end of turn and whatever the template adds after it).
         let reply = |text: &str| {
-            let mut ids = tok.encode_ordinary(text);
-            ids.push(template.end_id());
-            ids
+            template
+                .encode_completion(tok, &pair.prompt, text)
+                .map(|(ids, prompt_len)| (ids[..prompt_len].to_vec(), ids[prompt_len..].to_vec()))
+                .map_err(|e| e.to_string())
         };
+        let (prompt, chosen) = reply(&pair.chosen)?;
+        let (prompt_again, rejected) = reply(&pair.rejected)?;
+        if prompt != prompt_again {
+            return Err(
+                "the chat template renders the prompt differently for the two \
+                        completions, so they cannot share it"
+                    .into(),
+            );
+        }
         let enc = EncodedPair {
-            chosen: reply(&pair.chosen),
-            rejected: reply(&pair.rejected),
+            chosen,
+            rejected,
             prompt,
         };
         if enc.max_len() > max_seq_len {

@@ -8,6 +8,9 @@
 //! Face GPT-2 format) and `generation_config.json` with the tokenizer's real
 //! special-token ids (generation stops at `<|end|>`), `tokenizer.json`, and
 //! `tokenizer_config.json` (kiln's chat template) + `special_tokens_map.json`.
+//! An open model (a Llama-family directory with its own `chat_template`)
+//! keeps its template: it is loaded from, trained with and written back to
+//! its `tokenizer_config.json` unchanged.
 //! The directory is written under a temporary name and swapped into place,
 //! so it is complete or absent.
 //!
@@ -43,6 +46,16 @@ impl Policy {
     /// special tokens and must fit the model's vocabulary.
     pub fn new(model: Gpt, tokenizer: Tokenizer) -> Result<Policy, AlignError> {
         let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+        Policy::with_template(model, tokenizer, template)
+    }
+
+    /// Pairs a model with a tokenizer and the chat template it was
+    /// instruction-tuned with (an open model's own, or kiln's).
+    pub fn with_template(
+        model: Gpt,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+    ) -> Result<Policy, AlignError> {
         let (tv, mv) = (tokenizer.vocab_size(), model.config.vocab_size);
         if tv > mv {
             return Err(AlignError::Config(format!(
@@ -67,18 +80,21 @@ impl Policy {
         tokenizer: Option<&Path>,
     ) -> Result<Policy, AlignError> {
         let tok = load_tokenizer(dir, tokenizer)?;
+        let template = ChatTemplate::for_model_dir(dir, &tok)?;
         let loaded = Gpt::load_pretrained_with(be, dir, &[])?;
-        Policy::from_loaded(loaded.model, tok, loaded.special)
+        Policy::from_loaded(loaded.model, tok, template, loaded.special)
     }
 
-    /// [`Policy::new`] keeping the special-token ids a directory declared
-    /// (an old kiln directory declares none: the tokenizer's are used).
+    /// [`Policy::with_template`] keeping the special-token ids a directory
+    /// declared (an old kiln directory declares none: the tokenizer's are
+    /// used).
     pub(crate) fn from_loaded(
         model: Gpt,
         tokenizer: Tokenizer,
+        template: ChatTemplate,
         special: SpecialTokenIds,
     ) -> Result<Policy, AlignError> {
-        let mut p = Policy::new(model, tokenizer)?;
+        let mut p = Policy::with_template(model, tokenizer, template)?;
         if special != SpecialTokenIds::default() {
             p.special = special;
         }
@@ -96,20 +112,23 @@ impl Policy {
         let json = |v: serde_json::Value| {
             serde_json::to_vec_pretty(&v).expect("a JSON value always serialises")
         };
+        // An open model's tokenizer files go back as they came: its
+        // template and special tokens are what its users' tools expect.
+        let (config, map) = match self.template.model_config() {
+            Some(config) => (
+                config.clone(),
+                hf_config::special_tokens_map_of(self.template.tokens()),
+            ),
+            None => (
+                hf_config::tokenizer_config(&self.tokenizer, self.model.config.max_seq_len),
+                hf_config::special_tokens_map(&self.tokenizer),
+            ),
+        };
         HfExtras {
             special: self.special.clone(),
             files: vec![
-                (
-                    hf_config::TOKENIZER_CONFIG_FILE.to_string(),
-                    json(hf_config::tokenizer_config(
-                        &self.tokenizer,
-                        self.model.config.max_seq_len,
-                    )),
-                ),
-                (
-                    hf_config::SPECIAL_TOKENS_MAP_FILE.to_string(),
-                    json(hf_config::special_tokens_map(&self.tokenizer)),
-                ),
+                (hf_config::TOKENIZER_CONFIG_FILE.to_string(), json(config)),
+                (hf_config::SPECIAL_TOKENS_MAP_FILE.to_string(), json(map)),
             ],
             ..HfExtras::default()
         }
@@ -228,9 +247,22 @@ impl Policy {
     }
 }
 
-/// The ids a chat model's directory declares: `<|endoftext|>` is bos and
-/// pad, generation stops at `<|end|>` (config.json's eos) or `<|endoftext|>`.
+/// The ids a chat model's directory declares. kiln's: `<|endoftext|>` is
+/// bos and pad, generation stops at `<|end|>` (config.json's eos) or
+/// `<|endoftext|>`. An open model's: its template's bos and pad, and
+/// generation stops at the end of a turn or at its eos.
 pub fn special_token_ids(tok: &Tokenizer, template: &ChatTemplate) -> SpecialTokenIds {
+    if !template.is_kiln() {
+        let id = |t: &Option<String>| t.as_deref().and_then(|t| tok.special_id(t));
+        let tokens = template.tokens();
+        let mut eos = vec![template.end_id()];
+        eos.extend(id(&tokens.eos_token).filter(|&e| e != template.end_id()));
+        return SpecialTokenIds {
+            bos: id(&tokens.bos_token),
+            eos,
+            pad: id(&tokens.pad_token),
+        };
+    }
     let eot = tok.special_id(kiln_tokenizer::ENDOFTEXT);
     SpecialTokenIds {
         bos: eot,

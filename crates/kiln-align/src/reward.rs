@@ -120,6 +120,7 @@ impl RewardModel {
             return Self::with_head(be, lm, &w, b);
         }
         let tok = crate::policy::load_tokenizer(dir, tokenizer)?;
+        let template = kiln_tokenizer::ChatTemplate::for_model_dir(dir, &tok)?;
         let loaded = Gpt::load_pretrained_with(be, dir, &[WEIGHT_NAME, BIAS_NAME])?;
         let weights = dir.join(kiln_model::WEIGHTS_FILE);
         let c = loaded.model.config.n_embd;
@@ -151,7 +152,7 @@ impl RewardModel {
             }
         };
         let w = w.clone();
-        let lm = Policy::from_loaded(loaded.model, tok, loaded.special)?;
+        let lm = Policy::from_loaded(loaded.model, tok, template, loaded.special)?;
         Self::with_head(be, lm, &w, b)
     }
 

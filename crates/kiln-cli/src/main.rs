@@ -46,6 +46,9 @@ enum Command {
     Merge(cmd::merge::Args),
     /// Chat interactively with a checkpoint (streaming output).
     Chat(cmd::chat::Args),
+    /// Judge a chat model on the embedded held-out tasks (the pipeline's
+    /// programmatic judge), as one JSON object.
+    Judge(cmd::judge::Args),
     /// Write RUN_DIR/report.html: plots, tables and samples of a pipeline run.
     Report(cmd::report::Args),
     /// Write a model directory as a GGUF file for llama.cpp / ollama.
@@ -75,6 +78,7 @@ fn main() {
         Command::Ppo(a) => cmd::ppo::run(a),
         Command::Grpo(a) => cmd::grpo::run(a),
         Command::Chat(a) => cmd::chat::run(a),
+        Command::Judge(a) => cmd::judge::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::Export(a) => cmd::export::run(a),

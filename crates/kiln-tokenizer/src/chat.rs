@@ -19,7 +19,10 @@
 //! through [`crate::hf_template`], the path any Hugging Face template takes,
 //! so transformers' `apply_chat_template` gives the same ids.
 
-use std::sync::OnceLock;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+mod model_template;
 
 use crate::hf_template::{HfChatTemplate, TemplateTokens};
 use crate::tokenizer::Tokenizer;
@@ -40,11 +43,15 @@ pub const KILN_CHAT_TEMPLATE: &str = "{%- for message in messages -%}\n\
 {%- endif -%}\n";
 
 /// [`KILN_CHAT_TEMPLATE`], compiled once.
-fn kiln_template() -> &'static HfChatTemplate {
-    static COMPILED: OnceLock<HfChatTemplate> = OnceLock::new();
-    COMPILED.get_or_init(|| {
-        HfChatTemplate::new(KILN_CHAT_TEMPLATE).expect("kiln's chat template compiles")
-    })
+fn kiln_template() -> Arc<HfChatTemplate> {
+    static COMPILED: OnceLock<Arc<HfChatTemplate>> = OnceLock::new();
+    COMPILED
+        .get_or_init(|| {
+            Arc::new(
+                HfChatTemplate::new(KILN_CHAT_TEMPLATE).expect("kiln's chat template compiles"),
+            )
+        })
+        .clone()
 }
 
 /// The special tokens a chat model's files name (tokenizer_config.json,
@@ -194,62 +201,128 @@ impl EncodedChat {
     }
 }
 
-/// The ids of the chat special tokens in one tokenizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a model formats a conversation: a Jinja chat template rendered as
+/// transformers renders it, the special tokens it sees, and the token that
+/// ends an assistant turn (generation stops there).
+///
+/// kiln's own models use [`KILN_CHAT_TEMPLATE`] ([`Self::from_tokenizer`]);
+/// an open model uses the `chat_template` and special tokens of its
+/// `tokenizer_config.json` ([`Self::for_model_dir`]), so fine-tuning it keeps
+/// the format it was instruction-tuned with.
+#[derive(Debug, Clone)]
 pub struct ChatTemplate {
-    pub system_id: u32,
-    pub user_id: u32,
-    pub assistant_id: u32,
-    pub end_id: u32,
+    jinja: Arc<HfChatTemplate>,
+    tokens: TemplateTokens,
+    end_id: u32,
+    /// Special ids that end a decoded reply: the end of turn, and any other
+    /// special token (a role marker means the model began another turn).
+    stop_ids: Vec<u32>,
+    /// The model's tokenizer_config.json, kept to be written back unchanged
+    /// beside a fine-tuned model; `None` for kiln's template.
+    model_config: Option<Arc<serde_json::Value>>,
+}
+
+impl PartialEq for ChatTemplate {
+    fn eq(&self, other: &Self) -> bool {
+        self.jinja.source() == other.jinja.source()
+            && self.tokens == other.tokens
+            && self.end_id == other.end_id
+            && self.stop_ids == other.stop_ids
+    }
 }
 
 impl ChatTemplate {
-    /// Looks the chat special tokens up; names every missing one.
+    /// kiln's template: looks the chat special tokens up; names every
+    /// missing one.
     pub fn from_tokenizer(tok: &Tokenizer) -> Result<Self, ChatError> {
         let ids: Vec<Option<u32>> = CHAT_SPECIAL_TOKENS
             .iter()
             .map(|t| tok.special_id(t))
             .collect();
-        match ids[..] {
-            [Some(system_id), Some(user_id), Some(assistant_id), Some(end_id)] => {
-                Ok(ChatTemplate {
-                    system_id,
-                    user_id,
-                    assistant_id,
-                    end_id,
-                })
+        if let [Some(_), Some(_), Some(_), Some(end_id)] = ids[..] {
+            return Ok(ChatTemplate {
+                jinja: kiln_template(),
+                tokens: template_tokens(tok),
+                end_id,
+                stop_ids: ids.into_iter().flatten().collect(),
+                model_config: None,
+            });
+        }
+        Err(ChatError::MissingSpecialTokens {
+            missing: CHAT_SPECIAL_TOKENS
+                .iter()
+                .zip(&ids)
+                .filter(|(_, id)| id.is_none())
+                .map(|(t, _)| t.to_string())
+                .collect(),
+        })
+    }
+
+    /// The template a model directory declares: the `chat_template` of
+    /// `dir/tokenizer_config.json` when it has one other than kiln's, else
+    /// kiln's template (which needs kiln's chat tokens in `tok`).
+    pub fn for_model_dir(dir: &Path, tok: &Tokenizer) -> Result<Self, ChatError> {
+        let path = dir.join(crate::formats::hf_config::TOKENIZER_CONFIG_FILE);
+        let config = model_template::read_config(&path)?;
+        match config {
+            Some(c) if model_template::has_own_template(&c) => {
+                model_template::from_config(tok, c, &path)
             }
-            _ => Err(ChatError::MissingSpecialTokens {
-                missing: CHAT_SPECIAL_TOKENS
-                    .iter()
-                    .zip(&ids)
-                    .filter(|(_, id)| id.is_none())
-                    .map(|(t, _)| t.to_string())
-                    .collect(),
+            _ => Self::from_tokenizer(tok).map_err(|e| match e {
+                ChatError::MissingSpecialTokens { missing } => ChatError::Template(format!(
+                    "{} has no chat_template, and the tokenizer lacks kiln's chat tokens \
+                     {missing:?}: use an instruction-tuned model's directory (its \
+                     tokenizer_config.json names the template), add a \"chat_template\" to \
+                     that file, or train a tokenizer with kiln's chat tokens",
+                    path.display()
+                )),
+                other => other,
             }),
         }
     }
 
-    /// The token that ends a turn: the stop token for generation.
+    /// The model's own template from a parsed `tokenizer_config.json`
+    /// (`origin` names the file in errors).
+    pub fn from_model_config(
+        tok: &Tokenizer,
+        config: serde_json::Value,
+        origin: &Path,
+    ) -> Result<Self, ChatError> {
+        model_template::from_config(tok, config, origin)
+    }
+
+    /// Is this kiln's own template (not a model's)?
+    pub fn is_kiln(&self) -> bool {
+        self.model_config.is_none()
+    }
+
+    /// The Jinja source.
+    pub fn source(&self) -> &str {
+        self.jinja.source()
+    }
+
+    /// The special tokens the template sees (`bos_token`, `eos_token`, ...).
+    pub fn tokens(&self) -> &TemplateTokens {
+        &self.tokens
+    }
+
+    /// A model template's tokenizer_config.json, as read.
+    pub fn model_config(&self) -> Option<&serde_json::Value> {
+        self.model_config.as_deref()
+    }
+
+    /// The token that ends an assistant turn: the stop token for generation.
     pub fn end_id(&self) -> u32 {
         self.end_id
     }
 
-    pub fn role_id(&self, role: Role) -> u32 {
-        match role {
-            Role::System => self.system_id,
-            Role::User => self.user_id,
-            Role::Assistant => self.assistant_id,
-        }
-    }
-
-    /// Is `id` one of the template's special tokens?
+    /// Does `id` end a decoded reply (the end of turn or another special)?
     pub fn is_template_token(&self, id: u32) -> bool {
-        [self.system_id, self.user_id, self.assistant_id, self.end_id].contains(&id)
+        self.stop_ids.contains(&id)
     }
 
-    /// The ids of `messages` rendered through [`KILN_CHAT_TEMPLATE`]
-    /// (+ `<|assistant|>` with `add_generation_prompt`).
+    /// The ids of `messages` rendered through the template (with the
+    /// generation prompt when `add_generation_prompt`).
     fn render(
         &self,
         tok: &Tokenizer,
@@ -260,8 +333,8 @@ impl ChatTemplate {
             .iter()
             .map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content}))
             .collect();
-        kiln_template()
-            .encode(tok, &msgs, add_generation_prompt, &template_tokens(tok))
+        self.jinja
+            .encode(tok, &msgs, add_generation_prompt, &self.tokens)
             .map_err(|e| ChatError::Template(e.to_string()))
     }
 
@@ -403,7 +476,7 @@ mod tests {
         let mut ids = Vec::new();
         let mut mask = Vec::new();
         for m in &conv {
-            ids.push(t.role_id(m.role));
+            ids.push(tok.special_id(m.role.marker()).unwrap());
             mask.push(false);
             let body = tok.encode_ordinary(&m.content);
             let learned = m.role == Role::Assistant;
@@ -463,7 +536,7 @@ mod tests {
         let conv = conversation();
         let full = t.encode(&tok, &conv).unwrap();
         let prompt = t.encode_prompt(&tok, &conv[..4]).unwrap();
-        assert_eq!(*prompt.last().unwrap(), t.assistant_id);
+        assert_eq!(*prompt.last().unwrap(), tok.special_id(ASSISTANT).unwrap());
         assert_eq!(&full.ids[..prompt.len()], &prompt[..]);
         assert!(full.assistant_mask[prompt.len()], "the reply is learned");
         assert!(!full.assistant_mask[prompt.len() - 1]);
@@ -485,7 +558,11 @@ mod tests {
         let (text, ended) = t.decode_reply(&tok, &ids);
         assert_eq!((text.as_str(), ended), ("apple, pear", true));
         // A role marker mid-reply ends it too, but not with <|end|>.
-        let ids = [tok.encode_ordinary("hi"), vec![t.user_id]].concat();
+        let ids = [
+            tok.encode_ordinary("hi"),
+            vec![tok.special_id(USER).unwrap()],
+        ]
+        .concat();
         assert_eq!(t.decode_reply(&tok, &ids), ("hi".to_string(), false));
     }
 

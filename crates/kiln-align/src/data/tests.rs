@@ -309,6 +309,9 @@ fn encoded_pairs_share_the_prompt_and_end_with_end_of_turn() {
     assert_eq!(enc.prompt, t.encode_prompt(&tok, &pair.prompt).unwrap());
     for (ids, text) in [(&enc.chosen, "5"), (&enc.rejected, "six")] {
         assert_eq!(*ids.last().unwrap(), t.end_id());
+        // kiln's layout: the completion's words, then <|end|>.
+        let words = tok.encode_ordinary(text);
+        assert_eq!(ids[..], [words, vec![t.end_id()]].concat()[..]);
         let full = [enc.prompt.clone(), ids.clone()].concat();
         let (want, _) = t.encode_completion(&tok, &pair.prompt, text).unwrap();
         assert_eq!(full, want);

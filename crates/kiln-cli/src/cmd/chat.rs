@@ -82,7 +82,8 @@ impl Session {
         }
         let tok = kiln_tokenizer::formats::load(&tok_path)
             .with_context(|| format!("tokenizer {}", tok_path.display()))?;
-        let template = ChatTemplate::from_tokenizer(&tok)
+        // The model's own chat template when its directory names one.
+        let template = ChatTemplate::for_model_dir(&args.checkpoint, &tok)
             .with_context(|| format!("tokenizer {}", tok_path.display()))?;
         let mut be = crate::backend::open(&args.backend, args.threads)?;
         let model = Gpt::load_pretrained(&mut be, &args.checkpoint)
@@ -103,6 +104,7 @@ impl Session {
                 model.config.max_seq_len
             );
         }
+        let stop = template.end_id();
         Ok(Session {
             be,
             model,
@@ -115,7 +117,7 @@ impl Session {
                 top_k: args.top_k,
                 top_p: args.top_p,
                 seed: args.seed,
-                stop_token: Some(template.end_id()),
+                stop_token: Some(stop),
             },
             tok,
             replies: 0,

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 mod perplexity;
+mod tasks;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -18,6 +19,9 @@ pub enum Command {
     Curate(CurateArgs),
     /// Show examples of rejected documents and lines, per reason.
     Inspect(InspectArgs),
+    /// Write the embedded chat tasks as training files (sft.jsonl,
+    /// prompts.jsonl).
+    Tasks(tasks::TasksArgs),
 }
 
 #[derive(clap::Args)]
@@ -86,6 +90,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Tokenize(a) => super::data_tokenize::run(a),
         Command::Curate(a) => run_curate(a),
         Command::Inspect(a) => run_inspect(a),
+        Command::Tasks(a) => tasks::run(a),
     }
 }
 

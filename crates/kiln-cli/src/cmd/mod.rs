@@ -8,6 +8,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod grpo;
+pub mod judge;
 pub mod lora_args;
 pub mod merge;
 pub mod out_dir;

@@ -7,7 +7,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::chat::{template_tokens, KILN_CHAT_TEMPLATE};
-use crate::Tokenizer;
+use crate::{TemplateTokens, Tokenizer};
 
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const SPECIAL_TOKENS_MAP_FILE: &str = "special_tokens_map.json";
@@ -15,7 +15,11 @@ pub const SPECIAL_TOKENS_MAP_FILE: &str = "special_tokens_map.json";
 /// `special_tokens_map.json` of a kiln chat tokenizer (see
 /// [`template_tokens`] for which token is which).
 pub fn special_tokens_map(tok: &Tokenizer) -> Value {
-    let t = template_tokens(tok);
+    special_tokens_map_of(&template_tokens(tok))
+}
+
+/// `special_tokens_map.json` naming `t`'s tokens.
+pub fn special_tokens_map_of(t: &TemplateTokens) -> Value {
     let mut m = Map::new();
     for (key, v) in [
         ("bos_token", &t.bos_token),
