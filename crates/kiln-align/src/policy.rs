@@ -71,6 +71,18 @@ impl Policy {
         Policy::from_loaded(loaded.model, tok, loaded.special)
     }
 
+    /// [`Policy::load`] with every weight frozen (no gradient buffers): the
+    /// base of a LoRA run, which then allocates none for the base at all.
+    pub fn load_frozen(
+        be: &mut BackendBox,
+        dir: &Path,
+        tokenizer: Option<&Path>,
+    ) -> Result<Policy, AlignError> {
+        let tok = load_tokenizer(dir, tokenizer)?;
+        let loaded = Gpt::load_pretrained_frozen_with(be, dir, &[])?;
+        Policy::from_loaded(loaded.model, tok, loaded.special)
+    }
+
     /// [`Policy::new`] keeping the special-token ids a directory declared
     /// (an old kiln directory declares none: the tokenizer's are used).
     pub(crate) fn from_loaded(
@@ -252,7 +264,7 @@ pub fn param_refs(model: &Gpt) -> Vec<ParamRef> {
         .iter()
         .map(|p| ParamRef {
             value: p.value,
-            grad: p.grad,
+            grad: p.grad.expect("a trainable parameter has a gradient buffer"),
             value_16: p.value_16,
             len: p.shape.iter().product(),
             decay: p.decay,

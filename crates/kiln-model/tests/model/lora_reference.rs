@@ -5,6 +5,7 @@
 //! f32, every element within 1e-5 of the reference tensor's max-abs.
 
 use kiln_abi::BackendBox;
+use kiln_conformance::{CallCounts, Counting};
 use kiln_model::{Gpt, LoraConfig, LoraTarget};
 
 use crate::backend;
@@ -53,13 +54,13 @@ fn lora_logits_loss_and_adapter_gradients_match_peft() {
         TOL,
     );
     for p in gpt.lora_params() {
-        be.zero(p.grad).unwrap();
+        be.zero(p.grad.unwrap()).unwrap();
     }
     gpt.backward(&mut be, 1.0).unwrap();
     let params = gpt.lora_params().to_vec();
     assert_eq!(params.len(), 2 * 2 * 7);
     for p in &params {
-        let got = be_download(&mut be, p.grad);
+        let got = be_download(&mut be, p.grad.unwrap());
         let want = r.f32s(&format!("grad.{}", p.name));
         worst = worst.max(assert_close(&format!("grad {}", p.name), &got, &want, TOL));
     }
@@ -72,6 +73,73 @@ fn lora_logits_loss_and_adapter_gradients_match_peft() {
 fn be_download(be: &mut BackendBox, buf: kiln_abi::BufId) -> Vec<f32> {
     use kiln_abi::BackendExt;
     be.download_f32(buf).unwrap()
+}
+
+/// Bytes of every buffer `params` hold (values, gradients, 16-bit copies).
+fn held_bytes(be: &mut BackendBox, params: &[kiln_model::Param]) -> usize {
+    use kiln_abi::IntoBResult;
+    params
+        .iter()
+        .flat_map(|p| [Some(p.value), p.grad, p.value_16])
+        .flatten()
+        .map(|id| {
+            let info = be.buffer_info(id).ok_or_err().unwrap();
+            info.len * info.dtype.size()
+        })
+        .sum()
+}
+
+/// Matmuls one forward + backward of `gpt` on `r`'s batch runs in backward.
+fn backward_matmuls(gpt: &mut Gpt, be: &mut BackendBox, r: &Reference, counts: &CallCounts) -> u64 {
+    forward_loss(gpt, be, r);
+    counts.reset();
+    gpt.backward(be, 1.0).unwrap();
+    counts.get("matmul")
+}
+
+/// Under LoRA the base is frozen: its parameters hold their values and
+/// nothing else (no gradient buffers, loaded frozen or frozen by
+/// add_lora), and backward skips its weight-gradient products, one per
+/// base matrix; the adapters' gradients still match PEFT (the test above).
+#[test]
+fn lora_base_has_no_gradient_buffers_and_backward_skips_its_weight_products() {
+    let (mut be, counts) = Counting::boxed(backend());
+    let r = Reference::load("lora_tiny");
+    let mut plain = base(&mut be);
+    let full = backward_matmuls(&mut plain, &mut be, &r, &counts);
+    let value_bytes: usize = plain.params().iter().map(|p| 4 * p.len()).sum();
+    assert_eq!(held_bytes(&mut be, plain.params()), 2 * value_bytes);
+    // add_lora frees the gradients of a trainable base.
+    plain
+        .add_lora(
+            &mut be,
+            LoraConfig {
+                rank: 2,
+                alpha: 4.0,
+                targets: vec![LoraTarget::Q],
+            },
+            3,
+        )
+        .unwrap();
+    assert!(plain.params().iter().all(|p| p.is_frozen()));
+    assert_eq!(held_bytes(&mut be, plain.params()), value_bytes);
+    plain.release(&mut be).unwrap();
+
+    // A base loaded frozen never had any.
+    let mut gpt =
+        Gpt::load_pretrained_frozen(&mut be, &fixture_dir("llama_tiny").join("model")).unwrap();
+    assert_eq!(held_bytes(&mut be, gpt.params()), value_bytes);
+    gpt.load_lora(&mut be, &fixture_dir("lora_tiny").join("adapter"))
+        .unwrap();
+    assert_eq!(held_bytes(&mut be, gpt.params()), value_bytes);
+    assert!(gpt.lora_params().iter().all(|p| !p.is_frozen()));
+    let lora = backward_matmuls(&mut gpt, &mut be, &r, &counts);
+    let n_layer = gpt.config.n_layer as u64;
+    let adapters = gpt.lora_params().len() as u64 / 2;
+    // Skipped: dW of the 7 projections per layer and of lm_head. Added:
+    // 5 products per adapter (Ax again, dB, d(Ax), dA, dx).
+    assert_eq!(lora, full - (7 * n_layer + 1) + 5 * adapters);
+    gpt.release(&mut be).unwrap();
 }
 
 /// The adapter off is the base model, bit for bit; on again, the adapter.
