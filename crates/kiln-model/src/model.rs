@@ -181,12 +181,6 @@ impl Gpt {
         be: &mut BackendBox,
         precision: Precision,
     ) -> Result<(), ModelError> {
-        if self.lora.is_some() && precision.is_mixed() {
-            return Err(ModelError::Config(format!(
-                "LoRA runs in f32 for now; --precision {} is refused with --lora-rank",
-                precision.name()
-            )));
-        }
         if let Some(a) = self.acts.take() {
             a.release(be)?;
         }

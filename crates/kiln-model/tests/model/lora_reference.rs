@@ -12,6 +12,8 @@ use crate::backend;
 use crate::llama_reference::{assert_close, fixture_dir, Reference};
 
 const TOL: f64 = 1e-5;
+/// bf16 mixed precision against the f32 reference: a few bf16 ulps (2^-8).
+const BF16_TOL: f64 = 5e-2;
 
 fn base(be: &mut BackendBox) -> Gpt {
     Gpt::load_pretrained(be, &fixture_dir("llama_tiny").join("model")).unwrap()
@@ -140,6 +142,42 @@ fn lora_base_has_no_gradient_buffers_and_backward_skips_its_weight_products() {
     // 5 products per adapter (Ax again, dB, d(Ax), dA, dx).
     assert_eq!(lora, full - (7 * n_layer + 1) + 5 * adapters);
     gpt.release(&mut be).unwrap();
+}
+
+/// LoRA under bf16 mixed precision (16-bit base copies and activations,
+/// f32 adapters): the loss and the adapters' gradients stay within bf16
+/// rounding of PEFT's f32 figures.
+#[test]
+fn lora_under_bf16_mixed_precision_tracks_peft() {
+    let mut be = backend();
+    let r = Reference::load("lora_tiny");
+    let mut gpt = base(&mut be);
+    gpt.set_precision(&mut be, kiln_model::Precision::Bf16)
+        .unwrap();
+    gpt.load_lora(&mut be, &fixture_dir("lora_tiny").join("adapter"))
+        .unwrap();
+    let loss = forward_loss(&mut gpt, &mut be, &r);
+    let want = r.f32s("loss")[0];
+    assert!(
+        ((loss - want) / want).abs() < 1e-2,
+        "bf16 loss {loss} vs PEFT f32 {want}"
+    );
+    gpt.backward(&mut be, 1.0).unwrap();
+    let mut worst = 0.0f64;
+    for p in gpt.lora_params().to_vec() {
+        assert!(p.value_16.is_none(), "adapters stay f32");
+        let got = be_download(&mut be, p.grad.unwrap());
+        let want = r.f32s(&format!("grad.{}", p.name));
+        worst = worst.max(assert_close(
+            &format!("bf16 grad {}", p.name),
+            &got,
+            &want,
+            BF16_TOL,
+        ));
+    }
+    eprintln!(
+        "bf16 LoRA vs PEFT f32: loss {loss} ({want}); worst grad error / max_abs {worst:.2e}"
+    );
 }
 
 /// The adapter off is the base model, bit for bit; on again, the adapter.
