@@ -81,7 +81,7 @@ impl Step {
             .iter()
             .map(|p| ParamRef {
                 value: p.value,
-                grad: p.grad,
+                grad: p.grad.expect("a trainable parameter has a gradient buffer"),
                 value_16: p.value_16,
                 len: p.shape.iter().product(),
                 decay: p.decay,

@@ -179,7 +179,7 @@ fn ten_adamw_steps_match_pytorch_losses() {
         .iter()
         .map(|p| ParamRef {
             value: p.value,
-            grad: p.grad,
+            grad: p.grad.expect("a trainable parameter has a gradient buffer"),
             value_16: None,
             len: p.len(),
             decay: p.decay,
@@ -278,7 +278,7 @@ fn transformers_loads_a_kiln_checkpoint_with_the_same_logits() {
         .iter()
         .map(|p| ParamRef {
             value: p.value,
-            grad: p.grad,
+            grad: p.grad.expect("a trainable parameter has a gradient buffer"),
             value_16: None,
             len: p.len(),
             decay: p.decay,

@@ -273,7 +273,7 @@ fn train_tiny_gpt(be: &mut BackendBox, steps: usize) -> (Vec<f32>, Vec<Vec<f32>>
         .iter()
         .map(|p| ParamRef {
             value: p.value,
-            grad: p.grad,
+            grad: p.grad.expect("a trainable parameter has a gradient buffer"),
             value_16: None,
             len: p.len(),
             decay: p.decay,

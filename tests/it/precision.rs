@@ -141,7 +141,7 @@ fn bytes_per_parameter_follow_the_formula() {
             let mut n = 0usize;
             for param in model.params() {
                 n += param.len();
-                for id in [Some(param.value), Some(param.grad), param.value_16]
+                for id in [Some(param.value), param.grad, param.value_16]
                     .into_iter()
                     .flatten()
                 {

@@ -376,7 +376,8 @@ pub fn reference_logps(
     cache_path: &Path,
 ) -> Result<(Vec<PairRef>, RefSource), AlignError> {
     cached_reference_logps(model_dir, pairs, cache_path, || {
-        let mut reference = Gpt::load_pretrained(be, model_dir)?;
+        // Forward only: frozen, so no gradient buffers.
+        let mut reference = Gpt::load_pretrained_frozen(be, model_dir)?;
         let logps = pair_logps(&mut reference, be, pairs, pad, micro_batch);
         reference.release(be)?;
         logps

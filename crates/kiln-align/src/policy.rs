@@ -85,6 +85,19 @@ impl Policy {
         Policy::from_loaded(loaded.model, tok, template, loaded.special)
     }
 
+    /// [`Policy::load`] with every weight frozen (no gradient buffers): the
+    /// base of a LoRA run, which then allocates none for the base at all.
+    pub fn load_frozen(
+        be: &mut BackendBox,
+        dir: &Path,
+        tokenizer: Option<&Path>,
+    ) -> Result<Policy, AlignError> {
+        let tok = load_tokenizer(dir, tokenizer)?;
+        let template = ChatTemplate::for_model_dir(dir, &tok)?;
+        let loaded = Gpt::load_pretrained_frozen_with(be, dir, &[])?;
+        Policy::from_loaded(loaded.model, tok, template, loaded.special)
+    }
+
     /// [`Policy::with_template`] keeping the special-token ids a directory
     /// declared (an old kiln directory declares none: the tokenizer's are
     /// used).
@@ -284,7 +297,7 @@ pub fn param_refs(model: &Gpt) -> Vec<ParamRef> {
         .iter()
         .map(|p| ParamRef {
             value: p.value,
-            grad: p.grad,
+            grad: p.grad.expect("a trainable parameter has a gradient buffer"),
             value_16: p.value_16,
             len: p.shape.iter().product(),
             decay: p.decay,

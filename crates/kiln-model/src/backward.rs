@@ -155,14 +155,17 @@ impl Gpt {
             vp,
         )
         .ok_or_err()?;
-        // lm_head (tied: wte): dW += dlogits^T @ lnf; dlnf = dlogits @ W.
+        // lm_head (tied: wte): dW += dlogits^T @ lnf (not for a frozen
+        // head: the largest product of the step); dlnf = dlogits @ W.
         let head = &self.params[lm_head_index(cfg)];
-        be.matmul(MatmulArgs {
-            trans_a: true,
-            beta: 1.0,
-            ..MatmulArgs::new(head.grad, dlogits, acts.lnf, vp, c, rows)
-        })
-        .ok_or_err()?;
+        if let Some(dhead) = head.grad {
+            be.matmul(MatmulArgs {
+                trans_a: true,
+                beta: 1.0,
+                ..MatmulArgs::new(dhead, dlogits, acts.lnf, vp, c, rows)
+            })
+            .ok_or_err()?;
+        }
         be.matmul(MatmulArgs::new(g.dln, dlogits, head.weight(), rows, c, vp))
             .ok_or_err()?;
         self.backward_trunk(be, last)
@@ -228,7 +231,7 @@ impl Gpt {
                 be,
                 g.dfch_gelu,
                 dw(slot::FC_PROJ_W),
-                Some(dw(slot::FC_PROJ_B)),
+                dw(slot::FC_PROJ_B),
                 dfcproj,
                 la.fch_gelu,
                 w(slot::FC_PROJ_W),
@@ -243,7 +246,7 @@ impl Gpt {
                 be,
                 g.dln,
                 dw(slot::FC_W),
-                Some(dw(slot::FC_B)),
+                dw(slot::FC_B),
                 g.dfch,
                 la.ln2,
                 w(slot::FC_W),
@@ -268,7 +271,7 @@ impl Gpt {
                 be,
                 g.datty,
                 dw(slot::ATTN_PROJ_W),
-                Some(dw(slot::ATTN_PROJ_B)),
+                dw(slot::ATTN_PROJ_B),
                 dattproj,
                 la.atty,
                 w(slot::ATTN_PROJ_W),
@@ -296,7 +299,7 @@ impl Gpt {
                 be,
                 g.dln,
                 dw(slot::QKV_W),
-                Some(dw(slot::QKV_B)),
+                dw(slot::QKV_B),
                 g.dqkv,
                 la.ln1,
                 w(slot::QKV_W),
@@ -315,9 +318,12 @@ impl Gpt {
                 c,
             )?;
         }
+        if d(WTE).is_none() && d(WPE).is_none() {
+            return Ok(()); // frozen embeddings: nothing below needs a gradient
+        }
         be.embedding_backward(EmbeddingBackwardArgs {
-            dwte: ROption::RSome(d(WTE)),
-            dwpe: ROption::RSome(d(WPE)),
+            dwte: d(WTE).map_or(ROption::RNone, ROption::RSome),
+            dwpe: d(WPE).map_or(ROption::RNone, ROption::RSome),
             dout: g.dresidual,
             tokens: acts.tokens,
             positions: if last.packed {

@@ -186,27 +186,57 @@ impl Gpt {
         dir: &Path,
         extra: &[&str],
     ) -> Result<LoadedDir, ModelError> {
-        let config = read_hf_config(&dir.join(CONFIG_FILE))?;
-        let special = SpecialTokenIds::read(dir, config.vocab_size)?;
-        let path = dir.join(WEIGHTS_FILE);
-        let index = dir.join(SHARD_INDEX_FILE);
-        let files = if !path.exists() && index.exists() {
-            shard_files(&index)?
-        } else {
-            vec![path]
-        };
-        let mut blobs = Vec::with_capacity(files.len());
-        for f in &files {
-            blobs.push(std::fs::read(f).map_err(|e| ModelError::io(f, e))?);
-        }
-        let (values, tensors) = read_weights(&files, &blobs, &config, extra)?;
-        let model = Gpt::from_values(be, config, &values)?;
-        Ok(LoadedDir {
-            model,
-            special,
-            tensors,
-        })
+        load_dir(be, dir, extra, true)
     }
+
+    /// [`Gpt::load_pretrained`] with every weight frozen: no gradient
+    /// buffers (a LoRA base, a reference model, inference). Backward still
+    /// runs and gives input gradients; [`Gpt::unfreeze_base`] makes it trainable.
+    pub fn load_pretrained_frozen(be: &mut BackendBox, dir: &Path) -> Result<Gpt, ModelError> {
+        Ok(load_dir(be, dir, &[], false)?.model)
+    }
+
+    /// [`Gpt::load_pretrained_with`] with every weight frozen (see
+    /// [`Gpt::load_pretrained_frozen`]).
+    pub fn load_pretrained_frozen_with(
+        be: &mut BackendBox,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<LoadedDir, ModelError> {
+        load_dir(be, dir, extra, false)
+    }
+}
+
+/// Loads `dir`, with gradient buffers when `grads`. The files' bytes are
+/// dropped once decoded and each host tensor once uploaded, so the peak is
+/// about two copies of the weights, not three.
+fn load_dir(
+    be: &mut BackendBox,
+    dir: &Path,
+    extra: &[&str],
+    grads: bool,
+) -> Result<LoadedDir, ModelError> {
+    let config = read_hf_config(&dir.join(CONFIG_FILE))?;
+    let special = SpecialTokenIds::read(dir, config.vocab_size)?;
+    let path = dir.join(WEIGHTS_FILE);
+    let index = dir.join(SHARD_INDEX_FILE);
+    let files = if !path.exists() && index.exists() {
+        shard_files(&index)?
+    } else {
+        vec![path]
+    };
+    let mut blobs = Vec::with_capacity(files.len());
+    for f in &files {
+        blobs.push(std::fs::read(f).map_err(|e| ModelError::io(f, e))?);
+    }
+    let (values, tensors) = read_weights(&files, &blobs, &config, extra)?;
+    drop(blobs);
+    let model = Gpt::from_values(be, config, values, grads)?;
+    Ok(LoadedDir {
+        model,
+        special,
+        tensors,
+    })
 }
 
 /// A kiln-layout parameter's values as HF stores them (row-major, in

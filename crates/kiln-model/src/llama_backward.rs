@@ -92,8 +92,11 @@ impl Gpt {
                 t,
             )?;
         }
+        let Some(dwte) = d(WTE) else {
+            return Ok(()); // a frozen embedding: nothing below needs a gradient
+        };
         be.embedding_backward(EmbeddingBackwardArgs {
-            dwte: ROption::RSome(d(WTE)),
+            dwte: ROption::RSome(dwte),
             dwpe: ROption::RNone,
             dout: g.dresidual,
             tokens: acts.tokens,

@@ -238,7 +238,7 @@ pub(crate) fn llama_block_backward(
     .ok_or_err()?;
     // d(pre-rotation q, k) = the inverse rotation of d(rotated q, k).
     rope.apply_qk(be, cfg, g.dqkv, positions, b, t, true)?;
-    if s.q_b.is_some() {
+    if s.q_b.and_then(dw).is_some() {
         // One column sum over the fused gradient, then each bias's share.
         be.zero(g.dqkv_bias).ok_or_err()?;
         be.bias_backward(g.dqkv_bias, g.dqkv, rows, cfg.qkv_width())
@@ -247,6 +247,7 @@ pub(crate) fn llama_block_backward(
         for (bi, cols) in biases.into_iter().zip(qkv_cols(cfg, g.dqkv_bias)) {
             let part = be.view(g.dqkv_bias, cols.col, cols.width).ok_or_err()?;
             let bias_grad = dw(bi.expect("all three biases or none"));
+            let bias_grad = bias_grad.expect("q, k and v biases freeze together");
             let r = be.axpy(bias_grad, part, cols.width, 1.0);
             be.free(part).ok_or_err()?;
             r.ok_or_err()?;

@@ -264,7 +264,9 @@ impl Lora {
         self.free_scratch(be)?;
         for p in self.params.drain(..) {
             be.free(p.value).ok_or_err()?;
-            be.free(p.grad).ok_or_err()?;
+            if let Some(g) = p.grad {
+                be.free(g).ok_or_err()?;
+            }
         }
         Ok(())
     }
@@ -322,6 +324,7 @@ impl Lora {
         let r = self.config.rank;
         let scale = self.config.scale();
         let (ax, dax) = self.scratch();
+        let (da, db) = (adapter_grad(a), adapter_grad(b));
         be.matmul(MatmulArgs {
             trans_b: true,
             ..MatmulArgs::new(ax, x, a.value, rows, r, ad.in_f)
@@ -334,7 +337,7 @@ impl Lora {
                 lda: dout.stride,
                 alpha: scale,
                 beta: 1.0,
-                ..MatmulArgs::new(b.grad, view, ax, ad.out_f, r, rows)
+                ..MatmulArgs::new(db, view, ax, ad.out_f, r, rows)
             })
             .and_then(|()| {
                 be.matmul(MatmulArgs {
@@ -348,7 +351,7 @@ impl Lora {
         be.matmul(MatmulArgs {
             trans_a: true,
             beta: 1.0,
-            ..MatmulArgs::new(a.grad, dax, x, r, ad.in_f, rows)
+            ..MatmulArgs::new(da, dax, x, r, ad.in_f, rows)
         })
         .ok_or_err()?;
         be.matmul(MatmulArgs {
@@ -358,6 +361,13 @@ impl Lora {
         .ok_or_err()?;
         Ok(())
     }
+}
+
+/// An adapter tensor's gradient: adapters are what LoRA trains, so they
+/// always have one (only the base is frozen).
+fn adapter_grad(p: &Param) -> BufId {
+    p.grad
+        .expect("LoRA adapter tensors always have gradient buffers")
 }
 
 /// A whole buffer `[rows, width]` as a column block.
@@ -372,7 +382,9 @@ pub(crate) fn whole(buf: BufId, width: usize) -> Cols {
 
 impl Gpt {
     /// Adds fresh LoRA adapters (PEFT's init, from `seed`). Refused on a
-    /// GPT-2 model, under a mixed-precision policy, or twice.
+    /// GPT-2 model, or twice. Under a mixed-precision policy the adapters
+    /// stay f32 (values, gradients, no 16-bit copy: they are small) and
+    /// their products read and write the 16-bit activations directly.
     pub fn add_lora(
         &mut self,
         be: &mut BackendBox,
@@ -412,12 +424,6 @@ impl Gpt {
                 "the model already has LoRA adapters".into(),
             ));
         }
-        if self.precision.is_mixed() {
-            return Err(ModelError::Config(format!(
-                "LoRA runs in f32 for now; --precision {} is refused with --lora-rank",
-                self.precision.name()
-            )));
-        }
         let (adapters, specs) = Lora::specs(&self.config, &config);
         if values.len() != specs.len() {
             return Err(ModelError::Input(format!(
@@ -437,7 +443,10 @@ impl Gpt {
                 )));
             }
         }
-        let params = upload_params(be, &specs, values)?;
+        let params = upload_params(be, &specs, values, true)?;
+        // The base is frozen from here on: its gradient buffers would only
+        // cost memory and weight-gradient products no optimizer reads.
+        self.freeze_base(be)?;
         self.lora = Some(Lora {
             config,
             adapters,

@@ -215,7 +215,8 @@ impl Gpt {
 
     /// Folds the adapters into the base weights (`W += alpha/r * B A`, in
     /// f64 on the host, rounded once) and drops them: the model then is
-    /// the merged model, saved with [`Gpt::save_pretrained`].
+    /// the merged model, saved with [`Gpt::save_pretrained`]. Its weights
+    /// stay frozen (no gradient buffers); [`Gpt::unfreeze_base`] to train them.
     pub fn merge_lora(&mut self, be: &mut BackendBox) -> Result<(), ModelError> {
         let lora = self
             .lora

@@ -57,19 +57,22 @@ impl Gpt {
             .iter()
             .map(|s| params::init_values(s, &mut rng))
             .collect();
-        Gpt::from_values(be, config, &values)
+        Gpt::from_values(be, config, values, true)
     }
 
-    /// A model holding `values` (kiln layout, [`Gpt::params`] order).
+    /// A model holding `values` (kiln layout, [`Gpt::params`] order; each
+    /// host copy is dropped once uploaded), with gradient buffers when
+    /// `grads`, else frozen.
     pub(crate) fn from_values(
         be: &mut BackendBox,
         config: GptConfig,
-        values: &[Vec<f32>],
+        values: Vec<Vec<f32>>,
+        grads: bool,
     ) -> Result<Gpt, ModelError> {
         config.validate()?;
         let specs = params::specs(&config);
-        check_value_shapes(&specs, values)?;
-        let params = params::upload_params(be, &specs, values)?;
+        check_value_shapes(&specs, &values)?;
+        let params = params::upload_params(be, &specs, values, grads)?;
         let rope = match config.llama {
             Some(_) => Some(RopeTables::upload(be, &config)?),
             None => None,
@@ -102,12 +105,24 @@ impl Gpt {
         self.config.num_params()
     }
 
-    /// Sets every gradient to zero.
+    /// Sets every gradient to zero (frozen parameters have none).
     pub fn zero_grad(&mut self, be: &mut BackendBox) -> Result<(), ModelError> {
-        for p in &self.params {
-            be.zero(p.grad).ok_or_err()?;
+        for g in self.params.iter().filter_map(|p| p.grad) {
+            be.zero(g).ok_or_err()?;
         }
         Ok(())
+    }
+
+    /// Freezes every base parameter: frees its gradient buffer, so backward
+    /// computes input gradients only (LoRA's base; [`Gpt::add_lora`] calls it).
+    pub fn freeze_base(&mut self, be: &mut BackendBox) -> Result<(), ModelError> {
+        params::free_grads(be, &mut self.params)
+    }
+
+    /// Gives every frozen base parameter a zeroed gradient buffer again, so
+    /// the whole model trains (e.g. after [`Gpt::merge_lora`]).
+    pub fn unfreeze_base(&mut self, be: &mut BackendBox) -> Result<(), ModelError> {
+        params::alloc_grads(be, &mut self.params)
     }
 
     /// Parameter values copied to the host, in [`Gpt::params`] order (kiln layout).
@@ -118,11 +133,15 @@ impl Gpt {
             .collect()
     }
 
-    /// Gradients copied to the host, in [`Gpt::params`] order (kiln layout).
+    /// Gradients copied to the host, in [`Gpt::params`] order (kiln layout);
+    /// a frozen parameter's is empty.
     pub fn read_grads(&self, be: &mut BackendBox) -> Result<Vec<Vec<f32>>, ModelError> {
         self.params
             .iter()
-            .map(|p| Ok(be.download_widened(p.grad)?))
+            .map(|p| match p.grad {
+                Some(g) => Ok(be.download_widened(g)?),
+                None => Ok(Vec::new()),
+            })
             .collect()
     }
 
@@ -162,12 +181,6 @@ impl Gpt {
         be: &mut BackendBox,
         precision: Precision,
     ) -> Result<(), ModelError> {
-        if self.lora.is_some() && precision.is_mixed() {
-            return Err(ModelError::Config(format!(
-                "LoRA runs in f32 for now; --precision {} is refused with --lora-rank",
-                precision.name()
-            )));
-        }
         if let Some(a) = self.acts.take() {
             a.release(be)?;
         }
@@ -185,7 +198,9 @@ impl Gpt {
             if precision.is_mixed() {
                 p.value_16 = Some(be.alloc_buf(dtype, n)?);
             }
-            be.zero(p.grad).ok_or_err()?;
+            if let Some(g) = p.grad {
+                be.zero(g).ok_or_err()?;
+            }
         }
         self.precision = precision;
         self.refresh_compute_weights(be)
@@ -223,7 +238,9 @@ impl Gpt {
         }
         for p in self.params.drain(..) {
             be.free(p.value).ok_or_err()?;
-            be.free(p.grad).ok_or_err()?;
+            if let Some(g) = p.grad {
+                be.free(g).ok_or_err()?;
+            }
             if let Some(w16) = p.value_16 {
                 be.free(w16).ok_or_err()?;
             }

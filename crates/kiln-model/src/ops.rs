@@ -35,12 +35,12 @@ pub(crate) fn linear(
 }
 
 /// Backward of [`linear`]: `dinp = dout @ w` (overwritten), `dw += dout^T @ inp`,
-/// `dbias += colsum(dout)`.
+/// `dbias += colsum(dout)`; a frozen weight or bias (`None`) gets no product.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn linear_backward(
     be: &mut BackendBox,
     dinp: BufId,
-    dw: BufId,
+    dw: Option<BufId>,
     dbias: Option<BufId>,
     dout: BufId,
     inp: BufId,
@@ -51,12 +51,14 @@ pub(crate) fn linear_backward(
 ) -> Result<(), ModelError> {
     be.matmul(MatmulArgs::new(dinp, dout, w, rows, in_f, out_f))
         .ok_or_err()?;
-    be.matmul(MatmulArgs {
-        trans_a: true,
-        beta: 1.0,
-        ..MatmulArgs::new(dw, dout, inp, out_f, in_f, rows)
-    })
-    .ok_or_err()?;
+    if let Some(dw) = dw {
+        be.matmul(MatmulArgs {
+            trans_a: true,
+            beta: 1.0,
+            ..MatmulArgs::new(dw, dout, inp, out_f, in_f, rows)
+        })
+        .ok_or_err()?;
+    }
     if let Some(db) = dbias {
         be.bias_backward(db, dout, rows, out_f).ok_or_err()?;
     }
@@ -111,13 +113,14 @@ pub(crate) fn layernorm(
     Ok(())
 }
 
-/// Accumulates `dinp`, `dweight`, `dbias` of [`layernorm`] (`io.out` is unused).
+/// Accumulates `dinp`, `dweight`, `dbias` of [`layernorm`] (`io.out` is
+/// unused; a frozen weight or bias, `None`, is skipped).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layernorm_backward(
     be: &mut BackendBox,
     dinp: BufId,
-    dweight: BufId,
-    dbias: BufId,
+    dweight: Option<BufId>,
+    dbias: Option<BufId>,
     dout: BufId,
     io: &LayerNormIo,
     rows: usize,
@@ -126,8 +129,8 @@ pub(crate) fn layernorm_backward(
     be.norm_backward(NormBackwardArgs {
         kind: NormKind::LayerNorm,
         dinp,
-        dweight: ROption::RSome(dweight),
-        dbias: ROption::RSome(dbias),
+        dweight: opt(dweight),
+        dbias: opt(dbias),
         dout,
         inp: io.inp,
         weight: io.weight,
@@ -201,12 +204,12 @@ pub(crate) fn rmsnorm(
     Ok(())
 }
 
-/// Accumulates `dinp` and `dweight` of [`rmsnorm`].
+/// Accumulates `dinp` and `dweight` of [`rmsnorm`] (`None`: a frozen weight).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rmsnorm_backward(
     be: &mut BackendBox,
     dinp: BufId,
-    dweight: BufId,
+    dweight: Option<BufId>,
     dout: BufId,
     inp: BufId,
     weight: BufId,
@@ -217,7 +220,7 @@ pub(crate) fn rmsnorm_backward(
     be.norm_backward(NormBackwardArgs {
         kind: NormKind::RmsNorm,
         dinp,
-        dweight: ROption::RSome(dweight),
+        dweight: opt(dweight),
         dbias: ROption::RNone,
         dout,
         inp,
@@ -273,13 +276,14 @@ pub(crate) fn linear_into_cols(
 }
 
 /// Backward of [`linear_into_cols`] without the bias: `dinp (+)= dout @ w`
-/// (`accumulate` adds, else overwrites), `dw += dout^T @ inp`.
+/// (`accumulate` adds, else overwrites), `dw += dout^T @ inp` (skipped for
+/// a frozen weight, `None`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn linear_backward_from_cols(
     be: &mut BackendBox,
     dinp: BufId,
     accumulate: bool,
-    dw: BufId,
+    dw: Option<BufId>,
     dout: Cols,
     inp: BufId,
     w: BufId,
@@ -294,13 +298,14 @@ pub(crate) fn linear_backward_from_cols(
             beta: if accumulate { 1.0 } else { 0.0 },
             ..MatmulArgs::new(dinp, view, w, rows, in_f, out_f)
         })
-        .and_then(|()| {
-            be.matmul(MatmulArgs {
+        .and_then(|()| match dw {
+            Some(dw) => be.matmul(MatmulArgs {
                 trans_a: true,
                 lda: dout.stride,
                 beta: 1.0,
                 ..MatmulArgs::new(dw, view, inp, out_f, in_f, rows)
-            })
+            }),
+            None => kiln_abi::RResult::ROk(()),
         });
     be.free(view).ok_or_err()?;
     r.ok_or_err()?;

@@ -1,6 +1,6 @@
 //! The parameter list (HF GPT-2 names, kiln layouts) and GPT-2 initialisation.
 
-use kiln_abi::{BackendBox, BackendExt, BufId, DType};
+use kiln_abi::{BackendBox, BackendExt, BufId, DType, IntoBResult};
 
 use crate::{GptConfig, ModelError, Rng};
 
@@ -13,8 +13,11 @@ pub struct Param {
     pub shape: Vec<usize>,
     /// The f32 values (the master copy under mixed precision).
     pub value: BufId,
-    /// The gradient (f32 in every precision policy: it accumulates).
-    pub grad: BufId,
+    /// The gradient (f32 in every precision policy: it accumulates), or
+    /// `None` for a frozen parameter (the base under LoRA): no optimizer
+    /// reads it, so no buffer is held and backward skips the products that
+    /// would fill it (input gradients still flow through the weight).
+    pub grad: Option<BufId>,
     /// Mixed precision: the 16-bit copy the forward and backward compute
     /// with, rewritten from `value` after every optimizer update.
     pub value_16: Option<BufId>,
@@ -31,6 +34,11 @@ impl Param {
 
     pub fn len(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// Frozen: no gradient buffer (see [`Param::grad`]).
+    pub fn is_frozen(&self) -> bool {
+        self.grad.is_none()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -203,24 +211,48 @@ pub(crate) fn init_values(spec: &ParamSpec, rng: &mut Rng) -> Vec<f32> {
     }
 }
 
-/// Allocates value and (zeroed) gradient buffers, uploading `values`.
-pub(crate) fn upload_params(
+/// Uploads `values` and, with `grads`, allocates zeroed gradient buffers.
+/// Each host copy is dropped once uploaded and the gradients come after
+/// every value, so loading holds the model once on the host plus once on
+/// the backend, never host copies and gradients together.
+pub(crate) fn upload_params<V: AsRef<[f32]>>(
     be: &mut BackendBox,
     specs: &[ParamSpec],
-    values: &[Vec<f32>],
+    values: impl IntoIterator<Item = V>,
+    grads: bool,
 ) -> Result<Vec<Param>, ModelError> {
     let mut params = Vec::with_capacity(specs.len());
     for (spec, v) in specs.iter().zip(values) {
-        let value = be.from_f32(v)?;
-        let grad = be.alloc_buf(DType::F32, v.len())?;
+        let value = be.from_f32(v.as_ref())?;
         params.push(Param {
             name: spec.name.clone(),
             shape: spec.shape.clone(),
             value,
-            grad,
+            grad: None,
             value_16: None,
             decay: spec.decay,
         });
     }
+    if grads {
+        alloc_grads(be, &mut params)?;
+    }
     Ok(params)
+}
+
+/// Gives every frozen parameter of `params` a zeroed gradient buffer.
+pub(crate) fn alloc_grads(be: &mut BackendBox, params: &mut [Param]) -> Result<(), ModelError> {
+    for p in params.iter_mut().filter(|p| p.grad.is_none()) {
+        p.grad = Some(be.alloc_buf(DType::F32, p.len())?);
+    }
+    Ok(())
+}
+
+/// Frees the gradient buffers of `params`, freezing them.
+pub(crate) fn free_grads(be: &mut BackendBox, params: &mut [Param]) -> Result<(), ModelError> {
+    for p in params {
+        if let Some(g) = p.grad.take() {
+            be.free(g).ok_or_err()?;
+        }
+    }
+    Ok(())
 }

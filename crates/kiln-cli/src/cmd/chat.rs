@@ -86,7 +86,7 @@ impl Session {
         let template = ChatTemplate::for_model_dir(&args.checkpoint, &tok)
             .with_context(|| format!("tokenizer {}", tok_path.display()))?;
         let mut be = crate::backend::open(&args.backend, args.threads)?;
-        let model = Gpt::load_pretrained(&mut be, &args.checkpoint)
+        let model = Gpt::load_pretrained_frozen(&mut be, &args.checkpoint)
             .with_context(|| format!("checkpoint {}", args.checkpoint.display()))?;
         if tok.vocab_size() > model.config.vocab_size {
             bail!(

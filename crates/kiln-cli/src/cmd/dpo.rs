@@ -13,7 +13,6 @@ use kiln_align::dpo::{
     RefSource,
 };
 use kiln_align::metrics::{MetricsLog, Progress};
-use kiln_align::policy::Policy;
 
 use super::sft::read_toml;
 
@@ -156,7 +155,8 @@ fn run_dpo_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<DpoSum
     };
     let mut be = crate::backend::open(&args.backend, args.threads)?;
     super::out_dir::check_finished_model(&args.model)?;
-    let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
+    let mut policy = lora
+        .load_policy(&mut be, &args.model, args.tokenizer.as_deref())
         .with_context(|| format!("loading model {}", args.model.display()))?;
     lora.apply(&mut be, &mut policy.model, config.seed)?;
     let pairs = read_preferences(&args.data, on_bad)?;

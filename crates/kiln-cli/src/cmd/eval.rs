@@ -28,7 +28,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut be = crate::backend::open(&args.backend, args.threads)?;
-    let mut model = Gpt::load_pretrained(&mut be, &args.checkpoint)?;
+    let mut model = Gpt::load_pretrained_frozen(&mut be, &args.checkpoint)?;
     let seq_len = args.seq_len.unwrap_or(model.config.max_seq_len);
     let r = kiln_train::eval::evaluate(&mut be, &mut model, &args.data, seq_len, args.batch_size)?;
     println!("{}", serde_json::to_string(&r)?);

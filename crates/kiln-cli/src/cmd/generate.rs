@@ -60,7 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     check_sampling(&args)?;
     let mut be = crate::backend::open(&args.backend, args.threads)?;
-    let mut model = Gpt::load_pretrained(&mut be, &args.checkpoint)?;
+    let mut model = Gpt::load_pretrained_frozen(&mut be, &args.checkpoint)?;
     let room = model.config.max_seq_len.saturating_sub(prompt.len());
     if args.max_new_tokens > room {
         bail!(

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use kiln_abi::BackendBox;
+use kiln_align::policy::Policy;
 use kiln_model::{Gpt, LoraConfig};
 
 /// The adapter directory of a LoRA run.
@@ -45,6 +46,20 @@ impl LoraArgs {
             alpha: self.lora_alpha.unwrap_or(2.0 * rank as f32),
             targets,
         }))
+    }
+
+    /// Loads `--model`'s policy: frozen under LoRA (the base then gets no
+    /// gradient buffers at all), else trainable.
+    pub fn load_policy(
+        &self,
+        be: &mut BackendBox,
+        dir: &Path,
+        tokenizer: Option<&Path>,
+    ) -> Result<Policy> {
+        Ok(match self.lora_rank {
+            Some(_) => Policy::load_frozen(be, dir, tokenizer)?,
+            None => Policy::load(be, dir, tokenizer)?,
+        })
     }
 
     /// Adds fresh adapters to `model` when LoRA is on.

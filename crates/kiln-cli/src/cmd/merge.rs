@@ -41,7 +41,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let mut be = crate::backend::open(&args.backend, args.threads)?;
-    let mut model = Gpt::load_pretrained(&mut be, &args.model)
+    let mut model = Gpt::load_pretrained_frozen(&mut be, &args.model)
         .with_context(|| format!("loading base model {}", args.model.display()))?;
     model
         .load_lora(&mut be, &args.adapter)

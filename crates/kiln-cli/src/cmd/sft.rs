@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use kiln_align::data::{encode_chats, read_chats, OnBad};
 use kiln_align::metrics::{MetricsLog, Progress};
-use kiln_align::policy::Policy;
 use kiln_align::sft::{split_eval, train_sft, SftConfig, SftSummary};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -173,7 +172,8 @@ fn sft_with(
     };
     let mut be = crate::backend::open(&args.backend, args.threads)?;
     super::out_dir::check_finished_model(&args.model)?;
-    let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
+    let mut policy = lora
+        .load_policy(&mut be, &args.model, args.tokenizer.as_deref())
         .with_context(|| format!("loading model {}", args.model.display()))?;
     lora.apply(&mut be, &mut policy.model, config.seed)?;
     let chats = read_chats(&args.data, on_bad)?;

@@ -5,12 +5,15 @@
 //! f32, every element within 1e-5 of the reference tensor's max-abs.
 
 use kiln_abi::BackendBox;
+use kiln_conformance::{CallCounts, Counting};
 use kiln_model::{Gpt, LoraConfig, LoraTarget};
 
 use crate::backend;
 use crate::llama_reference::{assert_close, fixture_dir, Reference};
 
 const TOL: f64 = 1e-5;
+/// bf16 mixed precision against the f32 reference: a few bf16 ulps (2^-8).
+const BF16_TOL: f64 = 5e-2;
 
 fn base(be: &mut BackendBox) -> Gpt {
     Gpt::load_pretrained(be, &fixture_dir("llama_tiny").join("model")).unwrap()
@@ -53,13 +56,13 @@ fn lora_logits_loss_and_adapter_gradients_match_peft() {
         TOL,
     );
     for p in gpt.lora_params() {
-        be.zero(p.grad).unwrap();
+        be.zero(p.grad.unwrap()).unwrap();
     }
     gpt.backward(&mut be, 1.0).unwrap();
     let params = gpt.lora_params().to_vec();
     assert_eq!(params.len(), 2 * 2 * 7);
     for p in &params {
-        let got = be_download(&mut be, p.grad);
+        let got = be_download(&mut be, p.grad.unwrap());
         let want = r.f32s(&format!("grad.{}", p.name));
         worst = worst.max(assert_close(&format!("grad {}", p.name), &got, &want, TOL));
     }
@@ -72,6 +75,109 @@ fn lora_logits_loss_and_adapter_gradients_match_peft() {
 fn be_download(be: &mut BackendBox, buf: kiln_abi::BufId) -> Vec<f32> {
     use kiln_abi::BackendExt;
     be.download_f32(buf).unwrap()
+}
+
+/// Bytes of every buffer `params` hold (values, gradients, 16-bit copies).
+fn held_bytes(be: &mut BackendBox, params: &[kiln_model::Param]) -> usize {
+    use kiln_abi::IntoBResult;
+    params
+        .iter()
+        .flat_map(|p| [Some(p.value), p.grad, p.value_16])
+        .flatten()
+        .map(|id| {
+            let info = be.buffer_info(id).ok_or_err().unwrap();
+            info.len * info.dtype.size()
+        })
+        .sum()
+}
+
+/// Matmuls one forward + backward of `gpt` on `r`'s batch runs in backward.
+fn backward_matmuls(gpt: &mut Gpt, be: &mut BackendBox, r: &Reference, counts: &CallCounts) -> u64 {
+    forward_loss(gpt, be, r);
+    counts.reset();
+    gpt.backward(be, 1.0).unwrap();
+    counts.get("matmul")
+}
+
+/// Under LoRA the base is frozen: its parameters hold their values and
+/// nothing else (no gradient buffers, loaded frozen or frozen by
+/// add_lora), and backward skips its weight-gradient products, one per
+/// base matrix; the adapters' gradients still match PEFT (the test above).
+#[test]
+fn lora_base_has_no_gradient_buffers_and_backward_skips_its_weight_products() {
+    let (mut be, counts) = Counting::boxed(backend());
+    let r = Reference::load("lora_tiny");
+    let mut plain = base(&mut be);
+    let full = backward_matmuls(&mut plain, &mut be, &r, &counts);
+    let value_bytes: usize = plain.params().iter().map(|p| 4 * p.len()).sum();
+    assert_eq!(held_bytes(&mut be, plain.params()), 2 * value_bytes);
+    // add_lora frees the gradients of a trainable base.
+    plain
+        .add_lora(
+            &mut be,
+            LoraConfig {
+                rank: 2,
+                alpha: 4.0,
+                targets: vec![LoraTarget::Q],
+            },
+            3,
+        )
+        .unwrap();
+    assert!(plain.params().iter().all(|p| p.is_frozen()));
+    assert_eq!(held_bytes(&mut be, plain.params()), value_bytes);
+    plain.release(&mut be).unwrap();
+
+    // A base loaded frozen never had any.
+    let mut gpt =
+        Gpt::load_pretrained_frozen(&mut be, &fixture_dir("llama_tiny").join("model")).unwrap();
+    assert_eq!(held_bytes(&mut be, gpt.params()), value_bytes);
+    gpt.load_lora(&mut be, &fixture_dir("lora_tiny").join("adapter"))
+        .unwrap();
+    assert_eq!(held_bytes(&mut be, gpt.params()), value_bytes);
+    assert!(gpt.lora_params().iter().all(|p| !p.is_frozen()));
+    let lora = backward_matmuls(&mut gpt, &mut be, &r, &counts);
+    let n_layer = gpt.config.n_layer as u64;
+    let adapters = gpt.lora_params().len() as u64 / 2;
+    // Skipped: dW of the 7 projections per layer and of lm_head. Added:
+    // 5 products per adapter (Ax again, dB, d(Ax), dA, dx).
+    assert_eq!(lora, full - (7 * n_layer + 1) + 5 * adapters);
+    gpt.release(&mut be).unwrap();
+}
+
+/// LoRA under bf16 mixed precision (16-bit base copies and activations,
+/// f32 adapters): the loss and the adapters' gradients stay within bf16
+/// rounding of PEFT's f32 figures.
+#[test]
+fn lora_under_bf16_mixed_precision_tracks_peft() {
+    let mut be = backend();
+    let r = Reference::load("lora_tiny");
+    let mut gpt = base(&mut be);
+    gpt.set_precision(&mut be, kiln_model::Precision::Bf16)
+        .unwrap();
+    gpt.load_lora(&mut be, &fixture_dir("lora_tiny").join("adapter"))
+        .unwrap();
+    let loss = forward_loss(&mut gpt, &mut be, &r);
+    let want = r.f32s("loss")[0];
+    assert!(
+        ((loss - want) / want).abs() < 1e-2,
+        "bf16 loss {loss} vs PEFT f32 {want}"
+    );
+    gpt.backward(&mut be, 1.0).unwrap();
+    let mut worst = 0.0f64;
+    for p in gpt.lora_params().to_vec() {
+        assert!(p.value_16.is_none(), "adapters stay f32");
+        let got = be_download(&mut be, p.grad.unwrap());
+        let want = r.f32s(&format!("grad.{}", p.name));
+        worst = worst.max(assert_close(
+            &format!("bf16 grad {}", p.name),
+            &got,
+            &want,
+            BF16_TOL,
+        ));
+    }
+    eprintln!(
+        "bf16 LoRA vs PEFT f32: loss {loss} ({want}); worst grad error / max_abs {worst:.2e}"
+    );
 }
 
 /// The adapter off is the base model, bit for bit; on again, the adapter.

@@ -183,7 +183,7 @@ fn release_frees_every_buffer() {
     let ids: Vec<_> = gpt
         .params()
         .iter()
-        .flat_map(|p| [p.value, p.grad])
+        .flat_map(|p| [Some(p.value), p.grad].into_iter().flatten())
         .collect();
     gpt.release(&mut be).unwrap();
     for id in ids {
