@@ -12,5 +12,5 @@
 //!   step agreement the trainer's data-parallel step uses.
 
 pub mod comm;
-// pub mod data_parallel;
+pub mod data_parallel;
 pub mod plan;

@@ -94,15 +94,16 @@ impl ThreadComm {
         blockers: impl Fn(&Table) -> Vec<usize>,
     ) -> Result<MutexGuard<'a, Table>, CommError> {
         loop {
-            if ready(&table) {
-                return Ok(table);
-            }
+            // A failed group fails every later call, even one that could complete.
             if let Some(reason) = &table.poisoned {
                 return Err(CommError::Poisoned {
                     rank: self.rank,
                     op,
                     reason: reason.clone(),
                 });
+            }
+            if ready(&table) {
+                return Ok(table);
             }
             let missing = blockers(&table);
             if let Some(&peer) = missing.iter().find(|&&r| table.left[r]) {
