@@ -12,7 +12,9 @@
 //! 3. AdamW on the shard;
 //! 4. all-gather: every rank receives the updated weights of every slice.
 //!
-//! AdamW is element-wise, so this is bit-identical to the unsharded update.
+//! AdamW is element-wise, so the update matches the unsharded one; only
+//! the norm's sum of squares is added in another order (per piece, then
+//! across ranks), a last-bit difference in the clip factor.
 //! Checkpoints hold the state gathered to full ([`Shard::gather_state`]),
 //! so a run resumes at any world size and either stage.
 
