@@ -761,7 +761,8 @@ fn rank_position(
         return Err(TrainError::checkpoint(
             ckpt_dir,
             format!(
-                "its loader position (global batch {} over {} rank(s)) cannot be split over                  {world} data-parallel ranks; use a --dp that divides {}",
+                "its loader position (global batch {} over {} rank(s)) cannot be split over \
+                 {world} data-parallel ranks; use a --dp that divides {}",
                 saved.batch_size, saved.world, saved.batch_size
             ),
         ));

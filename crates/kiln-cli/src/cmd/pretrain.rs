@@ -258,7 +258,8 @@ fn resumed_config(settings: &Settings, dir: &Path, dp: usize) -> anyhow::Result<
         let global = state.config.batch_size;
         if !global.is_multiple_of(dp) {
             bail!(
-                "--dp {dp}: the checkpoint's global batch of {global} sequences does not split                  into {dp} equal per-rank batches; use a --dp that divides {global}"
+                "--dp {dp}: the checkpoint's global batch of {global} sequences does not split \
+                 into {dp} equal per-rank batches; use a --dp that divides {global}"
             );
         }
         config.batch_size = global / dp;
@@ -310,7 +311,8 @@ fn run_data_parallel(
     let threads = threads.unwrap_or((cores / n).max(1));
     let timeout = std::time::Duration::from_secs(args.comm_timeout_s.max(1));
     eprintln!(
-        "data parallel: {n} thread ranks x batch {} (global batch {}), zero {}, {threads}          compute thread(s) per rank, collective timeout {}s",
+        "data parallel: {n} thread ranks x batch {} (global batch {}), zero {}, {threads} \
+         compute thread(s) per rank, collective timeout {}s",
         config.batch_size,
         config.batch_size * n,
         args.zero,
