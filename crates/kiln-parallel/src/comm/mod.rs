@@ -84,7 +84,7 @@ pub trait Communicator: Send {
     /// goes to rank d, chunk s of `out` came from rank s.
     fn all_to_all(&mut self, input: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         let n = self.world();
-        if input.len() % n != 0 || out.len() != input.len() {
+        if !input.len().is_multiple_of(n) || out.len() != input.len() {
             return Err(CommError::Mismatch {
                 rank: self.rank(),
                 op: "all_to_all",
