@@ -4,6 +4,7 @@ mod align_cli;
 mod chat;
 mod cli;
 mod data_cli;
+mod data_parallel;
 mod dpo;
 mod dpo_cli;
 mod export_cli;

@@ -5,7 +5,12 @@
 //! enumerates data x tensor x pipeline layouts, predicts each one's memory per
 //! device (Korthikanti et al. 2022) and step time (Narayanan et al. 2021's
 //! FLOPs, ring costs for the collectives), and ranks the ones that fit.
-//! The communicator and the data, tensor and pipeline parallel training loops
-//! come next, one file per parallel dimension.
+//!
+//! - [`comm`]: the [`comm::Communicator`] contract (rank-ordered sums,
+//!   deadlines, poisoning), [`comm::ThreadComm`] and the process grid.
+//! - [`data_parallel`]: gradient buckets, ZeRO-1 shards and the cross-rank
+//!   step agreement the trainer's data-parallel step uses.
 
+pub mod comm;
+pub mod data_parallel;
 pub mod plan;

@@ -15,6 +15,9 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error("optimizer: {0}")]
     Optim(#[from] OptimError),
+    /// A data-parallel collective failed (names the rank and the operation).
+    #[error("data parallel: {0}")]
+    Parallel(#[from] kiln_parallel::data_parallel::DpError),
     /// A checkpoint directory or training-state file that cannot be used.
     #[error("checkpoint {}: {problem}", path.display())]
     Checkpoint { path: PathBuf, problem: String },

@@ -1,19 +1,28 @@
 //! The training loop: micro-batches with gradient accumulation, global-norm
 //! clipping, AdamW on a warmup + cosine schedule, non-finite step guard,
 //! metrics per step, checkpoints, and exact resume.
+//!
+//! Data parallel ([`Trainer::start_parallel`], [`Trainer::resume_parallel`]):
+//! the same step on every rank, with the gradients averaged (or, under
+//! ZeRO-1, reduce-scattered) and the loss and norm agreed through
+//! kiln-parallel's [`DataParallel`] between backward and AdamW. Rank 0 alone
+//! writes metrics and checkpoints; a checkpoint is world-size free (full
+//! model, full optimizer state, the loader position of one rank reading the
+//! global batch), so it resumes at any `--dp` and `--zero`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln_abi::stats::{STAT_GRAD_NORM, STAT_LOSS, STAT_SKIP, STAT_SLOTS};
-use kiln_abi::{BackendBox, BackendExt, BufId, DType, IntoBResult};
+use kiln_abi::stats::{STAT_GRAD_NORM, STAT_GRAD_SUMSQ, STAT_LOSS, STAT_SKIP, STAT_SLOTS};
+use kiln_abi::{BackendBox, BackendExt, BufId, DType, IntoBResult, Reduce};
 use kiln_model::{Gpt, GptConfig, ModelError, Rng};
-use kiln_optim::{grad_norm_on_backend, AdamW, AdamWConfig, LrSchedule, ParamRef};
+use kiln_optim::{clip_limit, grad_norm_on_backend, AdamW, AdamWConfig, LrSchedule, ParamRef};
+use kiln_parallel::data_parallel::{agree, buckets, DataParallel, DpError, Shard, Zero};
 
 use crate::checkpoint::{self, TrainingState};
 use crate::config::TrainConfig;
 use crate::guard::{NonFiniteGuard, Verdict};
-use crate::loader::{DataLoader, LoaderOptions};
+use crate::loader::{DataLoader, LoaderOptions, LoaderPosition};
 use crate::metrics::{MetricsLog, StepRecord};
 use crate::scaler::{LossScaler, ScaleChange};
 use crate::TrainError;
@@ -60,7 +69,8 @@ pub struct Trainer {
     step: u64,
     run_dir: PathBuf,
     data: PathBuf,
-    metrics: MetricsLog,
+    /// Rank 0 only (the other ranks of a data-parallel run write nothing).
+    metrics: Option<MetricsLog>,
     guard: NonFiniteGuard,
     rng: Rng,
     started: Instant,
@@ -70,8 +80,29 @@ pub struct Trainer {
     scaler: Option<LossScaler>,
     /// Complete checkpoints kept (0 = all); see [`Trainer::set_keep_last`].
     keep_last: usize,
-    /// The run directory's exclusive lock, held for the trainer's life.
-    _lock: kiln_stdx::lock::DirLock,
+    /// The run directory's exclusive lock, held for the trainer's life
+    /// (by rank 0 only in a data-parallel run).
+    _lock: Option<kiln_stdx::lock::DirLock>,
+    /// Data parallel: the communicator and, under ZeRO-1, this rank's shard
+    /// (then `opt` holds only the shard's moments).
+    dp: Option<DpRank>,
+}
+
+/// One rank's data-parallel state.
+struct DpRank {
+    dp: DataParallel,
+    shard: Option<Shard>,
+}
+
+impl DpRank {
+    fn leader(dp: &Option<DpRank>) -> bool {
+        dp.as_ref().is_none_or(|d| d.dp.is_leader())
+    }
+
+    /// (rank, world) of a trainer, (0, 1) without data parallelism.
+    fn place(dp: &Option<DataParallel>) -> (usize, usize) {
+        dp.as_ref().map_or((0, 1), |d| (d.rank(), d.world()))
+    }
 }
 
 /// The step-stats block on the backend (`kiln_abi::stats`): the loss, the
@@ -124,13 +155,41 @@ impl Trainer {
     /// Starts a new run in `run_dir` (created if needed). Refuses a run
     /// directory that already holds checkpoints (resume it instead).
     pub fn start(
-        mut be: BackendBox,
+        be: BackendBox,
         config: TrainConfig,
         data: &Path,
         run_dir: &Path,
         init: Init<'_>,
     ) -> Result<Self, TrainError> {
+        Self::start_with(be, config, data, run_dir, init, None)
+    }
+
+    /// [`Trainer::start`] as one rank of a data-parallel run:
+    /// `config.batch_size` is per rank, so the step sees `world` times as
+    /// many sequences, split by rank. Every rank calls it (and then every
+    /// step and checkpoint) in lockstep.
+    pub fn start_parallel(
+        be: BackendBox,
+        config: TrainConfig,
+        data: &Path,
+        run_dir: &Path,
+        init: Init<'_>,
+        dp: DataParallel,
+    ) -> Result<Self, TrainError> {
+        Self::start_with(be, config, data, run_dir, init, Some(dp))
+    }
+
+    fn start_with(
+        mut be: BackendBox,
+        config: TrainConfig,
+        data: &Path,
+        run_dir: &Path,
+        init: Init<'_>,
+        dp: Option<DataParallel>,
+    ) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
+        check_parallel_config(&config, &dp)?;
+        let (rank, world) = DpRank::place(&dp);
         if let Some((step, dir)) = checkpoint::latest_checkpoint(run_dir)? {
             return Err(TrainError::RunDir {
                 path: run_dir.to_path_buf(),
@@ -141,9 +200,9 @@ impl Trainer {
                 ),
             });
         }
-        let lock = claim_run_dir(run_dir)?;
+        let lock = (rank == 0).then(|| claim_run_dir(run_dir)).transpose()?;
         refuse_incomplete_checkpoints(run_dir, 0, config.steps)?;
-        let loader = open_loader(data, &config)?;
+        let loader = open_loader(data, &config, rank, world)?;
         let model = match init {
             Init::Preset => {
                 let mc = GptConfig::preset(&config.model, config.vocab_size)?;
@@ -164,10 +223,14 @@ impl Trainer {
         };
         let mut model = model;
         let (refs, opt) = setup_precision(&mut be, &mut model, &config, None)?;
-        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
-        let metrics_path = run_dir.join("metrics.jsonl");
-        let metrics =
-            MetricsLog::open(&metrics_path, 0).map_err(|e| TrainError::io(&metrics_path, e))?;
+        let (opt, dp) = shard_optimizer(&mut be, &refs, opt, &config, dp)?;
+        let metrics = if rank == 0 {
+            std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+            let metrics_path = run_dir.join("metrics.jsonl");
+            Some(MetricsLog::open(&metrics_path, 0).map_err(|e| TrainError::io(&metrics_path, e))?)
+        } else {
+            None
+        };
         let stats = StepStats::new(&mut be)?;
         let scaler = new_scaler(&config);
         Ok(Self {
@@ -190,6 +253,7 @@ impl Trainer {
             stats,
             keep_last: 0,
             _lock: lock,
+            dp,
         })
     }
 
@@ -198,15 +262,43 @@ impl Trainer {
     /// not change the numbers of the steps already taken (`steps`,
     /// `checkpoint_every`, `log_every`, `max_bad_steps`).
     pub fn resume(
-        mut be: BackendBox,
+        be: BackendBox,
         config: TrainConfig,
         data: &Path,
         run_dir: &Path,
         ckpt_dir: &Path,
     ) -> Result<Self, TrainError> {
+        Self::resume_with(be, config, data, run_dir, ckpt_dir, None)
+    }
+
+    /// [`Trainer::resume`] as one rank of a data-parallel run, from a
+    /// checkpoint of any world size and ZeRO stage: the per-rank
+    /// `config.batch_size` times the world size must equal the checkpoint's
+    /// global batch.
+    pub fn resume_parallel(
+        be: BackendBox,
+        config: TrainConfig,
+        data: &Path,
+        run_dir: &Path,
+        ckpt_dir: &Path,
+        dp: DataParallel,
+    ) -> Result<Self, TrainError> {
+        Self::resume_with(be, config, data, run_dir, ckpt_dir, Some(dp))
+    }
+
+    fn resume_with(
+        mut be: BackendBox,
+        config: TrainConfig,
+        data: &Path,
+        run_dir: &Path,
+        ckpt_dir: &Path,
+        dp: Option<DataParallel>,
+    ) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
+        check_parallel_config(&config, &dp)?;
+        let (rank, world) = DpRank::place(&dp);
         let (state, opt_state) = checkpoint::read_training_state(ckpt_dir)?;
-        check_resume_config(&state.config, &config, ckpt_dir)?;
+        check_resume_config(&state.config, &global_config(&config, world), ckpt_dir)?;
         if config.steps < state.step {
             return Err(TrainError::Config(format!(
                 "--steps {} is below the checkpoint's step {} ({}); a resume continues toward \
@@ -216,10 +308,10 @@ impl Trainer {
                 ckpt_dir.display()
             )));
         }
-        let lock = claim_run_dir(run_dir)?;
+        let lock = (rank == 0).then(|| claim_run_dir(run_dir)).transpose()?;
         refuse_incomplete_checkpoints(run_dir, state.step, config.steps)?;
-        let mut loader = open_loader(data, &config)?;
-        loader.seek(&state.loader)?;
+        let mut loader = open_loader(data, &config, rank, world)?;
+        loader.seek(&rank_position(&state.loader, rank, world, ckpt_dir)?)?;
         let mut model = Gpt::load_pretrained(&mut be, ckpt_dir)?;
         check_model_fits(&model.config, &config, ckpt_dir)?;
         let names: Vec<String> = model.params().iter().map(|p| p.name.clone()).collect();
@@ -231,9 +323,16 @@ impl Trainer {
         }
         let (refs, opt) =
             setup_precision(&mut be, &mut model, &config, Some((&opt_state, ckpt_dir)))?;
-        let metrics_path = run_dir.join("metrics.jsonl");
-        let metrics = MetricsLog::open(&metrics_path, state.step)
-            .map_err(|e| TrainError::io(&metrics_path, e))?;
+        let (opt, dp) = shard_optimizer(&mut be, &refs, opt, &config, dp)?;
+        let metrics = if rank == 0 {
+            let metrics_path = run_dir.join("metrics.jsonl");
+            Some(
+                MetricsLog::open(&metrics_path, state.step)
+                    .map_err(|e| TrainError::io(&metrics_path, e))?,
+            )
+        } else {
+            None
+        };
         let mut guard = NonFiniteGuard::new(config.max_bad_steps);
         guard.set_consecutive(state.bad_steps);
         let stats = StepStats::new(&mut be)?;
@@ -261,6 +360,7 @@ impl Trainer {
             stats,
             keep_last: 0,
             _lock: lock,
+            dp,
         })
     }
 
@@ -297,6 +397,10 @@ impl Trainer {
     /// and at the end.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<RunSummary, TrainError> {
         let mut last_loss = None;
+        // Decided before any step, so every rank of a parallel run agrees
+        // (rank 0 may be writing checkpoints meanwhile).
+        let at_end = checkpoint::checkpoint_dir(&self.run_dir, self.config.steps);
+        let end_written = self.step == self.config.steps && at_end.exists();
         while self.step < self.config.steps {
             let record = self.train_step(obs)?;
             last_loss = Some(record.loss);
@@ -305,8 +409,7 @@ impl Trainer {
                 self.save_checkpoint(obs)?;
             }
         }
-        let at_end = checkpoint::checkpoint_dir(&self.run_dir, self.step);
-        if !at_end.exists() {
+        if !end_written {
             self.save_checkpoint(obs)?;
         }
         Ok(RunSummary {
@@ -316,8 +419,22 @@ impl Trainer {
         })
     }
 
-    /// One optimizer step over `grad_accum` micro-batches.
+    /// One optimizer step over `grad_accum` micro-batches. In a parallel
+    /// run an error here poisons the communicator, so the other ranks stop
+    /// at their next collective instead of waiting for this one.
     pub fn train_step(&mut self, obs: &mut dyn Observer) -> Result<StepRecord, TrainError> {
+        let result = self.local_step(obs);
+        self.poison_on_error(result)
+    }
+
+    fn poison_on_error<T>(&self, result: Result<T, TrainError>) -> Result<T, TrainError> {
+        if let (Err(e), Some(d)) = (&result, &self.dp) {
+            d.dp.poison(&e.to_string());
+        }
+        result
+    }
+
+    fn local_step(&mut self, obs: &mut dyn Observer) -> Result<StepRecord, TrainError> {
         let t0 = Instant::now();
         let (b, t, k) = (
             self.config.batch_size,
@@ -361,16 +478,34 @@ impl Trainer {
         }
         // Norm, clipping factor and skip flag on the backend; AdamW reads them
         // there and skips a non-finite step itself.
-        grad_norm_on_backend(
-            &mut self.be,
-            &self.refs,
-            self.stats.block,
-            self.config.grad_clip,
-            1.0 / loss_scale,
-        )?;
+        match &mut self.dp {
+            None => grad_norm_on_backend(
+                &mut self.be,
+                &self.refs,
+                self.stats.block,
+                self.config.grad_clip,
+                1.0 / loss_scale,
+            )?,
+            Some(d) => d.combine_gradients(
+                &mut self.be,
+                &self.refs,
+                self.stats.block,
+                self.config.grad_clip,
+                1.0 / loss_scale,
+            )?,
+        }
         let lr = self.schedule.lr(self.step);
+        let shard = self.dp.as_ref().and_then(|d| d.shard.as_ref());
+        let opt_refs = shard.map_or(&self.refs, |s| &s.refs);
         self.opt
-            .step_controlled(&mut self.be, &self.refs, lr, self.stats.block)?;
+            .step_controlled(&mut self.be, opt_refs, lr, self.stats.block)?;
+        if let Some(DpRank {
+            dp,
+            shard: Some(shard),
+        }) = &mut self.dp
+        {
+            shard.all_gather_values(&mut self.be, dp.comm(), &self.refs)?;
+        }
         // The one host read of the step (it also waits for the step's work).
         let stats = self
             .be
@@ -425,38 +560,63 @@ impl Trainer {
             loss,
             lr,
             grad_norm,
-            tokens_per_s: (b * t * k) as f64 / secs.max(1e-9),
+            tokens_per_s: (b * t * k * self.world()) as f64 / secs.max(1e-9),
             elapsed_s: self.started.elapsed().as_secs_f64(),
             skipped,
             loss_scale: self.scaler.map(|_| loss_scale),
         };
-        self.metrics
-            .append(&record)
-            .map_err(|e| TrainError::io(self.metrics.path(), e))?;
-        obs.on_step(&record);
+        if let Some(metrics) = &mut self.metrics {
+            metrics
+                .append(&record)
+                .map_err(|e| TrainError::io(metrics.path(), e))?;
+        }
+        if DpRank::leader(&self.dp) {
+            obs.on_step(&record);
+        }
         Ok(record)
     }
 
-    /// Writes the checkpoint of the current step.
+    /// Writes the checkpoint of the current step. In a parallel run every
+    /// rank calls it (ZeRO-1 gathers the optimizer state) and rank 0 writes.
     pub fn save_checkpoint(&mut self, obs: &mut dyn Observer) -> Result<PathBuf, TrainError> {
+        let result = self.write_checkpoint(obs);
+        self.poison_on_error(result)
+    }
+
+    fn write_checkpoint(&mut self, obs: &mut dyn Observer) -> Result<PathBuf, TrainError> {
+        let gathered = self.gathered_optimizer()?;
+        if !DpRank::leader(&self.dp) {
+            return Ok(checkpoint::checkpoint_dir(&self.run_dir, self.step));
+        }
+        let world = self.world();
+        let position = self.loader.position();
         let state = TrainingState {
             format: checkpoint::new_state_format(),
             step: self.step,
-            config: self.config.clone(),
-            loader: self.loader.position(),
+            config: global_config(&self.config, world),
+            loader: LoaderPosition {
+                batch_size: position.batch_size * world,
+                rank: 0,
+                world: 1,
+                ..position
+            },
             data: self.data.clone(),
             bad_steps: self.guard.consecutive(),
             rng: self.rng.state(),
             param_names: self.model.params().iter().map(|p| p.name.clone()).collect(),
             loss_scaler: self.scaler,
         };
-        let dir = checkpoint::write_checkpoint(
+        let written = checkpoint::write_checkpoint(
             &mut self.be,
             &self.run_dir,
             &self.model,
             &state,
-            &self.opt,
-        )?;
+            gathered.as_ref().unwrap_or(&self.opt),
+        );
+        if let Some(full) = gathered {
+            full.release(&mut self.be)?;
+        }
+        let dir = written?;
         obs.on_checkpoint(self.step, &dir);
         self.last_checkpoint = Some(dir.clone());
         if self.keep_last > 0 {
@@ -464,6 +624,155 @@ impl Trainer {
         }
         Ok(dir)
     }
+
+    /// Data-parallel ranks (1 without data parallelism).
+    pub fn world(&self) -> usize {
+        self.dp.as_ref().map_or(1, |d| d.dp.world())
+    }
+
+    /// This rank (0 without data parallelism).
+    pub fn rank(&self) -> usize {
+        self.dp.as_ref().map_or(0, |d| d.dp.rank())
+    }
+
+    /// ZeRO-1: the full optimizer (on rank 0; `None` on the others and
+    /// when the optimizer is not sharded) from every rank's shard.
+    fn gathered_optimizer(&mut self) -> Result<Option<AdamW>, TrainError> {
+        let Some(DpRank {
+            dp,
+            shard: Some(shard),
+        }) = &mut self.dp
+        else {
+            return Ok(None);
+        };
+        let mine = self.opt.export_state(&mut self.be)?;
+        let full = shard.gather_state(dp.comm(), &mine)?;
+        if !dp.is_leader() {
+            return Ok(None);
+        }
+        let mut opt = AdamW::new(&mut self.be, &self.refs, adamw_config(&self.config))?;
+        opt.import_state(&mut self.be, &full)?;
+        Ok(Some(opt))
+    }
+}
+
+impl DpRank {
+    /// Between backward and AdamW: the gradients averaged across ranks
+    /// (whole, or this rank's shard under ZeRO-1), the loss averaged, and
+    /// the norm, clip factor and skip flag computed from the global
+    /// gradient, the same on every rank.
+    fn combine_gradients(
+        &mut self,
+        be: &mut BackendBox,
+        refs: &[ParamRef],
+        stats: BufId,
+        grad_clip: Option<f32>,
+        inv_loss_scale: f32,
+    ) -> Result<(), TrainError> {
+        let bucket_bytes = self.dp.bucket_bytes();
+        let comm = self.dp.comm();
+        match &self.shard {
+            None => {
+                buckets::all_reduce_grads(be, comm, refs, bucket_bytes)?;
+                agree::agree_stats(be, comm, stats, false)?;
+                grad_norm_on_backend(be, refs, stats, grad_clip, inv_loss_scale)?;
+            }
+            Some(shard) => {
+                shard.reduce_scatter_grads(be, comm, refs)?;
+                for r in &shard.refs {
+                    be.reduce(Reduce::SumSquares, stats, STAT_GRAD_SUMSQ, r.grad, r.len)
+                        .ok_or_err()
+                        .map_err(DpError::from)?;
+                }
+                agree::agree_stats(be, comm, stats, true)?;
+                be.step_control(stats, clip_limit(grad_clip)?, inv_loss_scale)
+                    .ok_or_err()
+                    .map_err(DpError::from)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a data-parallel run cannot do (yet), refused before any work.
+fn check_parallel_config(
+    config: &TrainConfig,
+    dp: &Option<DataParallel>,
+) -> Result<(), TrainError> {
+    match dp {
+        Some(d) if d.zero() == Zero::Stage1 && config.precision().is_mixed() => {
+            Err(TrainError::Config(format!(
+                "--zero 1 shards f32 master weights only; --precision {} needs --zero 0 for now",
+                config.precision
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// ZeRO-1: replaces the full optimizer by one over this rank's shard,
+/// keeping the shard's part of its state (zeros on a new run).
+fn shard_optimizer(
+    be: &mut BackendBox,
+    refs: &[ParamRef],
+    full: AdamW,
+    config: &TrainConfig,
+    dp: Option<DataParallel>,
+) -> Result<(AdamW, Option<DpRank>), TrainError> {
+    let Some(dp) = dp else {
+        return Ok((full, None));
+    };
+    if dp.zero() == Zero::Off {
+        return Ok((full, Some(DpRank { dp, shard: None })));
+    }
+    let shard = Shard::new(be, refs, dp.rank(), dp.world())?;
+    let state = full.export_state(be)?;
+    full.release(be)?;
+    let mut opt = AdamW::new(be, &shard.refs, adamw_config(config))?;
+    opt.import_state(be, &shard.slice_state(&state))?;
+    Ok((
+        opt,
+        Some(DpRank {
+            dp,
+            shard: Some(shard),
+        }),
+    ))
+}
+
+/// The config as one process would run it: `world` ranks of per-rank
+/// batch B are one rank of batch `world * B` (what checkpoints store).
+fn global_config(config: &TrainConfig, world: usize) -> TrainConfig {
+    TrainConfig {
+        batch_size: config.batch_size * world,
+        ..config.clone()
+    }
+}
+
+/// A checkpoint's loader position (one rank reading the global batch) as
+/// rank `rank` of `world` continues it: rank r's batch k is windows
+/// `[(k*world + r)*B, ..+B)`, the r-th part of the single rank's batch k.
+fn rank_position(
+    saved: &LoaderPosition,
+    rank: usize,
+    world: usize,
+    ckpt_dir: &Path,
+) -> Result<LoaderPosition, TrainError> {
+    if saved.world != 1 || !saved.batch_size.is_multiple_of(world) {
+        return Err(TrainError::checkpoint(
+            ckpt_dir,
+            format!(
+                "its loader position (global batch {} over {} rank(s)) cannot be split over \
+                 {world} data-parallel ranks; use a --dp that divides {}",
+                saved.batch_size, saved.world, saved.batch_size
+            ),
+        ));
+    }
+    Ok(LoaderPosition {
+        batch_size: saved.batch_size / world,
+        rank,
+        world,
+        ..saved.clone()
+    })
 }
 
 /// Puts the model in the run's precision policy and builds the optimizer
@@ -512,7 +821,12 @@ fn new_scaler(config: &TrainConfig) -> Option<LossScaler> {
         .then(|| LossScaler::new(config.loss_scale_init))
 }
 
-fn open_loader(data: &Path, config: &TrainConfig) -> Result<DataLoader, TrainError> {
+fn open_loader(
+    data: &Path,
+    config: &TrainConfig,
+    rank: usize,
+    world: usize,
+) -> Result<DataLoader, TrainError> {
     Ok(DataLoader::open(
         data,
         LoaderOptions {
@@ -520,8 +834,8 @@ fn open_loader(data: &Path, config: &TrainConfig) -> Result<DataLoader, TrainErr
             seq_len: config.seq_len,
             seed: config.seed,
             shuffle: true,
-            rank: 0,
-            world: 1,
+            rank,
+            world,
         },
     )?)
 }

@@ -1,14 +1,20 @@
 //! `kiln pretrain`: next-token pretraining of a GPT-2-style model on token
 //! shards, with checkpoints, exact `--resume` and metrics.jsonl.
+//!
+//! `--dp N` runs N data-parallel ranks as threads of this process
+//! (`--batch-size` per rank, `--zero 0|1`, `--comm-timeout-s`); rank 0 alone
+//! prints and writes. See docs/parallel.md.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use kiln_model::{GptConfig, SampleOptions};
+use kiln_parallel::comm::{Communicator, ThreadComm};
+use kiln_parallel::data_parallel::{DataParallel, Zero};
 use kiln_train::checkpoint::{latest_checkpoint, read_training_state};
 use kiln_train::loader::{is_val_name, shards_of, TokenSource};
 use kiln_train::progress::Progress;
-use kiln_train::{Init, TrainConfig, Trainer};
+use kiln_train::{Init, Quiet, TrainConfig, Trainer};
 use serde::Deserialize;
 
 #[derive(clap::Args, Debug)]
@@ -41,6 +47,18 @@ pub struct Args {
     /// stays); older ones are removed as new ones are written. 0 keeps all.
     #[arg(long, default_value_t = 0)]
     keep_last: usize,
+    /// Data-parallel ranks, run as threads of this process; --batch-size is
+    /// per rank (the global batch is N times it). Rank 0 prints and writes.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    dp: usize,
+    /// ZeRO stage of a data-parallel run: 0 (every rank holds the whole
+    /// optimizer state) or 1 (optimizer state and master weights sharded).
+    #[arg(long, default_value_t = 0, value_name = "0|1")]
+    zero: u8,
+    /// Seconds a rank waits in one collective before it fails the run,
+    /// naming the rank(s) it waited for.
+    #[arg(long, default_value_t = 600, value_name = "S")]
+    comm_timeout_s: u64,
 }
 
 /// Settings a flag or the TOML file can give (the file's keys are these
@@ -197,9 +215,6 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             args.data.display()
         );
     }
-    let threads = settings.threads;
-    let be = crate::backend::open(&args.backend, threads)?;
-
     let resume_from = if args.resume {
         let found = latest_checkpoint(&args.out)?;
         if found.is_none() {
@@ -213,32 +228,143 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         None
     };
 
-    let mut trainer = match &resume_from {
+    let zero = Zero::from_level(args.zero).map_err(anyhow::Error::msg)?;
+    if args.dp == 0 {
+        bail!("--dp 0: a run needs at least one rank");
+    }
+    let config = match &resume_from {
         Some((step, dir)) => {
-            let (state, _) = read_training_state(dir)?;
-            let mut config = state.config.clone();
-            settings.apply(&mut config);
             eprintln!("resuming from step {step}: {}", dir.display());
-            Trainer::resume(be, config, &args.data, &args.out, dir)?
+            resumed_config(&settings, dir, args.dp)?
         }
-        None => {
-            let config = fresh_config(&settings, &args)?;
+        None => fresh_config(&settings, &args)?,
+    };
+    if args.dp == 1 && zero == Zero::Off {
+        let be = crate::backend::open(&args.backend, settings.threads)?;
+        let trainer = open_trainer(be, config, &args, &resume_from, None)?;
+        return train_and_report(trainer, &args);
+    }
+    run_data_parallel(config, &args, &resume_from, settings.threads, zero)
+}
+
+/// The config of a resumed run: the checkpoint's (whose batch is global),
+/// then the flags; without --batch-size the global batch is split over the
+/// `dp` ranks.
+fn resumed_config(settings: &Settings, dir: &Path, dp: usize) -> anyhow::Result<TrainConfig> {
+    let (state, _) = read_training_state(dir)?;
+    let mut config = state.config.clone();
+    settings.apply(&mut config);
+    if settings.batch_size.is_none() {
+        let global = state.config.batch_size;
+        if !global.is_multiple_of(dp) {
+            bail!(
+                "--dp {dp}: the checkpoint's global batch of {global} sequences does not split \
+                 into {dp} equal per-rank batches; use a --dp that divides {global}"
+            );
+        }
+        config.batch_size = global / dp;
+    }
+    Ok(config)
+}
+
+/// A new or resumed trainer (one rank's, with `dp`).
+fn open_trainer(
+    be: kiln_abi::BackendBox,
+    config: TrainConfig,
+    args: &Args,
+    resume_from: &Option<(u64, PathBuf)>,
+    dp: Option<DataParallel>,
+) -> anyhow::Result<Trainer> {
+    let mut trainer = match (resume_from, dp) {
+        (Some((_, dir)), None) => Trainer::resume(be, config, &args.data, &args.out, dir)?,
+        (Some((_, dir)), Some(dp)) => {
+            Trainer::resume_parallel(be, config, &args.data, &args.out, dir, dp)?
+        }
+        (None, dp) => {
             let init = match &args.init {
                 Some(d) => Init::Checkpoint(d),
                 None => Init::Preset,
             };
-            Trainer::start(be, config, &args.data, &args.out, init)?
+            match dp {
+                None => Trainer::start(be, config, &args.data, &args.out, init)?,
+                Some(dp) => Trainer::start_parallel(be, config, &args.data, &args.out, init, dp)?,
+            }
         }
     };
-
     trainer.set_keep_last(args.keep_last);
+    Ok(trainer)
+}
+
+/// `--dp N`: N thread ranks, each with its own backend; rank 0 reports.
+/// The error shown is rank 0's, else the lowest failing rank's (a rank
+/// that failed first is named in the others' messages).
+fn run_data_parallel(
+    config: TrainConfig,
+    args: &Args,
+    resume_from: &Option<(u64, PathBuf)>,
+    threads: Option<usize>,
+    zero: Zero,
+) -> anyhow::Result<()> {
+    let n = args.dp;
+    // The cores are shared between the ranks unless --threads says otherwise.
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = threads.unwrap_or((cores / n).max(1));
+    let timeout = std::time::Duration::from_secs(args.comm_timeout_s.max(1));
+    eprintln!(
+        "data parallel: {n} thread ranks x batch {} (global batch {}), zero {}, {threads} \
+         compute thread(s) per rank, collective timeout {}s",
+        config.batch_size,
+        config.batch_size * n,
+        args.zero,
+        timeout.as_secs()
+    );
+    let results: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ThreadComm::group(n, timeout)
+            .into_iter()
+            .map(|comm| {
+                let config = config.clone();
+                s.spawn(move || -> anyhow::Result<()> {
+                    let rank = comm.rank();
+                    let dp = DataParallel::new(Box::new(comm), zero);
+                    let be = crate::backend::open(&args.backend, Some(threads))?;
+                    let trainer = open_trainer(be, config, args, resume_from, Some(dp))?;
+                    if rank == 0 {
+                        train_and_report(trainer, args)
+                    } else {
+                        let mut trainer = trainer;
+                        trainer.run(&mut Quiet)?;
+                        Ok(())
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("rank {rank} panicked")))
+                    .with_context(|| format!("data-parallel rank {rank}"))
+            })
+            .collect()
+    });
+    match results.into_iter().find(Result::is_err) {
+        Some(err) => err,
+        None => Ok(()),
+    }
+}
+
+/// Runs `trainer` to the end with a progress bar, then prints the summary,
+/// the held-out loss and samples.
+fn train_and_report(mut trainer: Trainer, args: &Args) -> anyhow::Result<()> {
     let c = trainer.config().clone();
+    let world = trainer.world();
     eprintln!(
         "pretrain: model {} (vocab {}), {} steps of {} x {} tokens x {} micro-batches, lr {} -> {}, run dir {}",
         c.model,
         c.vocab_size,
         c.steps,
-        c.batch_size,
+        c.batch_size * world,
         c.seq_len,
         c.grad_accum,
         c.lr,
