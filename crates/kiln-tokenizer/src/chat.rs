@@ -269,11 +269,10 @@ impl ChatTemplate {
                 model_template::from_config(tok, c, &path)
             }
             _ => Self::from_tokenizer(tok).map_err(|e| match e {
-                ChatError::MissingSpecialTokens { missing } => ChatError::Template(format!(
-                    "{} has no chat_template, and the tokenizer lacks kiln's chat tokens \
-                     {missing:?}: use an instruction-tuned model's directory (its \
-                     tokenizer_config.json names the template), add a \"chat_template\" to \
-                     that file, or train a tokenizer with kiln's chat tokens",
+                missing @ ChatError::MissingSpecialTokens { .. } => ChatError::Template(format!(
+                    "{} has no chat_template (use an instruction-tuned model's directory, whose \
+                     tokenizer_config.json names its template, or add a \"chat_template\" to \
+                     that file), and kiln's own template cannot serve: {missing}",
                     path.display()
                 )),
                 other => other,
