@@ -140,12 +140,13 @@ fn all_to_all_transposes_equal_chunks() {
 #[test]
 fn a_stalled_rank_times_out_the_others_naming_it() {
     let got = on_ranks(3, Duration::from_millis(200), |c| {
-        let mut buf = vec![1.0];
         if c.rank() == 2 {
-            // never joins: waits on a message nobody sends, then leaves
-            let _ = c.recv(&mut buf, 0);
+            // never joins: stalls past the others' deadline, then leaves
+            // (a recv with the same deadline would race them to time out)
+            std::thread::sleep(Duration::from_millis(800));
             return None;
         }
+        let mut buf = vec![1.0];
         Some(c.all_reduce(&mut buf, ReduceOp::Sum).unwrap_err())
     });
     for err in got.into_iter().take(2).flatten() {
