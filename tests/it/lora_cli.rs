@@ -162,6 +162,7 @@ fn lora_sft_writes_a_peft_adapter_and_merge_matches_it() {
         "the adapter learned something"
     );
     check_with_peft(&base, &adapter, &merged, &ids, &want);
+    check_unmerged_adapter(&base, &adapter, &merged, &data, dir.path(), &sm);
 
     // A merge that would overwrite its input is refused.
     let o = kiln(&[
@@ -175,6 +176,98 @@ fn lora_sft_writes_a_peft_adapter_and_merge_matches_it() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--out"));
+}
+
+/// Greedy `kiln generate` ids from `checkpoint` (with `adapter` on top).
+fn greedy_ids(checkpoint: &Path, adapter: Option<&Path>) -> String {
+    let mut args = vec![
+        "generate",
+        "--checkpoint",
+        s(checkpoint),
+        "--prompt-ids",
+        "5,6,7,8",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0",
+    ];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", s(a)]);
+    }
+    let o = kiln(&args);
+    ok(&o);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `--adapter` without merging: generation with the adapter on top is the
+/// merged model's, and `kiln sft --adapter` continues the trained adapter
+/// (same rank and targets; it starts where the first run ended, below the
+/// first run's start) rather than adding fresh ones.
+fn check_unmerged_adapter(
+    base: &Path,
+    adapter: &Path,
+    merged: &Path,
+    data: &Path,
+    root: &Path,
+    first: &Value,
+) {
+    assert_eq!(
+        greedy_ids(base, Some(adapter)),
+        greedy_ids(merged, None),
+        "generate --adapter = the merged model"
+    );
+
+    let out = root.join("sft2");
+    ok(&kiln(&[
+        "sft",
+        "--model",
+        s(base),
+        "--adapter",
+        s(adapter),
+        "--data",
+        s(data),
+        "--out",
+        s(&out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--lr",
+        "1e-2",
+        "--eval-fraction",
+        "0",
+    ]));
+    let second = summary(&out);
+    assert_eq!(second["lora"], first["lora"], "the adapter's own settings");
+    let loss = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    assert!(
+        loss(&second, "first_loss") < loss(first, "first_loss") - 0.05,
+        "continued from the trained adapter: {} vs a fresh start at {}",
+        loss(&second, "first_loss"),
+        loss(first, "first_loss")
+    );
+    assert_ne!(
+        std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(adapter.join("adapter_model.safetensors")).unwrap(),
+        "the continued adapter trained further"
+    );
+
+    // The adapter carries its own rank: naming one too is refused.
+    let o = kiln(&[
+        "sft",
+        "--model",
+        s(base),
+        "--adapter",
+        s(adapter),
+        "--lora-rank",
+        "8",
+        "--data",
+        s(data),
+        "--out",
+        s(&root.join("sft3")),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lora-rank"));
 }
 
 fn have_peft() -> bool {

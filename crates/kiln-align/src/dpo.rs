@@ -309,14 +309,15 @@ impl Fnv {
 /// Identifies the reference log-probs: the reference model's files
 /// (`config.json`, `model.safetensors`) and every encoded pair, in order.
 pub fn reference_fingerprint(
-    model_dir: &Path,
+    model_dirs: &[&Path],
     pairs: &[EncodedPair],
 ) -> Result<String, AlignError> {
     let mut model = Fnv::new();
-    for name in ["config.json", "model.safetensors"] {
-        let path = model_dir.join(name);
-        let bytes = std::fs::read(&path).map_err(|e| AlignError::io(&path, e))?;
-        model.bytes(&bytes);
+    for dir in model_dirs {
+        for path in fingerprint_files(dir)? {
+            let bytes = std::fs::read(&path).map_err(|e| AlignError::io(&path, e))?;
+            model.bytes(&bytes);
+        }
     }
     let mut data = Fnv::new();
     for p in pairs {
@@ -325,6 +326,38 @@ pub fn reference_fingerprint(
         data.u32s(&p.rejected);
     }
     Ok(format!("model-{:016x}-data-{:016x}", model.0, data.0))
+}
+
+/// The files that decide a model directory's outputs, in name order: its
+/// configs (config.json, a PEFT adapter's adapter_config.json, a shard
+/// index) and every safetensors file, so sharded models and adapters are
+/// covered as well as single-file models.
+fn fingerprint_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, AlignError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| AlignError::io(dir, e))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| AlignError::io(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let decides = name.ends_with(".safetensors")
+            || matches!(
+                name,
+                "config.json" | "adapter_config.json" | "model.safetensors.index.json"
+            );
+        if decides && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if !files
+        .iter()
+        .any(|p| p.extension().is_some_and(|e| e == "safetensors"))
+    {
+        return Err(AlignError::Config(format!(
+            "{}: no .safetensors weights to fingerprint the reference model by",
+            dir.display()
+        )));
+    }
+    Ok(files)
 }
 
 /// Reference log-probs on disk (`OUT/ref_logps.json`).
@@ -375,7 +408,7 @@ pub fn reference_logps(
     micro_batch: usize,
     cache_path: &Path,
 ) -> Result<(Vec<PairRef>, RefSource), AlignError> {
-    cached_reference_logps(model_dir, pairs, cache_path, || {
+    cached_reference_logps(&[model_dir], pairs, cache_path, || {
         // Forward only: frozen, so no gradient buffers.
         let mut reference = Gpt::load_pretrained_frozen(be, model_dir)?;
         let logps = pair_logps(&mut reference, be, pairs, pad, micro_batch);
@@ -385,13 +418,20 @@ pub fn reference_logps(
 }
 
 /// Reference log-probs of `pairs` for a LoRA `policy` whose base was
-/// loaded from `base_dir`: the policy with its adapters off is the frozen
-/// base, so no second copy of the model is loaded. Cached as
-/// [`reference_logps`] (the fingerprint is the base's).
+/// loaded from `base_dir`, with no second copy of the model loaded:
+/// - fresh adapters (`adapter_dir` None): the policy with its adapters off
+///   is the frozen base;
+/// - adapters continued from `adapter_dir` (say an SFT run's): the policy
+///   as loaded, base plus that adapter, is the reference, as DPO's
+///   reference is the model it starts from.
+///
+/// Cached as [`reference_logps`] (fingerprinted by the base and adapter).
+#[allow(clippy::too_many_arguments)]
 pub fn lora_reference_logps(
     be: &mut BackendBox,
     policy: &mut Gpt,
     base_dir: &Path,
+    adapter_dir: Option<&Path>,
     pairs: &[EncodedPair],
     pad: u32,
     micro_batch: usize,
@@ -402,7 +442,11 @@ pub fn lora_reference_logps(
             "lora_reference_logps needs a model with LoRA adapters".into(),
         ));
     }
-    cached_reference_logps(base_dir, pairs, cache_path, || {
+    let dirs: Vec<&Path> = std::iter::once(base_dir).chain(adapter_dir).collect();
+    cached_reference_logps(&dirs, pairs, cache_path, || {
+        if adapter_dir.is_some() {
+            return pair_logps(policy, be, pairs, pad, micro_batch);
+        }
         policy.set_lora_enabled(false);
         let logps = pair_logps(policy, be, pairs, pad, micro_batch);
         policy.set_lora_enabled(true);
@@ -410,15 +454,15 @@ pub fn lora_reference_logps(
     })
 }
 
-/// The cache at `cache_path` when it matches `model_dir` and `pairs`, else
+/// The cache at `cache_path` when it matches `model_dirs` and `pairs`, else
 /// `compute`'s log-probs, written there.
 fn cached_reference_logps(
-    model_dir: &Path,
+    model_dirs: &[&Path],
     pairs: &[EncodedPair],
     cache_path: &Path,
     compute: impl FnOnce() -> Result<Vec<PairRef>, AlignError>,
 ) -> Result<(Vec<PairRef>, RefSource), AlignError> {
-    let fingerprint = reference_fingerprint(model_dir, pairs)?;
+    let fingerprint = reference_fingerprint(model_dirs, pairs)?;
     if let Some(c) = ReferenceCache::load_matching(cache_path, &fingerprint, pairs.len()) {
         return Ok((c.logps, RefSource::Reused));
     }

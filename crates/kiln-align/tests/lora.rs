@@ -161,11 +161,34 @@ fn lora_dpo_uses_the_frozen_base_as_its_reference() {
     }
     let cache = dir.path().join("refs.json");
     let (refs, source) =
-        lora_reference_logps(&mut be, &mut model, &base_dir, &pairs(), 0, 1, &cache).unwrap();
+        lora_reference_logps(&mut be, &mut model, &base_dir, None, &pairs(), 0, 1, &cache).unwrap();
     assert_eq!(source, RefSource::Computed);
     assert_eq!(refs, want_refs, "adapters off = the base, bit for bit");
     let with_adapters = pair_logps(&mut model, &mut be, &pairs(), 0, 1).unwrap();
     assert_ne!(with_adapters, want_refs, "adapters back on afterwards");
+
+    // Continuing a saved adapter (`--adapter`): the reference is the model
+    // DPO starts from, base plus adapter, and the base-only cache is not
+    // taken for it (the fingerprint covers the adapter too).
+    let adapter_dir = dir.path().join("adapter");
+    model.save_lora(&mut be, &adapter_dir, "base").unwrap();
+    let (continued, source) = lora_reference_logps(
+        &mut be,
+        &mut model,
+        &base_dir,
+        Some(&adapter_dir),
+        &pairs(),
+        0,
+        1,
+        &cache,
+    )
+    .unwrap();
+    assert_eq!(
+        source,
+        RefSource::Computed,
+        "the base's cache is stale here"
+    );
+    assert_eq!(continued, with_adapters, "the reference is base + adapter");
 
     let base_before = base_bits(&mut be, &model);
     let cfg = DpoConfig {

@@ -21,6 +21,10 @@ pub struct Args {
     /// Checkpoint directory (model.safetensors + config.json).
     #[arg(long)]
     checkpoint: PathBuf,
+    /// A PEFT LoRA adapter (e.g. a LoRA run's OUT/adapter/) to run on top
+    /// of the checkpoint, unmerged.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Tokenizer file with the chat special tokens (default:
     /// CHECKPOINT/tokenizer.json).
     #[arg(long)]
@@ -86,8 +90,11 @@ impl Session {
         let template = ChatTemplate::for_model_dir(&args.checkpoint, &tok)
             .with_context(|| format!("tokenizer {}", tok_path.display()))?;
         let mut be = crate::backend::open(&args.backend, args.threads)?;
-        let model = Gpt::load_pretrained_frozen(&mut be, &args.checkpoint)
-            .with_context(|| format!("checkpoint {}", args.checkpoint.display()))?;
+        let model = super::lora_args::load_inference_model(
+            &mut be,
+            &args.checkpoint,
+            args.adapter.as_deref(),
+        )?;
         if tok.vocab_size() > model.config.vocab_size {
             bail!(
                 "tokenizer {} has {} tokens but the model in {} only {}; use the tokenizer the model was trained with",

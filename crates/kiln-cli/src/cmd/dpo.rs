@@ -116,7 +116,7 @@ pub struct Cli {
 pub fn run(cli: Cli) -> Result<()> {
     let args = cli.args;
     let s = run_dpo_with(&args, &cli.lora)?;
-    let written = if cli.lora.lora_rank.is_some() {
+    let written = if cli.lora.is_on() {
         super::lora_args::ADAPTER_DIR
     } else {
         "model"
@@ -178,12 +178,13 @@ fn run_dpo_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<DpoSum
             &mut be,
             &mut policy.model,
             &args.model,
+            lora.adapter.as_deref(),
             &encoded.items,
             pad,
             config.micro_batch,
             &cache_path,
         )
-        .context("reference log-probs (the base: adapters off)")?
+        .context("reference log-probs (the model DPO starts from)")?
     } else if kind.uses_reference() {
         reference_logps(
             &mut be,

@@ -3,13 +3,15 @@
 
 use std::path::PathBuf;
 
-use kiln_model::Gpt;
-
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Checkpoint directory (model.safetensors + config.json; kiln's or HF's).
     #[arg(long)]
     checkpoint: PathBuf,
+    /// A PEFT LoRA adapter (e.g. a LoRA run's OUT/adapter/) to run on top
+    /// of the checkpoint, unmerged.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// A .bin token shard.
     #[arg(long)]
     data: PathBuf,
@@ -28,7 +30,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut be = crate::backend::open(&args.backend, args.threads)?;
-    let mut model = Gpt::load_pretrained_frozen(&mut be, &args.checkpoint)?;
+    let mut model =
+        super::lora_args::load_inference_model(&mut be, &args.checkpoint, args.adapter.as_deref())?;
     let seq_len = args.seq_len.unwrap_or(model.config.max_seq_len);
     let r = kiln_train::eval::evaluate(&mut be, &mut model, &args.data, seq_len, args.batch_size)?;
     println!("{}", serde_json::to_string(&r)?);

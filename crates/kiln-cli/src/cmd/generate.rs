@@ -4,13 +4,17 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use kiln_model::{Gpt, SampleOptions};
+use kiln_model::SampleOptions;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Checkpoint directory (model.safetensors + config.json).
     #[arg(long)]
     checkpoint: PathBuf,
+    /// A PEFT LoRA adapter (e.g. a LoRA run's OUT/adapter/) to run on top
+    /// of the checkpoint, unmerged.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Prompt as token ids, e.g. 1,2,3.
     #[arg(long, conflicts_with = "prompt")]
     prompt_ids: Option<String>,
@@ -60,7 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     check_sampling(&args)?;
     let mut be = crate::backend::open(&args.backend, args.threads)?;
-    let mut model = Gpt::load_pretrained_frozen(&mut be, &args.checkpoint)?;
+    let mut model =
+        super::lora_args::load_inference_model(&mut be, &args.checkpoint, args.adapter.as_deref())?;
     let room = model.config.max_seq_len.saturating_sub(prompt.len());
     if args.max_new_tokens > room {
         bail!(

@@ -19,6 +19,10 @@ pub struct Args {
     /// directory with a chat_template in its tokenizer_config.json).
     #[arg(long)]
     model: PathBuf,
+    /// A PEFT LoRA adapter (e.g. a LoRA run's OUT/adapter/) to run on top
+    /// of the model, unmerged.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Tokenizer file (default: MODEL/tokenizer.json).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -51,8 +55,12 @@ pub fn run(args: Args) -> Result<()> {
         "--tasks and --samples must be at least 1"
     );
     let mut be = crate::backend::open(&args.backend, args.threads)?;
-    let mut policy = Policy::load(&mut be, &args.model, args.tokenizer.as_deref())
+    // Frozen: the judge only samples, so no gradient buffers.
+    let mut policy = Policy::load_frozen(&mut be, &args.model, args.tokenizer.as_deref())
         .with_context(|| format!("loading {}", args.model.display()))?;
+    if let Some(adapter) = &args.adapter {
+        super::lora_args::load_adapter(&mut be, &mut policy.model, adapter)?;
+    }
     anyhow::ensure!(
         args.max_new_tokens < policy.max_seq_len(),
         "--max-new-tokens {} leaves no room for a prompt in the model's context of {}",

@@ -1,8 +1,11 @@
 //! The LoRA switches `kiln sft`, `kiln reward` and `kiln dpo` share, and
 //! where a LoRA run writes: `OUT/adapter/` in PEFT's format (the base stays
 //! where `--model` points; `kiln merge` folds the two into one model).
+//! `--adapter DIR` continues training an existing adapter instead of adding
+//! fresh ones; [`load_inference_model`] serves the commands that only run a
+//! model (chat, generate, eval, judge) with an unmerged adapter on top.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_abi::BackendBox;
@@ -27,6 +30,11 @@ pub struct LoraArgs {
     /// (default all seven).
     #[arg(long, requires = "lora_rank")]
     pub lora_targets: Option<String>,
+    /// Continue training this PEFT adapter directory (e.g. an earlier run's
+    /// OUT/adapter/) on `--model`, its base: rank, alpha and targets come
+    /// from its adapter_config.json.
+    #[arg(long, conflicts_with = "lora_rank")]
+    pub adapter: Option<PathBuf>,
 }
 
 impl LoraArgs {
@@ -48,6 +56,12 @@ impl LoraArgs {
         }))
     }
 
+    /// Whether the run trains adapters (fresh or continued) rather than
+    /// every weight.
+    pub fn is_on(&self) -> bool {
+        self.lora_rank.is_some() || self.adapter.is_some()
+    }
+
     /// Loads `--model`'s policy: frozen under LoRA (the base then gets no
     /// gradient buffers at all), else trainable.
     pub fn load_policy(
@@ -56,21 +70,51 @@ impl LoraArgs {
         dir: &Path,
         tokenizer: Option<&Path>,
     ) -> Result<Policy> {
-        Ok(match self.lora_rank {
-            Some(_) => Policy::load_frozen(be, dir, tokenizer)?,
-            None => Policy::load(be, dir, tokenizer)?,
+        Ok(if self.is_on() {
+            Policy::load_frozen(be, dir, tokenizer)?
+        } else {
+            Policy::load(be, dir, tokenizer)?
         })
     }
 
-    /// Adds fresh adapters to `model` when LoRA is on.
+    /// Puts the run's adapters on `model`: `--adapter`'s trained ones, or
+    /// fresh ones (B = 0, so the model starts as the base) for `--lora-rank`.
     pub fn apply(&self, be: &mut BackendBox, model: &mut Gpt, seed: u64) -> Result<()> {
-        if let Some(cfg) = self.config()? {
+        if let Some(dir) = &self.adapter {
+            load_adapter(be, model, dir)?;
+        } else if let Some(cfg) = self.config()? {
             model
                 .add_lora(be, cfg, seed)
                 .context("--lora-rank: cannot add adapters to this model")?;
         }
         Ok(())
     }
+}
+
+/// Loads the PEFT adapter in `dir` onto `model` (its base).
+pub fn load_adapter(be: &mut BackendBox, model: &mut Gpt, dir: &Path) -> Result<()> {
+    model.load_lora(be, dir).with_context(|| {
+        format!(
+            "--adapter {}: cannot load it onto this base model",
+            dir.display()
+        )
+    })
+}
+
+/// A model to run, not train: `dir`'s weights loaded frozen, with the PEFT
+/// adapter in `adapter` on top when one is given (unmerged: `kiln merge`
+/// is not needed to try an adapter out).
+pub fn load_inference_model(
+    be: &mut BackendBox,
+    dir: &Path,
+    adapter: Option<&Path>,
+) -> Result<Gpt> {
+    let mut model = Gpt::load_pretrained_frozen(be, dir)
+        .with_context(|| format!("checkpoint {}", dir.display()))?;
+    if let Some(adapter) = adapter {
+        load_adapter(be, &mut model, adapter)?;
+    }
+    Ok(model)
 }
 
 /// Writes a LoRA run's adapter to `OUT/adapter/`, naming `base` as its base model.

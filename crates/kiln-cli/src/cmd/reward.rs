@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use kiln_align::data::{encode_pairs, read_preferences, OnBad};
 use kiln_align::metrics::{MetricsLog, Progress};
-use kiln_align::policy::Policy;
 use kiln_align::reward::{
     read_margins, train_reward, RewardConfig, RewardExample, RewardModel, RewardSummary,
 };
@@ -132,7 +131,12 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// The model training starts from: `--model`'s reward model when it is
 /// one (its score head kept), else a fresh head on `--model`'s policy.
-fn load_start(be: &mut kiln_abi::BackendBox, args: &Args, seed: u64) -> Result<RewardModel> {
+fn load_start(
+    be: &mut kiln_abi::BackendBox,
+    args: &Args,
+    lora: &super::lora_args::LoraArgs,
+    seed: u64,
+) -> Result<RewardModel> {
     let context = || format!("loading model {}", args.model.display());
     super::out_dir::check_finished_model(&args.model)?;
     if RewardModel::is_saved_in(&args.model) {
@@ -142,7 +146,10 @@ fn load_start(be: &mut kiln_abi::BackendBox, args: &Args, seed: u64) -> Result<R
         );
         return RewardModel::load(be, &args.model, args.tokenizer.as_deref()).with_context(context);
     }
-    let policy = Policy::load(be, &args.model, args.tokenizer.as_deref()).with_context(context)?;
+    // Frozen under LoRA: the base then never holds gradient buffers.
+    let policy = lora
+        .load_policy(be, &args.model, args.tokenizer.as_deref())
+        .with_context(context)?;
     Ok(RewardModel::from_policy(be, policy, seed)?)
 }
 
@@ -162,7 +169,7 @@ fn run_reward_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<Rew
         OnBad::Error
     };
     let mut be = crate::backend::open(&args.backend, args.threads)?;
-    let mut rm = load_start(&mut be, args, config.seed)?;
+    let mut rm = load_start(&mut be, args, lora, config.seed)?;
     lora.apply(&mut be, &mut rm.lm.model, config.seed)?;
     let pairs = read_preferences(&args.data, on_bad)?;
     let encoded = encode_pairs(

@@ -122,7 +122,7 @@ fn config_of(args: &Args, packing: bool) -> Result<SftConfig> {
 
 pub fn run(cli: Cli) -> Result<()> {
     let summary = sft_with(&cli.args, cli.packing, &cli.lora, true)?;
-    let written = if cli.lora.lora_rank.is_some() {
+    let written = if cli.lora.is_on() {
         super::lora_args::ADAPTER_DIR
     } else {
         "model"
