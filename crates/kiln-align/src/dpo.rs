@@ -306,8 +306,9 @@ impl Fnv {
     }
 }
 
-/// Identifies the reference log-probs: the reference model's files
-/// (`config.json`, `model.safetensors`) and every encoded pair, in order.
+/// Identifies the reference log-probs: the files of the reference's
+/// directories (the base, then an adapter; see [`fingerprint_files`]) and
+/// every encoded pair, in order.
 pub fn reference_fingerprint(
     model_dirs: &[&Path],
     pairs: &[EncodedPair],
