@@ -282,3 +282,50 @@ fn cli_dp_2_matches_dp_1_at_twice_the_batch() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--zero 3"));
 }
+
+/// `mpirun -np 2 kiln pretrain ...` on a build that cannot join processes:
+/// refused before anything is written, naming the launcher's variable;
+/// `mpirun -np 1` is one process and runs.
+#[test]
+fn a_multi_process_launch_is_refused_not_run_twice() {
+    use crate::cli::{kiln_bin, s};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    let run = |out: &Path, env: &[(&str, &str)]| {
+        std::process::Command::new(kiln_bin())
+            .args(["pretrain", "--data", s(&data), "--out", s(out)])
+            .args(["--model", "tiny", "--steps", "1", "--batch-size", "2"])
+            .args(["--seq-len", "16", "--threads", "1"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    for (env, var) in [
+        (
+            [("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "2")],
+            "OMPI_COMM_WORLD_SIZE=2",
+        ),
+        (
+            [("SLURM_PROCID", "1"), ("SLURM_STEP_NUM_TASKS", "2")],
+            "SLURM_STEP_NUM_TASKS=2",
+        ),
+    ] {
+        let out = dir.path().join(var);
+        let o = run(&out, &env);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("rank 1 of 2") && stderr.contains(var),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--dp N"), "{stderr}");
+        assert!(!out.exists(), "a refused launch wrote {}", out.display());
+    }
+    let one = dir.path().join("one");
+    let o = run(
+        &one,
+        &[("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_COMM_WORLD_SIZE", "1")],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(latest_checkpoint(&one).unwrap().unwrap().0, 1);
+}

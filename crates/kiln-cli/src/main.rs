@@ -63,7 +63,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = cmd::launch::refuse_multi_process().and_then(|()| match cli.command {
         Command::Pipeline(a) => cmd::pipeline::run(a),
         Command::Pretrain(a) => cmd::pretrain::run(a),
         Command::Eval(a) => cmd::eval::run(a),
@@ -82,7 +82,7 @@ fn main() {
         Command::Report(a) => cmd::report::run(a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::Export(a) => cmd::export::run(a),
-    };
+    });
     if let Err(err) = result {
         // A reader that stopped reading (`kiln generate | head`): exit
         // quietly, as Unix tools do.

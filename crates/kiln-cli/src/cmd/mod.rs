@@ -9,6 +9,7 @@ pub mod export;
 pub mod generate;
 pub mod grpo;
 pub mod judge;
+pub mod launch;
 pub mod lora_args;
 pub mod merge;
 pub mod out_dir;
