@@ -5,7 +5,7 @@
 mod backend;
 mod cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// kiln builds GPT-style language models end to end.
 #[derive(Parser)]
@@ -62,8 +62,12 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let result = cmd::launch::refuse_multi_process().and_then(|()| match cli.command {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let name = matches.subcommand_name().unwrap_or("?");
+    // Only pretrain joins a multi-process launch; everything else refuses one.
+    let joins_mpi = matches!(cli.command, Command::Pretrain(_));
+    let result = cmd::launch::check(name, joins_mpi).and_then(|()| match cli.command {
         Command::Pipeline(a) => cmd::pipeline::run(a),
         Command::Pretrain(a) => cmd::pretrain::run(a),
         Command::Eval(a) => cmd::eval::run(a),

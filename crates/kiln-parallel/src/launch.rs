@@ -83,6 +83,43 @@ pub fn detect() -> Result<Option<Launch>, String> {
     detect_with(|name| std::env::var(name).ok())
 }
 
+/// How many ranks of the launch share this node (Open MPI's
+/// `OMPI_COMM_WORLD_LOCAL_SIZE`, Hydra's `MPI_LOCALNRANKS`, Slurm's
+/// `SLURM_NTASKS_PER_NODE` when it is one number); 1 when no launcher says.
+pub fn local_ranks() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+        "SLURM_NTASKS_PER_NODE",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+    .filter(|&n| n > 0)
+    .unwrap_or(1)
+}
+
+/// An `mpirun` that starts `np` copies of a test program on this machine:
+/// Open MPI's, oversubscribed (more ranks than cores is fine for tests) and
+/// allowed to run as root (CI containers); `None` when no Open MPI
+/// `mpirun` is on PATH (the multi-process tests then skip, saying so).
+pub fn test_mpirun(np: usize) -> Option<std::process::Command> {
+    let version = std::process::Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&version.stdout).into_owned()
+        + &String::from_utf8_lossy(&version.stderr);
+    if !text.contains("Open MPI") && !text.contains("OpenRTE") {
+        return None;
+    }
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.args(["--oversubscribe", "--allow-run-as-root", "-np"])
+        .arg(np.to_string())
+        // no shared-memory segment warnings in containers with a small /dev/shm
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    Some(cmd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

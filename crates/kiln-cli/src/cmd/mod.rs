@@ -18,6 +18,8 @@ pub mod plan;
 pub mod plugins;
 pub mod ppo;
 pub mod pretrain;
+#[cfg(feature = "mpi")]
+pub mod pretrain_mpi;
 pub mod report;
 pub mod reward;
 pub mod sft;

@@ -3,7 +3,9 @@
 //!
 //! `--dp N` runs N data-parallel ranks as threads of this process
 //! (`--batch-size` per rank, `--zero 0|1`, `--comm-timeout-s`); rank 0 alone
-//! prints and writes. See docs/parallel.md.
+//! prints and writes. Built with `--features mpi`, `mpirun -np N kiln
+//! pretrain` runs one rank per process instead (cmd/pretrain_mpi.rs). See
+//! docs/parallel.md.
 
 use std::path::{Path, PathBuf};
 
@@ -36,7 +38,7 @@ pub struct Args {
     #[command(flatten)]
     settings: Settings,
     #[command(flatten)]
-    backend: crate::backend::BackendArg,
+    pub(super) backend: crate::backend::BackendArg,
     /// Start from the weights in this checkpoint directory.
     #[arg(long)]
     init: Option<PathBuf>,
@@ -54,11 +56,11 @@ pub struct Args {
     /// ZeRO stage of a data-parallel run: 0 (every rank holds the whole
     /// optimizer state) or 1 (optimizer state and master weights sharded).
     #[arg(long, default_value_t = 0, value_name = "0|1")]
-    zero: u8,
+    pub(super) zero: u8,
     /// Seconds a rank waits in one collective before it fails the run,
     /// naming the rank(s) it waited for.
     #[arg(long, default_value_t = 600, value_name = "S")]
-    comm_timeout_s: u64,
+    pub(super) comm_timeout_s: u64,
 }
 
 /// Settings a flag or the TOML file can give (the file's keys are these
@@ -232,19 +234,63 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     if args.dp == 0 {
         bail!("--dp 0: a run needs at least one rank");
     }
+    // Under mpirun/srun (an MPI build; main refused the launch otherwise)
+    // the launch's world is the data-parallel size.
+    let launch = super::launch::multi_process()?;
+    let dp = match &launch {
+        Some(l) if args.dp != 1 && args.dp != l.world => bail!(
+            "--dp {}: this process is {l}; under a launcher every process is one rank, so \
+             --dp must be 1 or the launch's {} ranks",
+            args.dp,
+            l.world
+        ),
+        Some(l) => l.world,
+        None => args.dp,
+    };
+    let leader = launch.as_ref().is_none_or(|l| l.rank == 0);
     let config = match &resume_from {
         Some((step, dir)) => {
-            eprintln!("resuming from step {step}: {}", dir.display());
-            resumed_config(&settings, dir, args.dp)?
+            if leader {
+                eprintln!("resuming from step {step}: {}", dir.display());
+            }
+            resumed_config(&settings, dir, dp)?
         }
         None => fresh_config(&settings, &args)?,
     };
+    if let Some(l) = &launch {
+        return run_mpi(config, &args, &resume_from, settings.threads, zero, l);
+    }
     if args.dp == 1 && zero == Zero::Off {
         let be = crate::backend::open(&args.backend, settings.threads)?;
         let trainer = open_trainer(be, config, &args, &resume_from, None)?;
         return train_and_report(trainer, &args);
     }
     run_data_parallel(config, &args, &resume_from, settings.threads, zero)
+}
+
+#[cfg(feature = "mpi")]
+fn run_mpi(
+    config: TrainConfig,
+    args: &Args,
+    resume_from: &Option<(u64, PathBuf)>,
+    threads: Option<usize>,
+    zero: Zero,
+    launch: &kiln_parallel::launch::Launch,
+) -> anyhow::Result<()> {
+    super::pretrain_mpi::run(config, args, resume_from, threads, zero, launch)
+}
+
+#[cfg(not(feature = "mpi"))]
+fn run_mpi(
+    _: TrainConfig,
+    _: &Args,
+    _: &Option<(u64, PathBuf)>,
+    _: Option<usize>,
+    _: Zero,
+    launch: &kiln_parallel::launch::Launch,
+) -> anyhow::Result<()> {
+    // main's launch check refuses a multi-process launch in this build.
+    bail!("this process is {launch}, and this kiln was built without MPI")
 }
 
 /// The config of a resumed run: the checkpoint's (whose batch is global),
@@ -268,7 +314,7 @@ fn resumed_config(settings: &Settings, dir: &Path, dp: usize) -> anyhow::Result<
 }
 
 /// A new or resumed trainer (one rank's, with `dp`).
-fn open_trainer(
+pub(super) fn open_trainer(
     be: kiln_abi::BackendBox,
     config: TrainConfig,
     args: &Args,
@@ -356,7 +402,7 @@ fn run_data_parallel(
 
 /// Runs `trainer` to the end with a progress bar, then prints the summary,
 /// the held-out loss and samples.
-fn train_and_report(mut trainer: Trainer, args: &Args) -> anyhow::Result<()> {
+pub(super) fn train_and_report(mut trainer: Trainer, args: &Args) -> anyhow::Result<()> {
     let c = trainer.config().clone();
     let world = trainer.world();
     eprintln!(

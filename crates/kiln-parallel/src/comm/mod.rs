@@ -3,6 +3,9 @@
 //! - [`Communicator`] (this file): the contract every backend keeps.
 //! - [`error`]: [`CommError`], which always names the rank and the operation.
 //! - [`thread`]: [`ThreadComm`], N ranks as threads of one process.
+//! - `mpi` (feature `mpi`): `MpiComm`, N ranks as processes under
+//!   `mpirun`/`srun`, from MPI's non-blocking point-to-point calls.
+//! - [`suite`]: the contract as per-rank checks, run on every implementation.
 //! - [`grid`]: the process grid (tp innermost, then dp, then pp) and its
 //!   per-axis sub-communicators.
 //!
@@ -22,8 +25,14 @@
 
 mod error;
 pub mod grid;
+#[cfg(feature = "mpi")]
+mod mpi;
+#[doc(hidden)]
+pub mod suite;
 mod thread;
 
+#[cfg(feature = "mpi")]
+pub use self::mpi::{MpiComm, MpiRuntime};
 pub use error::CommError;
 pub use grid::{GridComms, ProcessGrid};
 pub use thread::ThreadComm;

@@ -1,10 +1,11 @@
-//! The communicator's contract, checked on [`ThreadComm`].
+//! The communicator's contract ([`suite`]), checked on [`ThreadComm`].
 
 use std::time::Duration;
 
 use proptest::prelude::*;
 
 use super::*;
+use crate::comm::suite;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -27,32 +28,17 @@ fn on_ranks<R: Send>(
     })
 }
 
-/// Rank r's input: `len` values drawn from `seed` and r.
-fn input(seed: u64, r: usize, len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| {
-            let x = (seed ^ (r as u64 * 0x9E37_79B9) ^ (i as u64 * 0x85EB_CA6B))
-                .wrapping_mul(0xC2B2_AE35) as u32;
-            (x as f32 / u32::MAX as f32 - 0.5) * 1e3_f32.powf((i % 7) as f32 / 3.0 - 1.0)
-        })
-        .collect()
-}
-
-fn sequential(n: usize, seed: u64, len: usize, op: ReduceOp) -> Vec<f32> {
-    let mut out = input(seed, 0, len);
-    for r in 1..n {
-        for (o, x) in out.iter_mut().zip(input(seed, r, len)) {
-            *o += x;
-        }
-    }
-    if op == ReduceOp::Average {
-        out.iter_mut().for_each(|o| *o /= n as f32);
-    }
-    out
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
+/// Runs a suite check on `n` thread ranks; fails with every rank's error.
+fn check_on_ranks(
+    n: usize,
+    timeout: Duration,
+    check: impl Fn(&mut ThreadComm) -> suite::Check + Sync,
+) {
+    let errors: Vec<String> = on_ranks(n, timeout, |c| check(c))
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
 
 proptest! {
@@ -61,123 +47,52 @@ proptest! {
     #[test]
     fn all_reduce_is_the_rank_ordered_sum(n in 1usize..6, len in 0usize..40, seed in any::<u64>(), avg in any::<bool>()) {
         let op = if avg { ReduceOp::Average } else { ReduceOp::Sum };
-        let want = bits(&sequential(n, seed, len, op));
-        let got = on_ranks(n, T, |c| {
-            let mut buf = input(seed, c.rank(), len);
-            c.all_reduce(&mut buf, op).unwrap();
-            bits(&buf)
-        });
-        for g in got { prop_assert_eq!(&g, &want); }
+        check_on_ranks(n, T, |c| suite::all_reduce(c, seed, len, op));
     }
 
     #[test]
     fn reduce_scatter_then_all_gather_is_all_reduce(n in 1usize..6, chunk in 0usize..12, seed in any::<u64>()) {
-        let len = n * chunk;
-        let want = bits(&sequential(n, seed, len, ReduceOp::Sum));
-        let got = on_ranks(n, T, |c| {
-            let mine = input(seed, c.rank(), len);
-            let mut part = vec![0.0; chunk];
-            c.reduce_scatter(&mine, &mut part, ReduceOp::Sum).unwrap();
-            let mut full = vec![0.0; len];
-            c.all_gather(&part, &mut full).unwrap();
-            bits(&full)
-        });
-        for g in got { prop_assert_eq!(&g, &want); }
+        check_on_ranks(n, T, |c| suite::reduce_scatter_all_gather(c, seed, chunk));
     }
 
     #[test]
     fn broadcast_copies_the_root(n in 1usize..6, len in 0usize..20, seed in any::<u64>(), root in 0usize..6) {
-        let root = root % n;
-        let got = on_ranks(n, T, |c| {
-            let mut buf = input(seed, c.rank(), len);
-            c.broadcast(&mut buf, root).unwrap();
-            bits(&buf)
-        });
-        for g in got { prop_assert_eq!(&g, &bits(&input(seed, root, len))); }
+        check_on_ranks(n, T, |c| suite::broadcast(c, seed, len, root));
     }
 
     #[test]
     fn all_to_all_v_delivers_each_part(n in 1usize..6, seed in any::<u64>()) {
-        // rank s sends (s + d) % 5 values to rank d
-        let part = |s: usize, d: usize| input(seed ^ d as u64, s, (s + d) % 5);
-        let got = on_ranks(n, T, |c| {
-            let send: Vec<Vec<f32>> = (0..n).map(|d| part(c.rank(), d)).collect();
-            c.all_to_all_v(&send).unwrap()
-        });
-        for (d, recvd) in got.iter().enumerate() {
-            for (s, p) in recvd.iter().enumerate() {
-                prop_assert_eq!(bits(p), bits(&part(s, d)));
-            }
-        }
+        check_on_ranks(n, T, |c| suite::all_to_all_v(c, seed));
     }
 
     #[test]
     fn send_recv_round_trips_a_ring(n in 2usize..6, len in 0usize..20, seed in any::<u64>()) {
-        let got = on_ranks(n, T, |c| {
-            let (me, next, prev) = (c.rank(), (c.rank() + 1) % n, (c.rank() + n - 1) % n);
-            c.send(&input(seed, me, len), next).unwrap();
-            let mut buf = vec![0.0; len];
-            c.recv(&mut buf, prev).unwrap();
-            bits(&buf)
-        });
-        for (r, g) in got.iter().enumerate() {
-            prop_assert_eq!(g, &bits(&input(seed, (r + n - 1) % n, len)));
-        }
+        check_on_ranks(n, T, |c| suite::ring(c, seed, len));
+    }
+}
+
+#[test]
+fn the_whole_healthy_suite_passes_on_2_3_and_4_ranks() {
+    for n in [2, 3, 4] {
+        check_on_ranks(n, T, |c| suite::healthy(c));
     }
 }
 
 #[test]
 fn all_to_all_transposes_equal_chunks() {
-    let got = on_ranks(3, T, |c| {
-        let input: Vec<f32> = (0..6).map(|i| (c.rank() * 10 + i) as f32).collect();
-        let mut out = vec![0.0; 6];
-        c.all_to_all(&input, &mut out).unwrap();
-        out
-    });
-    assert_eq!(got[1], vec![2.0, 3.0, 12.0, 13.0, 22.0, 23.0]);
+    check_on_ranks(3, T, |c| suite::all_to_all(c));
 }
 
 #[test]
 fn a_stalled_rank_times_out_the_others_naming_it() {
-    let got = on_ranks(3, Duration::from_millis(200), |c| {
-        if c.rank() == 2 {
-            // never joins: stalls past the others' deadline, then leaves
-            // (a recv with the same deadline would race them to time out)
-            std::thread::sleep(Duration::from_millis(800));
-            return None;
-        }
-        let mut buf = vec![1.0];
-        Some(c.all_reduce(&mut buf, ReduceOp::Sum).unwrap_err())
+    check_on_ranks(3, Duration::from_millis(200), |c| {
+        suite::stalled_rank(c, 2, Duration::from_millis(800))
     });
-    for err in got.into_iter().take(2).flatten() {
-        let msg = err.to_string();
-        assert!(msg.contains("all_reduce"), "{msg}");
-        assert!(
-            matches!(&err, CommError::Timeout { missing, .. } if missing == &vec![2])
-                || msg.contains("rank(s) [2]"),
-            "{msg}"
-        );
-    }
 }
 
 #[test]
 fn a_failed_rank_poisons_the_group() {
-    let got = on_ranks(3, T, |c| {
-        if c.rank() == 1 {
-            c.poison("loader error");
-            return String::new();
-        }
-        let mut buf = vec![1.0];
-        c.all_reduce(&mut buf, ReduceOp::Sum)
-            .unwrap_err()
-            .to_string()
-    });
-    for msg in [&got[0], &got[2]] {
-        assert!(
-            msg.contains("all_reduce") && msg.contains("rank 1 failed: loader error"),
-            "{msg}"
-        );
-    }
+    check_on_ranks(3, T, |c| suite::poisoned_by(c, 1));
 }
 
 #[test]
@@ -196,17 +111,7 @@ fn a_panicked_rank_poisons_the_group() {
 
 #[test]
 fn ranks_calling_different_operations_all_fail() {
-    let got = on_ranks(2, T, |c| {
-        let mut buf = vec![1.0];
-        if c.rank() == 0 {
-            c.all_reduce(&mut buf, ReduceOp::Sum)
-                .unwrap_err()
-                .to_string()
-        } else {
-            c.broadcast(&mut buf, 0).unwrap_err().to_string()
-        }
-    });
-    assert!(got.iter().all(|m| m.contains("called")), "{got:?}");
+    check_on_ranks(2, T, |c| suite::mismatched_operations(c));
 }
 
 #[test]
