@@ -38,6 +38,10 @@ pub(crate) fn kiln_bin() -> &'static Path {
         ])
         .arg(&target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if cfg!(feature = "mpi") {
+            // the features this test build was given, so its artifacts are reused
+            cmd.args(["--features", "kiln-cli/mpi,kiln-tests/mpi"]);
+        }
         if release {
             cmd.arg("--release");
         } else {

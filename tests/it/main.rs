@@ -12,6 +12,8 @@ mod fault_injection;
 mod gpt2_reference;
 mod hf_models;
 mod lora_cli;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod open_model;
 mod perplexity_filter;
 mod pipeline;
