@@ -284,6 +284,9 @@ fn a_stalled_rank_times_out_the_others_naming_it() {
         "the stalled rank is named: {stderr}"
     );
     assert!(stderr.contains("--comm-timeout-s"), "{stderr}");
+    // a failing rank reports itself, then ends the launch (MPI_Abort), the
+    // stopped rank included
+    assert!(stderr.contains("error: MPI rank "), "{stderr}");
 }
 
 /// Only `kiln pretrain` joins a launch; every other command refuses before
