@@ -118,6 +118,10 @@ fn bench(name: Option<&str>) -> Result<(), String> {
     if let Some(n) = name {
         args.extend(["--bench", n]);
     }
+    if open_mpi_present() {
+        // the data_parallel bench's MpiComm and mpirun rows
+        args.extend(["--features", "mpi"]);
+    }
     cargo(&args)
 }
 

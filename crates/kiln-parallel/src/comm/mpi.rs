@@ -356,12 +356,10 @@ impl MpiComm {
                 got.push((src, m));
                 missing.swap_remove(i);
             }
-            let sends_left = if wait_for_sends {
-                self.progress_sends()
-            } else {
-                0
-            };
-            if missing.is_empty() && sends_left == 0 {
+            // Testing the sends also drives them: a large message moves in
+            // fragments, each pushed only while its sender is inside MPI.
+            let sends_left = self.progress_sends();
+            if missing.is_empty() && (sends_left == 0 || !wait_for_sends) {
                 got.sort_by_key(|(src, _)| *src);
                 return Ok(got);
             }
@@ -376,10 +374,11 @@ impl MpiComm {
                 };
                 return Err(self.fail(err));
             }
-            // Spin briefly (collectives between busy ranks finish fast),
-            // then sleep so a waiting rank leaves the cores to the others.
+            // Spin while our own messages are in flight (a sleeping sender
+            // stalls its receivers) or briefly after progress; then sleep,
+            // so a rank waiting on a slower one leaves it the cores.
             idle = if missing.len() < before { 0 } else { idle + 1 };
-            if idle < 200 {
+            if idle < 200 || sends_left > 0 {
                 std::hint::spin_loop();
                 std::thread::yield_now();
             } else {
