@@ -136,7 +136,7 @@ impl MpiRuntime {
 /// A send still in flight: its buffer lives until MPI is done with it.
 struct PendingSend {
     request: Request<'static, [u32], StaticScope>,
-    buf: *mut [u32],
+    buf: *mut Vec<u32>,
 }
 
 // SAFETY: the request and its buffer belong to this rank's communicator;
@@ -147,24 +147,22 @@ unsafe impl Send for PendingSend {}
 impl PendingSend {
     /// Starts sending `words` to `dst` with `tag`.
     fn start(comm: &SimpleCommunicator, words: Vec<u32>, dst: usize, tag: Tag) -> PendingSend {
-        let buf: &'static mut [u32] = Box::leak(words.into_boxed_slice());
-        let ptr: *mut [u32] = buf;
-        // SAFETY: the buffer is leaked until `finish` sees the request done.
-        let shared: &'static [u32] = unsafe { &*ptr };
+        let ptr: *mut Vec<u32> = Box::into_raw(Box::new(words));
+        // SAFETY: the buffer is leaked until `test` sees the request done.
+        let shared: &'static [u32] = unsafe { (&*ptr).as_slice() };
         let request =
             comm.process_at_rank(dst as i32)
                 .immediate_send_with_tag(StaticScope, shared, tag);
         PendingSend { request, buf: ptr }
     }
 
-    /// `Ok(())` once MPI has finished with the buffer (which is then freed).
-    fn test(self) -> Result<(), PendingSend> {
+    /// The buffer back once MPI has finished with it.
+    fn test(self) -> Result<Vec<u32>, PendingSend> {
         let PendingSend { request, buf } = self;
         match request.test() {
             Ok(_) => {
                 // SAFETY: the request is complete; nothing refers to the buffer.
-                drop(unsafe { Box::from_raw(buf) });
-                Ok(())
+                Ok(*unsafe { Box::from_raw(buf) })
             }
             Err(request) => Err(PendingSend { request, buf }),
         }
@@ -187,6 +185,8 @@ pub struct MpiComm {
     /// Collective operations started (the header's sequence number).
     seq: u64,
     pending: Mutex<Vec<PendingSend>>,
+    /// Message buffers to reuse (sent and received ones come back here).
+    pool: Mutex<Vec<Vec<u32>>>,
     /// The first failure seen; every later call reports it.
     poisoned: Mutex<Option<String>>,
 }
@@ -201,30 +201,53 @@ fn chunk_bounds(len: usize, n: usize, r: usize) -> std::ops::Range<usize> {
     (r * len / n)..((r + 1) * len / n)
 }
 
-fn to_words(op: &'static str, seq: u64, len: usize, payload: &[f32]) -> Vec<u32> {
-    let mut words = Vec::with_capacity(HEADER + payload.len());
+/// Encodes a message into `words` (a pooled buffer: its pages are already
+/// mapped, so a large message costs a copy, not a page fault per 4 KiB).
+fn to_words(
+    mut words: Vec<u32>,
+    op: &'static str,
+    seq: u64,
+    len: usize,
+    payload: &[f32],
+) -> Vec<u32> {
+    words.clear();
+    words.reserve(HEADER + payload.len());
     words.extend([op_code(op), seq as u32, (seq >> 32) as u32, len as u32]);
     words.extend(payload.iter().map(|x| x.to_bits()));
     words
 }
 
-/// A received message: the header's fields and the payload.
+/// A received message: the header's fields, and the words (header and
+/// payload) it arrived in, kept so the buffer can be reused.
 struct Message {
     op: &'static str,
     seq: u64,
     len: usize,
-    payload: Vec<f32>,
+    words: Vec<u32>,
 }
 
 impl Message {
-    fn decode(words: &[u32]) -> Option<Message> {
-        let header = words.get(..HEADER)?;
-        Some(Message {
-            op: OPS.get(header[0] as usize)?,
-            seq: header[1] as u64 | (header[2] as u64) << 32,
-            len: header[3] as usize,
-            payload: words[HEADER..].iter().map(|&w| f32::from_bits(w)).collect(),
+    fn decode(words: Vec<u32>) -> Result<Message, Vec<u32>> {
+        let Some((op, seq, len)) = words.get(..HEADER).and_then(|h| {
+            let op = OPS.get(h[0] as usize)?;
+            Some((*op, h[1] as u64 | (h[2] as u64) << 32, h[3] as usize))
+        }) else {
+            return Err(words);
+        };
+        Ok(Message {
+            op,
+            seq,
+            len,
+            words,
         })
+    }
+
+    /// The payload, read in place.
+    fn payload(&self) -> &[f32] {
+        let words = &self.words[HEADER..];
+        // SAFETY: f32 and u32 have the same size and alignment, and every
+        // bit pattern is a valid f32 (the sender wrote `f32::to_bits`).
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<f32>(), words.len()) }
     }
 }
 
@@ -237,6 +260,7 @@ impl MpiComm {
             timeout,
             seq: 0,
             pending: Mutex::new(Vec::new()),
+            pool: Mutex::new(Vec::new()),
             poisoned: Mutex::new(None),
         }
     }
@@ -281,9 +305,38 @@ impl MpiComm {
     /// many are left.
     fn progress_sends(&self) -> usize {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let still: Vec<PendingSend> = pending.drain(..).filter_map(|s| s.test().err()).collect();
+        let mut still = Vec::with_capacity(pending.len());
+        for send in pending.drain(..) {
+            match send.test() {
+                Ok(words) => self.recycle(words),
+                Err(send) => still.push(send),
+            }
+        }
         *pending = still;
         pending.len()
+    }
+
+    /// A buffer for a message of `len` words: the pooled one that fits
+    /// best, or a new one.
+    fn buffer(&self, len: usize) -> Vec<u32> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let best = (0..pool.len())
+            .filter(|&i| pool[i].capacity() >= len)
+            .min_by_key(|&i| pool[i].capacity())
+            .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+        best.map(|i| pool.swap_remove(i)).unwrap_or_default()
+    }
+
+    /// Keeps `words` for a later message (a few per rank; more are freed).
+    fn recycle(&self, words: Vec<u32>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 4 * self.world + 4 {
+            pool.push(words);
+        }
+    }
+
+    fn recycle_all(&self, got: Vec<(usize, Message)>) {
+        got.into_iter().for_each(|(_, m)| self.recycle(m.words));
     }
 
     fn start_send(&self, words: Vec<u32>, dst: usize, tag: Tag) {
@@ -337,11 +390,18 @@ impl MpiComm {
                     i += 1;
                     continue;
                 };
-                let mut words =
-                    vec![0u32; status.count(u32::equivalent_datatype()).max(0) as usize];
+                let count = status.count(u32::equivalent_datatype()).max(0) as usize;
+                let mut words = self.buffer(count);
+                words.resize(count, 0); // initialised for safe Rust; pooled pages are mapped
+                words.truncate(count);
                 msg.matched_receive_into(&mut words[..]);
-                let Some(m) = Message::decode(&words) else {
-                    return Err(self.mismatch(op, format!("rank {src} sent a malformed message")));
+                let m = match Message::decode(words) {
+                    Ok(m) => m,
+                    Err(words) => {
+                        self.recycle(words);
+                        let problem = format!("rank {src} sent a malformed message");
+                        return Err(self.mismatch(op, problem));
+                    }
                 };
                 if m.op != op || (tag == TAG_COLLECTIVE && m.seq != seq) {
                     return Err(self.mismatch(
@@ -405,16 +465,20 @@ impl MpiComm {
         self.seq += 1;
         let me = self.rank;
         for &d in to.iter().filter(|&&d| d != me) {
-            self.start_send(to_words(op, seq, len, parts(d)), d, TAG_COLLECTIVE);
+            let part = parts(d);
+            let words = to_words(self.buffer(HEADER + part.len()), op, seq, len, part);
+            self.start_send(words, d, TAG_COLLECTIVE);
         }
         let others: Vec<usize> = from.iter().copied().filter(|&s| s != me).collect();
         let mut got = self.receive_all(op, seq, TAG_COLLECTIVE, &others, true)?;
         if from.contains(&me) {
+            let part = parts(me);
+            let words = to_words(self.buffer(HEADER + part.len()), op, seq, len, part);
             let own = Message {
                 op,
                 seq,
                 len,
-                payload: parts(me).to_vec(),
+                words,
             };
             got.push((me, own));
             got.sort_by_key(|(src, _)| *src);
@@ -468,13 +532,23 @@ impl Communicator for MpiComm {
             &all,
         )?;
         self.same_lengths("all_reduce", &got, len)?;
-        let mut mine = vec![0.0; chunk_bounds(len, n, me).len()];
-        rank_ordered_reduce(got.iter().map(|(_, m)| m.payload.as_slice()), &mut mine, op);
-        // All-gather the summed chunks.
-        let got = self.round("all_reduce", len, &all, |_| &mine, &all)?;
-        for (r, m) in got {
-            buf[chunk_bounds(len, n, r)].copy_from_slice(&m.payload);
+        // Every part of this rank's chunk is in `got` (its own copied), so
+        // the sum goes straight into `buf`.
+        let mine = chunk_bounds(len, n, me);
+        rank_ordered_reduce(
+            got.iter().map(|(_, m)| m.payload()),
+            &mut buf[mine.clone()],
+            op,
+        );
+        self.recycle_all(got);
+        // All-gather the summed chunks (this rank's is already in place).
+        let others: Vec<usize> = (0..n).filter(|&r| r != me).collect();
+        let src: &[f32] = buf;
+        let got = self.round("all_reduce", len, &all, |_| &src[mine.clone()], &others)?;
+        for (r, m) in &got {
+            buf[chunk_bounds(len, n, *r)].copy_from_slice(m.payload());
         }
+        self.recycle_all(got);
         Ok(())
     }
 
@@ -505,7 +579,8 @@ impl Communicator for MpiComm {
             &all,
         )?;
         self.same_lengths("reduce_scatter", &got, input.len())?;
-        rank_ordered_reduce(got.iter().map(|(_, m)| m.payload.as_slice()), out, op);
+        rank_ordered_reduce(got.iter().map(|(_, m)| m.payload()), out, op);
+        self.recycle_all(got);
         Ok(())
     }
 
@@ -525,9 +600,10 @@ impl Communicator for MpiComm {
         let got = self.round("all_gather", input.len(), &all, |_| input, &all)?;
         self.same_lengths("all_gather", &got, input.len())?;
         let chunk = input.len();
-        for (r, m) in got {
-            out[r * chunk..(r + 1) * chunk].copy_from_slice(&m.payload);
+        for (r, m) in &got {
+            out[r * chunk..(r + 1) * chunk].copy_from_slice(m.payload());
         }
+        self.recycle_all(got);
         Ok(())
     }
 
@@ -543,17 +619,18 @@ impl Communicator for MpiComm {
         let src: &[f32] = buf;
         let got = self.round("broadcast", src.len(), &to, |_| src, &[root])?;
         let (_, m) = &got[0];
-        if m.payload.len() != buf.len() {
+        if m.payload().len() != buf.len() {
             return Err(self.mismatch(
                 "broadcast",
                 format!(
                     "root {root} sent {} values into {}",
-                    m.payload.len(),
+                    m.payload().len(),
                     buf.len()
                 ),
             ));
         }
-        buf.copy_from_slice(&m.payload);
+        buf.copy_from_slice(m.payload());
+        self.recycle_all(got);
         Ok(())
     }
 
@@ -566,7 +643,9 @@ impl Communicator for MpiComm {
         }
         let all = self.all_ranks();
         let got = self.round("all_to_all", send.len(), &all, |d| &send[d], &all)?;
-        Ok(got.into_iter().map(|(_, m)| m.payload).collect())
+        let parts = got.iter().map(|(_, m)| m.payload().to_vec()).collect();
+        self.recycle_all(got);
+        Ok(parts)
     }
 
     fn send(&mut self, buf: &[f32], dst: usize) -> Result<(), CommError> {
@@ -575,7 +654,8 @@ impl Communicator for MpiComm {
         }
         self.check_poison("send")?;
         self.progress_sends();
-        self.start_send(to_words("send", 0, buf.len(), buf), dst, TAG_P2P);
+        let words = to_words(self.buffer(HEADER + buf.len()), "send", 0, buf.len(), buf);
+        self.start_send(words, dst, TAG_P2P);
         Ok(())
     }
 
@@ -588,17 +668,18 @@ impl Communicator for MpiComm {
         }
         let got = self.receive_all("send", 0, TAG_P2P, &[src], false)?;
         let (_, m) = &got[0];
-        if m.payload.len() != buf.len() {
+        if m.payload().len() != buf.len() {
             return Err(self.mismatch(
                 "recv",
                 format!(
                     "rank {src} sent {} values into {}",
-                    m.payload.len(),
+                    m.payload().len(),
                     buf.len()
                 ),
             ));
         }
-        buf.copy_from_slice(&m.payload);
+        buf.copy_from_slice(m.payload());
+        self.recycle_all(got);
         Ok(())
     }
 
