@@ -144,3 +144,16 @@ pub(crate) fn rank_ordered_reduce<'a>(
 
 #[cfg(test)]
 mod tests;
+
+/// Why a reduce_scatter's buffers do not fit (`input` must be `world`
+/// outputs), for every communicator's mismatch error.
+pub(crate) fn scatter_shape_problem(input: usize, out: usize, world: usize) -> Option<String> {
+    (input != out * world)
+        .then(|| format!("input of {input} values is not {world} ranks x output of {out}"))
+}
+
+/// Why an all_gather's buffers do not fit (`out` must be `world` inputs).
+pub(crate) fn gather_shape_problem(input: usize, out: usize, world: usize) -> Option<String> {
+    (out != input * world)
+        .then(|| format!("output of {out} values is not {world} ranks x input of {input}"))
+}

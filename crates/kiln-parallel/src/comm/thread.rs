@@ -251,16 +251,8 @@ impl Communicator for ThreadComm {
         out: &mut [f32],
         op: ReduceOp,
     ) -> Result<(), CommError> {
-        if input.len() != out.len() * self.world {
-            return Err(self.mismatch(
-                "reduce_scatter",
-                format!(
-                    "input of {} values is not {} ranks x output of {}",
-                    input.len(),
-                    self.world,
-                    out.len()
-                ),
-            ));
+        if let Some(problem) = super::scatter_shape_problem(input.len(), out.len(), self.world) {
+            return Err(self.mismatch("reduce_scatter", problem));
         }
         let all = self.round("reduce_scatter", vec![input.to_vec()])?;
         self.same_lengths("reduce_scatter", &all, input.len())?;
@@ -270,16 +262,8 @@ impl Communicator for ThreadComm {
     }
 
     fn all_gather(&mut self, input: &[f32], out: &mut [f32]) -> Result<(), CommError> {
-        if out.len() != input.len() * self.world {
-            return Err(self.mismatch(
-                "all_gather",
-                format!(
-                    "output of {} values is not {} ranks x input of {}",
-                    out.len(),
-                    self.world,
-                    input.len()
-                ),
-            ));
+        if let Some(problem) = super::gather_shape_problem(input.len(), out.len(), self.world) {
+            return Err(self.mismatch("all_gather", problem));
         }
         let all = self.round("all_gather", vec![input.to_vec()])?;
         self.same_lengths("all_gather", &all, input.len())?;
