@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step_torch import PRESETS, Gpt, peak_rss_mib  # noqa: E402
+from train_step_torch import PRESETS, Gpt, adamw, peak_rss_mib  # noqa: E402
 
 
 def free_port():
@@ -40,12 +40,7 @@ def rank_main(rank, world, a, port, results):
     n_layer, c, nh = PRESETS[a.config]
     model = Gpt(a.vocab, a.seq, n_layer, c, nh)
     wrapped = DDP(model, bucket_cap_mb=25) if world > 1 else model
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=3e-4, betas=(0.9, 0.95), eps=1e-8, foreach=True,
-    )
+    opt = adamw(model)
     batch = a.global_batch // world
     g = torch.Generator().manual_seed(rank)
     x = torch.randint(0, a.vocab, (batch, a.seq), generator=g)

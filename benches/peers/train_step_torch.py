@@ -72,6 +72,16 @@ class Gpt(nn.Module):
         return F.cross_entropy(logits.view(-1, self.vocab), targets.view(-1))
 
 
+def adamw(model):
+    """kiln's AdamW: betas 0.9/0.95, weight decay 0.1 on 2-D weights only."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=3e-4, betas=(0.9, 0.95), eps=1e-8, foreach=True,
+    )
+
+
 def peak_rss_mib():
     """VmHWM of this process (Linux). getrusage's ru_maxrss is inherited from
     the parent across fork+exec, so it would report the caller's peak."""
@@ -99,12 +109,7 @@ def main():
     torch.manual_seed(0)
     n_layer, c, nh = PRESETS[a.config]
     model = Gpt(a.vocab, a.seq, n_layer, c, nh)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=3e-4, betas=(0.9, 0.95), eps=1e-8, foreach=True,
-    )
+    opt = adamw(model)
     x = torch.randint(0, a.vocab, (a.batch, a.seq))
     y = torch.randint(0, a.vocab, (a.batch, a.seq))
 
