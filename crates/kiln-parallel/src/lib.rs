@@ -10,10 +10,14 @@
 //!   deadlines, poisoning), [`comm::ThreadComm`] and the process grid.
 //! - [`data_parallel`]: gradient buckets, ZeRO-1 shards and the cross-rank
 //!   step agreement the trainer's data-parallel step uses.
+//! - [`tensor_parallel`] and [`pipeline`]: the model-parallel dimensions,
+//!   one module each (in progress).
 //! - [`launch`]: whether `mpirun`/`srun` started this process as one rank of
 //!   several (read from the launcher's environment).
 
 pub mod comm;
 pub mod data_parallel;
 pub mod launch;
+pub mod pipeline;
 pub mod plan;
+pub mod tensor_parallel;
