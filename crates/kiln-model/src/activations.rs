@@ -110,6 +110,20 @@ impl Activations {
         att_len: usize,
         act: DType,
     ) -> Result<Self, ModelError> {
+        Activations::with_layers(be, cfg, rows, att_len, act, cfg.n_layer)
+    }
+
+    /// Like [`Activations::new`] but with `n_layers` sets of block
+    /// activations (a pipeline stage keeps only its own blocks': entry `i`
+    /// of `layers` belongs to the stage's `i`-th block).
+    pub fn with_layers(
+        be: &mut BackendBox,
+        cfg: &GptConfig,
+        rows: usize,
+        att_len: usize,
+        act: DType,
+        n_layers: usize,
+    ) -> Result<Self, ModelError> {
         let c = cfg.n_embd;
         let vp = cfg.padded_vocab_size;
         // GPT-2: 3C and 4C; a Llama-family config's q|k|v and gate|up widths.
@@ -135,8 +149,8 @@ impl Activations {
         let positions = buf(DType::U32, rows)?;
         let segments = buf(DType::U32, rows)?;
         let encoded = buf(r, rows * c)?;
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for _ in 0..cfg.n_layer {
+        let mut layers = Vec::with_capacity(n_layers);
+        for _ in 0..n_layers {
             layers.push(LayerActs {
                 ln1: buf(f, rows * c)?,
                 ln1_mean: buf(s, rows)?,

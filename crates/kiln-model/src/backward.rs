@@ -6,6 +6,7 @@ use kiln_abi::{
     MatmulArgs, ROption, Rounding, Unary,
 };
 
+use crate::activations::Activations;
 use crate::model::LastForward;
 use crate::ops::{attention_scale, gpt2_attention_shape, layernorm_backward, linear_backward};
 use crate::params::{layer_index, lm_head_index, ln_f_index, slot, WPE, WTE};
@@ -133,8 +134,6 @@ impl Gpt {
     /// lm_head, then the trunk.
     fn backward_from_loss_weights(&mut self, be: &mut BackendBox) -> Result<(), ModelError> {
         let last = self.last.expect("checked by the caller");
-        let cfg = &self.config;
-        let (c, v, vp) = (cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size);
         let rows = last.b * last.t;
         let acts = self.acts.as_ref().expect("forward allocated activations");
         let g = &acts.grads;
@@ -143,6 +142,23 @@ impl Gpt {
         // The logits buffer becomes dlogits in place (the backward recomputes
         // the probabilities from logits and lse), so logits() is gone from here on.
         self.logits_valid = false;
+        self.head_backward(be, acts, rows)?;
+        self.backward_trunk(be, last)
+    }
+
+    /// The loss head's backward from per-row loss weights in
+    /// `acts.grads.dlosses`: fused softmax-cross-entropy backward (the
+    /// logits buffer becomes d(logits) in place), then the lm_head:
+    /// `d(head weight) += dlogits^T @ lnf`, `acts.grads.dln = dlogits @ W`.
+    pub(crate) fn head_backward(
+        &self,
+        be: &mut BackendBox,
+        acts: &Activations,
+        rows: usize,
+    ) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let (c, v, vp) = (cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size);
+        let g = &acts.grads;
         let dlogits = acts.logits;
         be.crossentropy_backward(
             dlogits,
@@ -168,7 +184,7 @@ impl Gpt {
         }
         be.matmul(MatmulArgs::new(g.dln, dlogits, head.weight(), rows, c, vp))
             .ok_or_err()?;
-        self.backward_trunk(be, last)
+        Ok(())
     }
 
     /// From `grads.dln = d(ln_f output)` down to the embeddings: ln_f, the
@@ -179,7 +195,7 @@ impl Gpt {
         }
         let cfg = self.config.clone();
         let (b, t) = (last.b, last.t);
-        let (c, nh) = (cfg.n_embd, cfg.n_head);
+        let c = cfg.n_embd;
         let rows = b * t;
         let acts = self.acts.as_ref().expect("forward allocated activations");
         let g = &acts.grads;
@@ -199,6 +215,28 @@ impl Gpt {
             c,
         )?;
 
+        self.gpt2_blocks_backward(be, acts, 0, last)?;
+        self.embedding_backward_from(be, acts, last)
+    }
+
+    /// GPT-2 blocks `layer0 + acts.layers.len()` down to `layer0` (block
+    /// `layer0 + i` kept its activations in `acts.layers[i]`, the first read
+    /// `acts.encoded`): `grads.dresidual` holds d(top block output) on entry
+    /// and d(`acts.encoded`) on return; parameter gradients accumulate.
+    pub(crate) fn gpt2_blocks_backward(
+        &self,
+        be: &mut BackendBox,
+        acts: &Activations,
+        layer0: usize,
+        last: LastForward,
+    ) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let (b, t) = (last.b, last.t);
+        let (c, nh) = (cfg.n_embd, cfg.n_head);
+        let rows = b * t;
+        let g = &acts.grads;
+        let p = |i: usize| self.params[i].weight();
+        let d = |i: usize| self.params[i].grad;
         // Mixed precision: the residual stream's gradient is f32, but each
         // branch's projection backward takes it in the compute dtype, as
         // autocast's add backward hands a 16-bit branch a 16-bit gradient;
@@ -216,14 +254,14 @@ impl Gpt {
         };
         // Blocks, last to first. `dresidual` holds d(block output); the
         // residual adds pass it through unchanged to both branches.
-        for l in (0..cfg.n_layer).rev() {
-            let la = &acts.layers[l];
+        for (i, la) in acts.layers.iter().enumerate().rev() {
+            let l = layer0 + i;
             let w = |s: usize| p(layer_index(l, s));
             let dw = |s: usize| d(layer_index(l, s));
-            let x = if l == 0 {
+            let x = if i == 0 {
                 acts.encoded
             } else {
-                acts.layers[l - 1].residual3
+                acts.layers[i - 1].residual3
             };
             // MLP: fcproj = gelu(fch) @ Wp^T + bp, fch = ln2 @ Wfc^T + bfc.
             let dfcproj = branch_grad(be)?;
@@ -318,12 +356,32 @@ impl Gpt {
                 c,
             )?;
         }
-        if d(WTE).is_none() && d(WPE).is_none() {
+        Ok(())
+    }
+
+    /// The embeddings' backward from `grads.dresidual = d(acts.encoded)`:
+    /// `d(wte)` (and GPT-2's `d(wpe)`) accumulate; nothing for frozen ones.
+    pub(crate) fn embedding_backward_from(
+        &self,
+        be: &mut BackendBox,
+        acts: &Activations,
+        last: LastForward,
+    ) -> Result<(), ModelError> {
+        let (b, t, c) = (last.b, last.t, self.config.n_embd);
+        let g = &acts.grads;
+        let d = |i: usize| self.params[i].grad;
+        // Llama: parameter 1 is the first block's, not a position table.
+        let dwpe = if self.config.llama.is_some() {
+            None
+        } else {
+            d(WPE)
+        };
+        if d(WTE).is_none() && dwpe.is_none() {
             return Ok(()); // frozen embeddings: nothing below needs a gradient
         }
         be.embedding_backward(EmbeddingBackwardArgs {
             dwte: d(WTE).map_or(ROption::RNone, ROption::RSome),
-            dwpe: d(WPE).map_or(ROption::RNone, ROption::RSome),
+            dwpe: dwpe.map_or(ROption::RNone, ROption::RSome),
             dout: g.dresidual,
             tokens: acts.tokens,
             positions: if last.packed {

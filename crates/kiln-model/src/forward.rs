@@ -253,8 +253,27 @@ impl Gpt {
             be.upload_u32(acts.segments, &self.host_u32)?;
         }
 
+        let packed = packing.is_some();
+        self.embed_forward(be, acts, packed, b, t)?;
+        self.blocks_forward(be, acts, 0, packed, b, t)?;
+        let top = acts.layers[cfg.n_layer - 1].residual3;
+        self.final_norm_forward(be, acts, top, rows)?;
+        Ok(())
+    }
+
+    /// The encoder: `acts.encoded = wte[acts.tokens] (+ wpe[position])`
+    /// (Llama: token embedding only; positions enter through RoPE). With
+    /// `packed` GPT-2 reads each token's position from `acts.positions`.
+    pub(crate) fn embed_forward(
+        &self,
+        be: &mut BackendBox,
+        acts: &Activations,
+        packed: bool,
+        b: usize,
+        t: usize,
+    ) -> Result<(), ModelError> {
         let p = |i: usize| self.params[i].weight();
-        let llama = cfg.llama.is_some();
+        let llama = self.config.llama.is_some();
         be.embedding_forward(EmbeddingArgs {
             out: acts.encoded,
             tokens: acts.tokens,
@@ -265,39 +284,60 @@ impl Gpt {
             } else {
                 ROption::RSome(p(WPE))
             },
-            positions: match packing {
-                Some(_) if !llama => ROption::RSome(acts.positions),
-                _ => ROption::RNone,
+            positions: if packed && !llama {
+                ROption::RSome(acts.positions)
+            } else {
+                ROption::RNone
             },
             pos0: 0,
             b,
             t,
-            c,
+            c: self.config.n_embd,
         })
         .ok_or_err()?;
-        for (l, la) in acts.layers.iter().enumerate() {
-            let inp = if l == 0 {
+        Ok(())
+    }
+
+    /// Blocks `layer0 .. layer0 + acts.layers.len()`, block `layer0 + i`
+    /// keeping its activations in `acts.layers[i]`; the first reads
+    /// `acts.encoded`, each next one its predecessor's output. The whole
+    /// model passes `layer0 = 0`, a pipeline stage its first layer.
+    pub(crate) fn blocks_forward(
+        &self,
+        be: &mut BackendBox,
+        acts: &Activations,
+        layer0: usize,
+        packed: bool,
+        b: usize,
+        t: usize,
+    ) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        for (i, la) in acts.layers.iter().enumerate() {
+            let l = layer0 + i;
+            let inp = if i == 0 {
                 acts.encoded
             } else {
-                acts.layers[l - 1].residual3
+                acts.layers[i - 1].residual3
             };
-            let attention = match packing {
-                None => Attention::Causal { workspace: la.att },
-                Some(_) => Attention::Segmented {
+            let attention = if packed {
+                Attention::Segmented {
                     workspace: la.att,
                     segments: acts.segments,
-                },
+                }
+            } else {
+                Attention::Causal { workspace: la.att }
             };
             match &self.rope {
-                None => block_forward(be, &cfg, &self.params, l, &la.io(inp), attention, b, t)?,
+                None => block_forward(be, cfg, &self.params, l, &la.io(inp), attention, b, t)?,
                 Some(rope) => {
-                    let positions = match packing {
-                        None => Positions::From(0),
-                        Some(_) => Positions::PerToken(acts.positions),
+                    let positions = if packed {
+                        Positions::PerToken(acts.positions)
+                    } else {
+                        Positions::From(0)
                     };
                     llama_block_forward(
                         be,
-                        &cfg,
+                        cfg,
                         &self.params,
                         self.lora.as_ref(),
                         rope,
@@ -311,13 +351,25 @@ impl Gpt {
                 }
             }
         }
-        let eps = cfg.layer_norm_eps;
-        let top = acts.layers[cfg.n_layer - 1].residual3;
-        if llama {
-            let norm = p(final_norm_index(&cfg));
+        Ok(())
+    }
+
+    /// The final norm: `acts.lnf = LN(top)` (Llama: RMSNorm).
+    pub(crate) fn final_norm_forward(
+        &self,
+        be: &mut BackendBox,
+        acts: &Activations,
+        top: BufId,
+        rows: usize,
+    ) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let (c, eps) = (cfg.n_embd, cfg.layer_norm_eps);
+        let p = |i: usize| self.params[i].weight();
+        if cfg.llama.is_some() {
+            let norm = p(final_norm_index(cfg));
             rmsnorm(be, acts.lnf, acts.lnf_rstd, top, norm, rows, c, eps)?;
         } else {
-            let lnf = ln_f_index(&cfg);
+            let lnf = ln_f_index(cfg);
             layernorm(be, &acts.lnf_io(top, p(lnf), p(lnf + 1)), rows, c, eps)?;
         }
         Ok(())

@@ -34,6 +34,7 @@ mod rope;
 pub mod safetensors_stream;
 pub mod sample;
 mod special_ids;
+mod stage;
 
 pub use checkpoint::{
     HfExtras, LoadedDir, SpecialTokenIds, CONFIG_FILE, GENERATION_CONFIG_FILE, SHARD_INDEX_FILE,
@@ -49,3 +50,4 @@ pub use params::Param;
 pub use precision::{activation_bytes, BytesPerParam, Precision};
 pub use rng::Rng;
 pub use sample::{sample_token, SampleOptions};
+pub use stage::{split_layers, Stage, StageGrad, StageInput, StageOutput};
