@@ -254,3 +254,23 @@ fn the_tied_wte_gradient_is_summed_between_first_and_last() {
     s0.release(&mut be).unwrap();
     s1.release(&mut be).unwrap();
 }
+
+/// Llama blocks (RMSNorm, RoPE, SwiGLU, grouped-query attention; tied
+/// embeddings) split the same way.
+#[test]
+fn pp2_llama_matches_one_process() {
+    let cfg = GptConfig::new_llama(
+        kiln_model::LlamaFamily::Llama,
+        61,
+        16,
+        4,
+        4,
+        2,
+        16,
+        24,
+        true,
+    );
+    for sch in [Schedule::GPipe, Schedule::OneFOneB] {
+        check(cfg.clone(), 2, sch);
+    }
+}
