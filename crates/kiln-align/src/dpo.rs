@@ -29,6 +29,7 @@ use crate::loss::dpo::{
 use crate::metrics::{MetricsLog, Progress, Record, EVAL, TRAIN};
 use crate::optim::{AlignOptimizer, OptimConfig};
 use crate::policy::param_refs;
+use crate::replicas::Replicas;
 use crate::AlignError;
 
 /// The reference log-prob cache inside the output directory.
@@ -153,8 +154,15 @@ impl DpoConfig {
 
     /// Optimizer steps for `pairs` pairs.
     pub fn total_steps(&self, pairs: usize) -> u64 {
+        self.total_steps_across(pairs, 1)
+    }
+
+    /// Optimizer steps for `pairs` pairs on `world` data-parallel ranks
+    /// (`batch_size` pairs each per step).
+    pub fn total_steps_across(&self, pairs: usize, world: usize) -> u64 {
+        let per_step = (self.batch_size * world).max(1);
         self.steps
-            .unwrap_or_else(|| self.epochs * pairs.div_ceil(self.batch_size.max(1)) as u64)
+            .unwrap_or_else(|| self.epochs * pairs.div_ceil(per_step) as u64)
     }
 }
 
@@ -515,21 +523,70 @@ pub fn evaluate_pairs(
     pad: u32,
     micro_batch: usize,
 ) -> Result<PairEval, AlignError> {
-    let policy = pair_logps(model, be, pairs, pad, micro_batch)?;
-    let flat: Vec<f64> = policy.iter().flatten().copied().collect();
-    let all: Vec<&EncodedPair> = pairs.iter().collect();
-    let inputs = pair_inputs(&all, &flat, refs);
-    let mut out = preference_loss(kind, beta, &inputs).map_err(|e| AlignError::Config(e.0))?;
-    add_chosen_nll(&mut out, nll_weight, &inputs);
-    let n = pairs.len() as f64;
+    let args = EvalArgs {
+        kind,
+        beta,
+        nll_weight,
+        pad,
+        micro_batch,
+    };
+    evaluate_across(model, be, pairs, refs, &args, &mut Replicas::single())
+}
+
+/// How [`evaluate_pairs`] scores.
+struct EvalArgs {
+    kind: PreferenceLoss,
+    beta: f64,
+    nll_weight: f64,
+    pad: u32,
+    micro_batch: usize,
+}
+
+/// [`evaluate_pairs`] with the pairs shared among data-parallel ranks:
+/// each scores its part; the pair-weighted sums are added up.
+fn evaluate_across(
+    model: &mut Gpt,
+    be: &mut BackendBox,
+    pairs: &[EncodedPair],
+    refs: &[PairRef],
+    a: &EvalArgs,
+    replicas: &mut Replicas,
+) -> Result<PairEval, AlignError> {
+    let mine = replicas.share(pairs.len());
+    let (pairs, refs) = (&pairs[mine.clone()], &refs[mine]);
+    // Pair-weighted sums: loss, rewards chosen / rejected / margins /
+    // accuracies, logps chosen / rejected, and the pair count.
+    let mut sums = [0f64; 8];
+    if !pairs.is_empty() {
+        let policy = pair_logps(model, be, pairs, a.pad, a.micro_batch)?;
+        let flat: Vec<f64> = policy.iter().flatten().copied().collect();
+        let all: Vec<&EncodedPair> = pairs.iter().collect();
+        let inputs = pair_inputs(&all, &flat, refs);
+        let mut out =
+            preference_loss(a.kind, a.beta, &inputs).map_err(|e| AlignError::Config(e.0))?;
+        add_chosen_nll(&mut out, a.nll_weight, &inputs);
+        let n = pairs.len() as f64;
+        sums = [
+            out.loss * n,
+            out.rewards.chosen * n,
+            out.rewards.rejected * n,
+            out.rewards.margins * n,
+            out.rewards.accuracies * n,
+            policy.iter().map(|p| p[0]).sum::<f64>(),
+            policy.iter().map(|p| p[1]).sum::<f64>(),
+            n,
+        ];
+    }
+    replicas.sum(&mut sums)?;
+    let n = sums[7];
     Ok(PairEval {
-        loss: out.loss,
-        rewards_chosen: out.rewards.chosen,
-        rewards_rejected: out.rewards.rejected,
-        rewards_margins: out.rewards.margins,
-        rewards_accuracies: out.rewards.accuracies,
-        logps_chosen: policy.iter().map(|p| p[0]).sum::<f64>() / n,
-        logps_rejected: policy.iter().map(|p| p[1]).sum::<f64>() / n,
+        loss: sums[0] / n,
+        rewards_chosen: sums[1] / n,
+        rewards_rejected: sums[2] / n,
+        rewards_margins: sums[3] / n,
+        rewards_accuracies: sums[4] / n,
+        logps_chosen: sums[5] / n,
+        logps_rejected: sums[6] / n,
     })
 }
 
@@ -564,11 +621,32 @@ pub fn train(
     refs: &[PairRef],
     pad: u32,
     cfg: &DpoConfig,
+    metrics: Option<&mut MetricsLog>,
+    progress: &Progress,
+) -> Result<DpoSummary, AlignError> {
+    let single = Replicas::single();
+    train_across(be, model, pairs, refs, pad, cfg, metrics, progress, single)
+}
+
+/// [`train`] as one rank of a data-parallel group: `batch_size` is per
+/// rank, so a step takes `world` times as many pairs (the same order on
+/// every rank; each takes its part). Every rank returns the same summary;
+/// give `metrics` to rank 0 only.
+#[allow(clippy::too_many_arguments)]
+pub fn train_across(
+    be: &mut BackendBox,
+    model: &mut Gpt,
+    pairs: &[EncodedPair],
+    refs: &[PairRef],
+    pad: u32,
+    cfg: &DpoConfig,
     mut metrics: Option<&mut MetricsLog>,
     progress: &Progress,
+    mut replicas: Replicas,
 ) -> Result<DpoSummary, AlignError> {
     cfg.validate()?;
     let kind = cfg.objective()?;
+    let world = replicas.world();
     if pairs.is_empty() || pairs.len() != refs.len() {
         return Err(AlignError::Input(format!(
             "{} pairs with {} reference log-probs",
@@ -576,7 +654,15 @@ pub fn train(
             refs.len()
         )));
     }
-    let total = cfg.total_steps(pairs.len());
+    let total = cfg.total_steps_across(pairs.len(), world);
+    let global_batch = cfg.batch_size * world;
+    let eval_args = EvalArgs {
+        kind,
+        beta: cfg.beta,
+        nll_weight: cfg.nll_weight,
+        pad,
+        micro_batch: cfg.micro_batch,
+    };
     let mut log = |r: &Record| -> Result<(), AlignError> {
         progress.record(r);
         if let Some(m) = metrics.as_deref_mut() {
@@ -585,23 +671,14 @@ pub fn train(
         }
         Ok(())
     };
-    let before = evaluate_pairs(
-        model,
-        be,
-        pairs,
-        refs,
-        kind,
-        cfg.beta,
-        cfg.nll_weight,
-        pad,
-        cfg.micro_batch,
-    )?;
+    let before = evaluate_across(model, be, pairs, refs, &eval_args, &mut replicas)?;
     log(&before.record(0, EVAL))?;
 
     crate::precision::apply_precision(be, model, &cfg.precision)?;
     let mut opt = AlignOptimizer::new(be, param_refs(model), &cfg.optim(), total)?
         .guard_divergence()
-        .scale_losses_for(model.precision());
+        .scale_losses_for(model.precision())
+        .with_replicas(replicas);
     let mut rng = Rng::new(cfg.seed);
     let mut order: Vec<usize> = Vec::new();
     let mut cursor = 0;
@@ -611,8 +688,8 @@ pub fn train(
     for step in 1..=total {
         let t0 = Instant::now();
         // Next batch_size pairs of the shuffled order (reshuffled each pass).
-        let mut picked = Vec::with_capacity(cfg.batch_size);
-        while picked.len() < cfg.batch_size.min(pairs.len()) {
+        let mut picked = Vec::with_capacity(global_batch);
+        while picked.len() < global_batch.min(pairs.len()) {
             if cursor == order.len() {
                 order = (0..pairs.len()).collect();
                 shuffle(&mut order, &mut rng);
@@ -630,9 +707,9 @@ pub fn train(
         opt.zero_grad(be)?;
         let n = picked.len() as f64;
         // Pair-weighted sums: loss, rewards chosen / rejected / margins / accuracies.
-        let mut sums = [0f64; 5];
-        let (mut lp_c, mut lp_r) = (0f64, 0f64);
-        for chunk in picked.chunks(cfg.micro_batch) {
+        // Then logps chosen / rejected and the real tokens.
+        let mut sums = [0f64; 8];
+        for chunk in opt.replicas().part(&picked).chunks(cfg.micro_batch) {
             let ps: Vec<&EncodedPair> = chunk.iter().map(|&i| &pairs[i]).collect();
             let rs: Vec<PairRef> = chunk.iter().map(|&i| refs[i]).collect();
             let m = chunk.len() as f64;
@@ -652,13 +729,15 @@ pub fn train(
             sums[2] += out.rewards.rejected * m;
             sums[3] += out.rewards.margins * m;
             sums[4] += out.rewards.accuracies * m;
-            lp_c += policy.iter().step_by(2).sum::<f64>();
-            lp_r += policy.iter().skip(1).step_by(2).sum::<f64>();
-            tokens += ps
+            sums[5] += policy.iter().step_by(2).sum::<f64>();
+            sums[6] += policy.iter().skip(1).step_by(2).sum::<f64>();
+            sums[7] += ps
                 .iter()
                 .map(|p| 2 * p.prompt.len() + p.chosen.len() + p.rejected.len() - 2)
-                .sum::<usize>();
+                .sum::<usize>() as f64;
         }
+        opt.replicas().sum(&mut sums)?;
+        tokens += sums[7] as usize;
         let loss = sums[0] / n;
         let outcome = opt.step(be, loss as f32)?;
         if outcome.update_skipped() {
@@ -681,24 +760,14 @@ pub fn train(
             .with("rewards/rejected", sums[2] / n)
             .with("rewards/margins", sums[3] / n)
             .with("rewards/accuracies", sums[4] / n)
-            .with("logps/chosen", lp_c / n)
-            .with("logps/rejected", lp_r / n)
+            .with("logps/chosen", sums[5] / n)
+            .with("logps/rejected", sums[6] / n)
             .with("tokens_per_s", tokens as f64 / busy_s.max(1e-9))
             .with("elapsed_s", started.elapsed().as_secs_f64());
         log(&r)?;
     }
+    let after = evaluate_across(model, be, pairs, refs, &eval_args, opt.replicas())?;
     opt.release(be)?;
-    let after = evaluate_pairs(
-        model,
-        be,
-        pairs,
-        refs,
-        kind,
-        cfg.beta,
-        cfg.nll_weight,
-        pad,
-        cfg.micro_batch,
-    )?;
     log(&after.record(total, EVAL))?;
     progress.finish();
     Ok(DpoSummary {

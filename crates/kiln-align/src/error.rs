@@ -32,6 +32,10 @@ pub enum AlignError {
     /// A setting that makes no sense (the message names it and the fix).
     #[error("config: {0}")]
     Config(String),
+    /// A data-parallel collective failed (another rank died or timed out;
+    /// the message names the rank and the operation).
+    #[error("data parallel: {0}")]
+    Parallel(String),
     /// Inputs of the wrong shape or order of calls (a caller bug).
     #[error("{0}")]
     Input(String),

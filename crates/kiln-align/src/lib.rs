@@ -13,6 +13,9 @@ pub mod optim;
 pub mod policy;
 pub mod ppo;
 pub mod precision;
+pub mod replicas;
+#[cfg(test)]
+mod replicas_tests;
 pub mod reward;
 pub mod rollout;
 pub mod sft;

@@ -10,6 +10,7 @@ use kiln_train::guard::{NonFiniteGuard, Verdict};
 use kiln_train::scaler::{LossScaler, ScaleChange, DEFAULT_INIT_SCALE};
 use serde::{Deserialize, Serialize};
 
+use crate::replicas::Replicas;
 use crate::AlignError;
 
 /// A loss above this many times the first step's (at least 1) stops a run
@@ -135,6 +136,9 @@ pub struct AlignOptimizer {
     steps: u64,
     /// f16 only: the dynamic loss scale (PyTorch GradScaler's defaults).
     scaler: Option<LossScaler>,
+    /// The data-parallel group the gradients are summed over (a single
+    /// process by default).
+    replicas: Replicas,
 }
 
 impl AlignOptimizer {
@@ -169,6 +173,7 @@ impl AlignOptimizer {
             grad_clip: config.grad_clip,
             steps: 0,
             scaler: None,
+            replicas: Replicas::single(),
         })
     }
 
@@ -205,6 +210,19 @@ impl AlignOptimizer {
         self
     }
 
+    /// Steps as one rank of a data-parallel group: [`AlignOptimizer::step`]
+    /// first sums the gradients over the ranks (the objectives weight them
+    /// by the step's global count; see [`crate::replicas`]).
+    pub fn with_replicas(mut self, replicas: Replicas) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// The group this optimizer steps with (for the objectives' sums).
+    pub fn replicas(&mut self) -> &mut Replicas {
+        &mut self.replicas
+    }
+
     pub fn params(&self) -> &[ParamRef] {
         &self.refs
     }
@@ -229,8 +247,10 @@ impl AlignOptimizer {
 
     /// Clips, checks and applies one update from the accumulated gradients
     /// (of `loss_scale() * loss`). `loss` is the step's loss (checked for
-    /// NaN/inf with the grad norm).
+    /// NaN/inf with the grad norm); under data parallelism, the global one,
+    /// and the gradients are summed over the ranks first.
     pub fn step(&mut self, be: &mut BackendBox, loss: f32) -> Result<StepOutcome, AlignError> {
+        self.replicas.sum_grads(be, &self.refs)?;
         let loss_scale = self.loss_scale();
         let clipped = clip_scale_unscaling(be, &self.refs, self.grad_clip, 1.0 / loss_scale);
         let (grad_norm, scale, finite) = match clipped {

@@ -34,6 +34,7 @@ use crate::loss::reward::bradley_terry;
 use crate::metrics::{MetricsLog, Progress, Record, EVAL, TRAIN};
 use crate::optim::{AlignOptimizer, OptimConfig};
 use crate::policy::{save_dir_with, Policy};
+use crate::replicas::Replicas;
 use crate::AlignError;
 
 /// The head file of reward models written before the sequence-classifier
@@ -630,11 +631,23 @@ pub fn evaluate(
     pairs: &[RewardExample],
     batch_size: usize,
 ) -> Result<Option<RewardEval>, AlignError> {
+    evaluate_across(be, rm, pairs, batch_size, &mut Replicas::single())
+}
+
+/// [`evaluate`] with the pairs shared among data-parallel ranks: each
+/// scores its part; the pair-weighted sums are added up.
+fn evaluate_across(
+    be: &mut BackendBox,
+    rm: &mut RewardModel,
+    pairs: &[RewardExample],
+    batch_size: usize,
+    replicas: &mut Replicas,
+) -> Result<Option<RewardEval>, AlignError> {
     if pairs.is_empty() {
         return Ok(None);
     }
     let (mut rc, mut rr, mut m) = (Vec::new(), Vec::new(), Vec::new());
-    for group in pairs.chunks(batch_size.max(1)) {
+    for group in replicas.part(pairs).chunks(batch_size.max(1)) {
         let refs: Vec<&EncodedPair> = group.iter().map(|e| &e.pair).collect();
         let (c, r) = rm.score_pairs(be, &refs)?;
         rc.extend(c);
@@ -642,13 +655,28 @@ pub fn evaluate(
         m.extend(group.iter().map(|e| e.margin.unwrap_or(0.0)));
     }
     rm.last = None;
-    let out = bradley_terry(&rc, &rr, Some(&m), 0.0).map_err(AlignError::Input)?;
+    // Sums over this rank's pairs (a rank may have none), then over all.
+    let mut sums = [0f64; 6];
+    if !rc.is_empty() {
+        let out = bradley_terry(&rc, &rr, Some(&m), 0.0).map_err(AlignError::Input)?;
+        let n = rc.len() as f64;
+        sums = [
+            out.loss * n,
+            out.accuracy * n,
+            out.margin * n,
+            out.mean_chosen * n,
+            out.mean_rejected * n,
+            n,
+        ];
+    }
+    replicas.sum(&mut sums)?;
+    let n = sums[5];
     Ok(Some(RewardEval {
-        loss: out.loss,
-        accuracy: out.accuracy,
-        margin: out.margin,
-        mean_chosen: out.mean_chosen,
-        mean_rejected: out.mean_rejected,
+        loss: sums[0] / n,
+        accuracy: sums[1] / n,
+        margin: sums[2] / n,
+        mean_chosen: sums[3] / n,
+        mean_rejected: sums[4] / n,
     }))
 }
 
@@ -669,14 +697,33 @@ pub fn train_reward(
     train: &[RewardExample],
     eval: &[RewardExample],
     config: &RewardConfig,
+    metrics: Option<&mut MetricsLog>,
+    progress: &Progress,
+) -> Result<RewardSummary, AlignError> {
+    let single = Replicas::single();
+    train_reward_across(be, rm, train, eval, config, metrics, progress, single)
+}
+
+/// [`train_reward`] as one rank of a data-parallel group: `batch_size` is
+/// per rank, so a step takes `world` times [`RewardConfig::pairs_per_step`]
+/// pairs (the same order on every rank; each takes its part). Every rank
+/// returns the same summary; give `metrics` to rank 0 only.
+#[allow(clippy::too_many_arguments)]
+pub fn train_reward_across(
+    be: &mut BackendBox,
+    rm: &mut RewardModel,
+    train: &[RewardExample],
+    eval: &[RewardExample],
+    config: &RewardConfig,
     mut metrics: Option<&mut MetricsLog>,
     progress: &Progress,
+    replicas: Replicas,
 ) -> Result<RewardSummary, AlignError> {
     config.validate()?;
     if train.is_empty() {
         return Err(AlignError::Config("no training pairs".into()));
     }
-    let per_step = config.pairs_per_step();
+    let per_step = config.pairs_per_step() * replicas.world();
     let steps_per_epoch = train.len().div_ceil(per_step) as u64;
     let mut total = steps_per_epoch * config.epochs as u64;
     if config.max_steps > 0 {
@@ -685,7 +732,8 @@ pub fn train_reward(
     crate::precision::apply_precision(be, &mut rm.lm.model, &config.precision)?;
     let mut opt = AlignOptimizer::new(be, rm.param_refs(), &config.optim(), total)?
         .guard_divergence()
-        .scale_losses_for(rm.lm.model.precision());
+        .scale_losses_for(rm.lm.model.precision())
+        .with_replicas(replicas);
     let log = |r: &Record, metrics: &mut Option<&mut MetricsLog>| -> Result<(), AlignError> {
         if let Some(m) = metrics.as_deref_mut() {
             m.append(r).map_err(|e| AlignError::io(m.path(), e))?;
@@ -693,7 +741,7 @@ pub fn train_reward(
         progress.record(r);
         Ok(())
     };
-    let eval_before = evaluate(be, rm, eval, config.batch_size)?;
+    let eval_before = evaluate_across(be, rm, eval, config.batch_size, opt.replicas())?;
     if let Some(e) = &eval_before {
         log(&eval_record(0, e), &mut metrics)?;
     }
@@ -727,8 +775,10 @@ pub fn train_reward(
             let t0 = std::time::Instant::now();
             opt.zero_grad(be)?;
             let (mut loss, mut acc, mut margin) = (0f64, 0f64, 0f64);
+            // Shares of the whole step (all ranks' pairs), so the ranks' sums
+            // add up to the step's means.
             let n_step = step_ids.len() as f64;
-            for micro in step_ids.chunks(config.batch_size) {
+            for micro in opt.replicas().part(step_ids).chunks(config.batch_size) {
                 let refs: Vec<&EncodedPair> = micro.iter().map(|&i| &train[i].pair).collect();
                 let margins: Vec<f32> = micro
                     .iter()
@@ -750,6 +800,9 @@ pub fn train_reward(
                     .collect();
                 rm.backward(be, &d)?;
             }
+            let mut sums = [loss, acc, margin];
+            opt.replicas().sum(&mut sums)?;
+            let [loss, acc, margin] = sums;
             let loss = loss as f32;
             let out = opt.step(be, loss)?;
             let secs = t0.elapsed().as_secs_f64();
@@ -793,7 +846,7 @@ pub fn train_reward(
                 end_of_epoch
             };
             if !eval.is_empty() && (due || step == total) {
-                let e = evaluate(be, rm, eval, config.batch_size)?;
+                let e = evaluate_across(be, rm, eval, config.batch_size, opt.replicas())?;
                 if let Some(e) = &e {
                     log(&eval_record(step, e), &mut metrics)?;
                 }

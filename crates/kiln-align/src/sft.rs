@@ -23,6 +23,7 @@ use crate::batch::{LmSequence, PackedBatch, TokenBatch};
 use crate::metrics::{MetricsLog, Progress, Record, EVAL, TRAIN};
 use crate::optim::{AlignOptimizer, OptimConfig};
 use crate::policy::Policy;
+use crate::replicas::Replicas;
 use crate::AlignError;
 
 /// SFT settings; the TOML file of `kiln sft --config` has these keys
@@ -303,8 +304,20 @@ pub fn eval_loss(
     chats: &[EncodedChat],
     batch_size: usize,
 ) -> Result<Option<f32>, AlignError> {
+    eval_loss_across(be, policy, chats, batch_size, &mut Replicas::single())
+}
+
+/// [`eval_loss`] with the chats shared among data-parallel ranks: each
+/// scores its part, and the sums and counts are added up.
+fn eval_loss_across(
+    be: &mut BackendBox,
+    policy: &mut Policy,
+    chats: &[EncodedChat],
+    batch_size: usize,
+    replicas: &mut Replicas,
+) -> Result<Option<f32>, AlignError> {
     let (mut sum, mut count) = (0f64, 0usize);
-    let refs: Vec<&EncodedChat> = chats.iter().collect();
+    let refs: Vec<&EncodedChat> = replicas.part(chats).iter().collect();
     for group in refs.chunks(batch_size.max(1)) {
         let batch = chat_batch(group, policy.pad_id())?;
         let losses = policy.model.forward_token_losses(
@@ -321,7 +334,9 @@ pub fn eval_loss(
             }
         }
     }
-    Ok((count > 0).then(|| (sum / count as f64) as f32))
+    let mut totals = [sum, count as f64];
+    replicas.sum(&mut totals)?;
+    Ok((totals[1] > 0.0).then(|| (totals[0] / totals[1]) as f32))
 }
 
 /// The SFT loss of one optimizer step over `batches` (mean over all their
@@ -337,7 +352,19 @@ pub fn accumulate_grads(
     if counted == 0 {
         return Ok((0.0, 0));
     }
-    let w = loss_scale / counted as f32;
+    let loss_sum = accumulate_weighted(be, policy, batches, loss_scale / counted as f32)?;
+    Ok(((loss_sum / counted as f64) as f32, counted))
+}
+
+/// `grads += w * ∂(Σ counted losses)/∂θ` over `batches`; returns the sum of
+/// their counted losses. `w` is `loss_scale` over the step's counted
+/// targets (all ranks' under data parallelism).
+fn accumulate_weighted(
+    be: &mut BackendBox,
+    policy: &mut Policy,
+    batches: &[SftBatch],
+    w: f32,
+) -> Result<f64, AlignError> {
     let mut loss_sum = 0f64;
     for sft_batch in batches {
         let losses = sft_batch.token_losses(be, policy)?;
@@ -351,7 +378,7 @@ pub fn accumulate_grads(
         }
         policy.model.backward_weighted(be, &weights)?;
     }
-    Ok(((loss_sum / counted as f64) as f32, counted))
+    Ok(loss_sum)
 }
 
 /// Fine-tunes `policy` on `train`, evaluating on `eval`; records go to
@@ -362,8 +389,27 @@ pub fn train_sft(
     train: &[EncodedChat],
     eval: &[EncodedChat],
     config: &SftConfig,
+    metrics: Option<&mut MetricsLog>,
+    progress: &Progress,
+) -> Result<SftSummary, AlignError> {
+    let single = Replicas::single();
+    train_sft_across(be, policy, train, eval, config, metrics, progress, single)
+}
+
+/// [`train_sft`] as one rank of a data-parallel group: `config.batch_size`
+/// is per rank, so a step takes `world` times [`SftConfig::chats_per_step`]
+/// chats (the same shuffled order on every rank; each takes its part).
+/// Every rank returns the same summary; give `metrics` to rank 0 only.
+#[allow(clippy::too_many_arguments)]
+pub fn train_sft_across(
+    be: &mut BackendBox,
+    policy: &mut Policy,
+    train: &[EncodedChat],
+    eval: &[EncodedChat],
+    config: &SftConfig,
     mut metrics: Option<&mut MetricsLog>,
     progress: &Progress,
+    replicas: Replicas,
 ) -> Result<SftSummary, AlignError> {
     config.validate()?;
     if train.is_empty() {
@@ -384,7 +430,7 @@ pub fn train_sft(
             policy.max_seq_len()
         )));
     }
-    let per_step = config.chats_per_step();
+    let per_step = config.chats_per_step() * replicas.world();
     let steps_per_epoch = train.len().div_ceil(per_step) as u64;
     let mut total = steps_per_epoch * config.epochs as u64;
     if config.max_steps > 0 {
@@ -393,7 +439,8 @@ pub fn train_sft(
     crate::precision::apply_precision(be, &mut policy.model, &config.precision)?;
     let mut opt = AlignOptimizer::new(be, policy.param_refs(), &config.optim(), total)?
         .guard_divergence()
-        .scale_losses_for(policy.model.precision());
+        .scale_losses_for(policy.model.precision())
+        .with_replicas(replicas);
     let log = |r: &Record, metrics: &mut Option<&mut MetricsLog>| -> Result<(), AlignError> {
         if let Some(m) = metrics.as_deref_mut() {
             m.append(r).map_err(|e| AlignError::io(m.path(), e))?;
@@ -403,7 +450,7 @@ pub fn train_sft(
     };
 
     let eval_bs = config.batch_size;
-    let eval_loss_before = eval_loss(be, policy, eval, eval_bs)?;
+    let eval_loss_before = eval_loss_across(be, policy, eval, eval_bs, opt.replicas())?;
     if let Some(l) = eval_loss_before {
         log(&Record::new(0, EVAL).with("loss", l as f64), &mut metrics)?;
     }
@@ -438,18 +485,29 @@ pub fn train_sft(
                 break 'epochs;
             }
             let t0 = std::time::Instant::now();
-            let chats: Vec<&EncodedChat> = step_chats.iter().map(|&i| &train[i]).collect();
+            let mine = opt.replicas().part(step_chats);
+            let chats: Vec<&EncodedChat> = mine.iter().map(|&i| &train[i]).collect();
             let batches: Vec<SftBatch> = chats
                 .chunks(config.batch_size)
                 .map(|g| SftBatch::of_chats(g, config.packing, t_max, policy.pad_id()))
                 .collect::<Result<_, _>>()?;
-            let real: usize = batches.iter().map(|b| b.batch.real_tokens()).sum();
-            let rows: usize = batches.iter().map(|b| b.batch.b).sum();
-            let step_cells: usize = batches.iter().map(|b| b.batch.b * b.batch.t).sum();
+            // The step's counted targets over all ranks weight every gradient.
+            let mut counted = [batches.iter().map(|b| b.batch.counted()).sum::<usize>() as f64];
+            opt.replicas().sum(&mut counted)?;
+            let counted = counted[0] as usize;
+            opt.zero_grad(be)?;
+            let w = opt.loss_scale() / counted.max(1) as f32;
+            let mut sums = [
+                accumulate_weighted(be, policy, &batches, w)?,
+                batches.iter().map(|b| b.batch.real_tokens()).sum::<usize>() as f64,
+                batches.iter().map(|b| b.batch.b).sum::<usize>() as f64,
+                batches.iter().map(|b| b.batch.b * b.batch.t).sum::<usize>() as f64,
+            ];
+            opt.replicas().sum(&mut sums)?;
+            let loss = (sums[0] / counted.max(1) as f64) as f32;
+            let [real, rows, step_cells] = [sums[1], sums[2], sums[3]].map(|x| x as usize);
             summary.rows += rows as u64;
             cells += step_cells as u64;
-            opt.zero_grad(be)?;
-            let (loss, counted) = accumulate_grads(be, policy, &batches, opt.loss_scale())?;
             let out = opt.step(be, loss)?;
             let secs = t0.elapsed().as_secs_f64();
             train_secs += secs;
@@ -494,7 +552,7 @@ pub fn train_sft(
                 end_of_epoch
             };
             if !eval.is_empty() && (due || step == total) {
-                let l = eval_loss(be, policy, eval, eval_bs)?;
+                let l = eval_loss_across(be, policy, eval, eval_bs, opt.replicas())?;
                 summary.eval_loss = l;
                 if let Some(l) = l {
                     log(

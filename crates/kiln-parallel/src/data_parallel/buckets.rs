@@ -41,13 +41,26 @@ pub fn all_reduce_grads(
     refs: &[ParamRef],
     bucket_bytes: usize,
 ) -> Result<(), DpError> {
+    reduce_grads(be, comm, refs, bucket_bytes, ReduceOp::Average)
+}
+
+/// [`all_reduce_grads`] with the reduction named: `Sum` when each rank has
+/// already weighted its gradients by its share of the step (the alignment
+/// objectives divide by the step's global token or pair count).
+pub fn reduce_grads(
+    be: &mut BackendBox,
+    comm: &mut dyn Communicator,
+    refs: &[ParamRef],
+    bucket_bytes: usize,
+    op: ReduceOp,
+) -> Result<(), DpError> {
     let lens: Vec<usize> = refs.iter().map(|p| p.len).collect();
     for bucket in plan_buckets(&lens, bucket_bytes) {
         let mut flat = Vec::with_capacity(bucket.iter().map(|&i| lens[i]).sum());
         for &i in &bucket {
             flat.extend(be.download_widened(refs[i].grad)?);
         }
-        comm.all_reduce(&mut flat, ReduceOp::Average)?;
+        comm.all_reduce(&mut flat, op)?;
         let mut at = 0;
         for &i in &bucket {
             be.upload_f32_as(refs[i].grad, &flat[at..at + lens[i]])?;

@@ -22,7 +22,7 @@ use kiln_optim::OptimError;
 
 use crate::comm::{CommError, Communicator};
 
-pub use buckets::{plan_buckets, DEFAULT_BUCKET_BYTES};
+pub use buckets::{plan_buckets, reduce_grads, DEFAULT_BUCKET_BYTES};
 pub use zero::Shard;
 
 /// Which ZeRO stage a data-parallel run uses.
