@@ -1,6 +1,8 @@
 //! Thin helpers over Backend ops that the forward and backward passes share:
 //! linear layers (PyTorch `nn.Linear` layout), the tied lm_head, LayerNorm
-//! and the attention shape of a GPT-2 block.
+//! and the attention shape of a GPT-2 block. `linear` and `layernorm` (with
+//! their backwards) are public: kiln-parallel's tensor-parallel block calls
+//! them on its shards.
 
 use kiln_abi::{
     AttentionShape, BackendBox, BufId, IntoBResult, MatmulArgs, NormArgs, NormBackwardArgs,
@@ -15,7 +17,7 @@ fn opt(b: Option<BufId>) -> ROption<BufId> {
 
 /// `out[rows, out_f] = inp[rows, in_f] @ w[out_f, in_f]^T + bias`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn linear(
+pub fn linear(
     be: &mut BackendBox,
     out: BufId,
     inp: BufId,
@@ -37,7 +39,7 @@ pub(crate) fn linear(
 /// Backward of [`linear`]: `dinp = dout @ w` (overwritten), `dw += dout^T @ inp`,
 /// `dbias += colsum(dout)`; a frozen weight or bias (`None`) gets no product.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn linear_backward(
+pub fn linear_backward(
     be: &mut BackendBox,
     dinp: BufId,
     dw: Option<BufId>,
@@ -79,7 +81,7 @@ pub(crate) fn lm_head(
 }
 
 /// The buffers of one LayerNorm application.
-pub(crate) struct LayerNormIo {
+pub struct LayerNormIo {
     pub out: BufId,
     pub mean: BufId,
     pub rstd: BufId,
@@ -88,7 +90,8 @@ pub(crate) struct LayerNormIo {
     pub bias: BufId,
 }
 
-pub(crate) fn layernorm(
+/// `io.out = LayerNorm(io.inp)`, keeping the mean and rstd for backward.
+pub fn layernorm(
     be: &mut BackendBox,
     io: &LayerNormIo,
     rows: usize,
@@ -116,7 +119,7 @@ pub(crate) fn layernorm(
 /// Accumulates `dinp`, `dweight`, `dbias` of [`layernorm`] (`io.out` is
 /// unused; a frozen weight or bias, `None`, is skipped).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn layernorm_backward(
+pub fn layernorm_backward(
     be: &mut BackendBox,
     dinp: BufId,
     dweight: Option<BufId>,

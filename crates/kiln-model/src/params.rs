@@ -75,8 +75,9 @@ pub(crate) const PER_LAYER: usize = 12;
 pub(crate) const WTE: usize = 0;
 pub(crate) const WPE: usize = 1;
 
-/// Offsets of a block's parameters inside its group of [`PER_LAYER`].
-pub(crate) mod slot {
+/// Offsets of a GPT-2 block's parameters inside its group of 12 (public:
+/// kiln-parallel's tensor-parallel block indexes its shards with them).
+pub mod slot {
     pub const LN1_W: usize = 0;
     pub const LN1_B: usize = 1;
     pub const QKV_W: usize = 2;

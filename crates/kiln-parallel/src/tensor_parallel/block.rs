@@ -8,26 +8,11 @@ use kiln_abi::{BackendExt, IntoBResult, ROption, Unary};
 use kiln_model::Param;
 
 use super::collectives::{f, g, Pass};
-use super::ops::LayerNormIo;
-use super::ops::{add_bias_rows, layernorm, layernorm_backward, linear, linear_backward};
+use super::ops::add_bias_rows;
 use super::TpError;
 use crate::comm::Communicator;
-
-/// Offsets of a block's parameters among its 12 (kiln-model's `params::slot`).
-pub(crate) mod slot {
-    pub const LN1_W: usize = 0;
-    pub const LN1_B: usize = 1;
-    pub const QKV_W: usize = 2;
-    pub const QKV_B: usize = 3;
-    pub const ATTN_PROJ_W: usize = 4;
-    pub const ATTN_PROJ_B: usize = 5;
-    pub const LN2_W: usize = 6;
-    pub const LN2_B: usize = 7;
-    pub const FC_W: usize = 8;
-    pub const FC_B: usize = 9;
-    pub const FC_PROJ_W: usize = 10;
-    pub const FC_PROJ_B: usize = 11;
-}
+use kiln_model::ops::{layernorm, layernorm_backward, linear, linear_backward, LayerNormIo};
+use kiln_model::slot;
 
 /// The sizes one rank works with.
 #[derive(Clone, Copy, Debug)]
@@ -299,7 +284,7 @@ pub(crate) fn block_backward(
     // everywhere.
     be.bias_backward(dw(slot::FC_PROJ_B), s.dres, rows, c)
         .ok_or_err()?;
-    let (w_fp, dw_fp) = (p(slot::FC_PROJ_W), dw(slot::FC_PROJ_W));
+    let (w_fp, dw_fp) = (p(slot::FC_PROJ_W), Some(dw(slot::FC_PROJ_W)));
     linear_backward(
         be,
         s.dfch_gelu,
@@ -315,19 +300,19 @@ pub(crate) fn block_backward(
     be.zero(s.dfch).ok_or_err()?;
     be.unary_backward(Unary::Gelu, s.dfch, acts.fch, s.dfch_gelu, rows * d.fc)
         .ok_or_err()?;
-    let (w_fc, dw_fc, db_fc) = (p(slot::FC_W), dw(slot::FC_W), Some(dw(slot::FC_B)));
+    let (w_fc, dw_fc, db_fc) = (p(slot::FC_W), Some(dw(slot::FC_W)), Some(dw(slot::FC_B)));
     linear_backward(
         be, s.dln, dw_fc, db_fc, s.dfch, acts.ln2, w_fc, rows, c, d.fc,
     )?;
     // f's backward: each rank's d(ln2) covers only its hidden features.
     f(be, comm, s.dln, Pass::Backward)?;
-    let (dln_w, dln_b) = (dw(slot::LN2_W), dw(slot::LN2_B));
+    let (dln_w, dln_b) = (Some(dw(slot::LN2_W)), Some(dw(slot::LN2_B)));
     layernorm_backward(be, s.dres, dln_w, dln_b, s.dln, &acts.ln2_io(w), rows, c)?;
 
     // Attention, the same way round.
     be.bias_backward(dw(slot::ATTN_PROJ_B), s.dres, rows, c)
         .ok_or_err()?;
-    let (w_ap, dw_ap) = (p(slot::ATTN_PROJ_W), dw(slot::ATTN_PROJ_W));
+    let (w_ap, dw_ap) = (p(slot::ATTN_PROJ_W), Some(dw(slot::ATTN_PROJ_W)));
     linear_backward(
         be, s.datty, dw_ap, None, s.dres, acts.atty, w_ap, rows, att, c,
     )?;
@@ -343,7 +328,7 @@ pub(crate) fn block_backward(
         scale: d.scale(),
     })
     .ok_or_err()?;
-    let (w_qkv, dw_qkv, db_qkv) = (p(slot::QKV_W), dw(slot::QKV_W), Some(dw(slot::QKV_B)));
+    let (w_qkv, dw_qkv, db_qkv) = (p(slot::QKV_W), Some(dw(slot::QKV_W)), Some(dw(slot::QKV_B)));
     linear_backward(
         be,
         s.dln,
@@ -357,7 +342,7 @@ pub(crate) fn block_backward(
         3 * att,
     )?;
     f(be, comm, s.dln, Pass::Backward)?;
-    let (dln_w, dln_b) = (dw(slot::LN1_W), dw(slot::LN1_B));
+    let (dln_w, dln_b) = (Some(dw(slot::LN1_W)), Some(dw(slot::LN1_B)));
     layernorm_backward(
         be,
         s.dres,

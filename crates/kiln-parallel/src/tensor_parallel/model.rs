@@ -7,7 +7,6 @@ use kiln_model::{GptConfig, Param};
 
 use super::block::{block_backward, block_forward, Dims, LayerActs, Scratch};
 use super::collectives::{f, Pass};
-use super::ops::{layernorm, layernorm_backward, linear, LayerNormIo};
 use super::shard::{check_lens, layer_start, param_layouts};
 use super::vocab::{
     embedding_backward, embedding_forward, vocab_parallel_ce_backward, vocab_parallel_ce_forward,
@@ -15,6 +14,7 @@ use super::vocab::{
 };
 use super::{check_layout, TpError};
 use crate::comm::Communicator;
+use kiln_model::ops::{layernorm, layernorm_backward, linear, LayerNormIo};
 
 const WTE: usize = 0;
 const WPE: usize = 1;
@@ -296,7 +296,16 @@ impl TpGpt {
         let top = acts.layers[cfg.n_layer - 1].out;
         be.zero(s.dres).ok_or_err()?;
         let io = lnf_io(acts, top, p(lnf), p(lnf + 1));
-        layernorm_backward(be, s.dres, dp(lnf), dp(lnf + 1), s.dln, &io, rows, c)?;
+        layernorm_backward(
+            be,
+            s.dres,
+            Some(dp(lnf)),
+            Some(dp(lnf + 1)),
+            s.dln,
+            &io,
+            rows,
+            c,
+        )?;
 
         for l in (0..cfg.n_layer).rev() {
             let inp = if l == 0 {
