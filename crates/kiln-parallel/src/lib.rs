@@ -11,7 +11,8 @@
 //! - [`data_parallel`]: gradient buckets, ZeRO-1 shards and the cross-rank
 //!   step agreement the trainer's data-parallel step uses.
 //! - [`tensor_parallel`] and [`pipeline`]: the model-parallel dimensions,
-//!   one module each (in progress).
+//!   one module each, exact against one process (no optimizer step or CLI
+//!   yet).
 //! - [`launch`]: whether `mpirun`/`srun` started this process as one rank of
 //!   several (read from the launcher's environment).
 
