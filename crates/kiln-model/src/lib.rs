@@ -25,6 +25,7 @@ mod llama_params;
 mod lora;
 mod lora_io;
 mod model;
+pub mod moe;
 pub mod ops;
 mod packing;
 mod params;
