@@ -24,4 +24,5 @@ mod report;
 mod rerun_safety;
 mod resume;
 mod rl_cli;
+mod tensor_parallel_train;
 mod train;

@@ -140,7 +140,7 @@ fn bytes_per_parameter_follow_the_formula() {
         let mut t = Trainer::start(be, c, &data, &dir.path().join(p.name()), Init::Preset).unwrap();
         let (moment_bytes, n_params, model_bytes) = {
             let moments = t.optimizer_state_bytes().unwrap();
-            let (model, be) = t.model_mut();
+            let (model, be) = t.model_mut().expect("one process holds the whole model");
             let mut bytes = 0usize;
             let mut n = 0usize;
             for param in model.params() {
@@ -181,7 +181,9 @@ fn activation_bytes_follow_the_formula() {
         let mut trainer =
             Trainer::start(be, c, &data, &dir.path().join(p.name()), Init::Preset).unwrap();
         trainer.train_step(&mut Quiet).unwrap();
-        let (model, be) = trainer.model_mut();
+        let (model, be) = trainer
+            .model_mut()
+            .expect("one process holds the whole model");
         let cfg = model.config.clone();
         let shape = kiln_abi::AttentionShape {
             b,

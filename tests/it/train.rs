@@ -125,7 +125,7 @@ fn tiny_model_learns_text_well_below_unigram_entropy() {
     let run = dir.path().join("run");
     let mut t = Trainer::start(be, c, &data, &run, Init::Preset).unwrap();
     t.run(&mut Quiet).unwrap();
-    let (model, be) = t.model_mut();
+    let (model, be) = t.model_mut().expect("one process holds the whole model");
     let r = kiln_train::eval::evaluate(be, model, &val, 64, 16).unwrap();
     eprintln!(
         "unigram entropy {unigram:.3} nats, held-out loss {:.3}",

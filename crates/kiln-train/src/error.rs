@@ -18,6 +18,9 @@ pub enum TrainError {
     /// A data-parallel collective failed (names the rank and the operation).
     #[error("data parallel: {0}")]
     Parallel(#[from] kiln_parallel::data_parallel::DpError),
+    /// A tensor-parallel layout or collective failed.
+    #[error("tensor parallel: {0}")]
+    Tensor(#[from] kiln_parallel::tensor_parallel::TpError),
     /// A checkpoint directory or training-state file that cannot be used.
     #[error("checkpoint {}: {problem}", path.display())]
     Checkpoint { path: PathBuf, problem: String },

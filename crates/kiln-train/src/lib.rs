@@ -16,8 +16,9 @@ pub mod loader;
 pub mod metrics;
 pub mod progress;
 pub mod scaler;
+mod tensor;
 mod trainer;
 
 pub use config::TrainConfig;
 pub use error::TrainError;
-pub use trainer::{Init, Observer, Quiet, RunSummary, Trainer};
+pub use trainer::{Init, Observer, Quiet, Ranks, RunSummary, Trainer};

@@ -9,6 +9,11 @@
 //! writes metrics and checkpoints; a checkpoint is world-size free (full
 //! model, full optimizer state, the loader position of one rank reading the
 //! global batch), so it resumes at any `--dp` and `--zero`.
+//!
+//! Tensor parallel ([`Trainer::start_ranks`], [`Trainer::resume_ranks`]
+//! with [`Ranks::tp`]): each rank trains its shard of the model (the
+//! `tensor` module); a checkpoint gathers the shards, so it too resumes on
+//! any layout.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,7 +21,8 @@ use std::time::Instant;
 use kiln_abi::stats::{STAT_GRAD_NORM, STAT_GRAD_SUMSQ, STAT_LOSS, STAT_SKIP, STAT_SLOTS};
 use kiln_abi::{BackendBox, BackendExt, BufId, DType, IntoBResult, Reduce};
 use kiln_model::{Gpt, GptConfig, ModelError, Rng};
-use kiln_optim::{clip_limit, grad_norm_on_backend, AdamW, AdamWConfig, LrSchedule, ParamRef};
+use kiln_optim::{clip_limit, AdamW, AdamWConfig, LrSchedule, ParamRef};
+use kiln_parallel::comm::Communicator;
 use kiln_parallel::data_parallel::{agree, buckets, DataParallel, DpError, Shard, Zero};
 
 use crate::checkpoint::{self, TrainingState};
@@ -25,7 +31,17 @@ use crate::guard::{NonFiniteGuard, Verdict};
 use crate::loader::{DataLoader, LoaderOptions, LoaderPosition};
 use crate::metrics::{MetricsLog, StepRecord};
 use crate::scaler::{LossScaler, ScaleChange};
+use crate::tensor::{shard_refs, Net, TensorRank};
 use crate::TrainError;
+
+/// Where a rank sits in a parallel run: its data-parallel group and its
+/// tensor-parallel group (the default is one process alone).
+#[derive(Default)]
+pub struct Ranks {
+    pub dp: Option<DataParallel>,
+    /// The ranks that hold the other shards of this rank's model.
+    pub tp: Option<Box<dyn Communicator>>,
+}
 
 /// Hears what the loop does (progress bars, logs). Every method is optional.
 pub trait Observer {
@@ -60,7 +76,7 @@ pub struct RunSummary {
 
 pub struct Trainer {
     be: BackendBox,
-    model: Gpt,
+    model: Net,
     opt: AdamW,
     refs: Vec<ParamRef>,
     loader: DataLoader,
@@ -161,7 +177,7 @@ impl Trainer {
         run_dir: &Path,
         init: Init<'_>,
     ) -> Result<Self, TrainError> {
-        Self::start_with(be, config, data, run_dir, init, None)
+        Self::start_ranks(be, config, data, run_dir, init, Ranks::default())
     }
 
     /// [`Trainer::start`] as one rank of a data-parallel run:
@@ -176,20 +192,29 @@ impl Trainer {
         init: Init<'_>,
         dp: DataParallel,
     ) -> Result<Self, TrainError> {
-        Self::start_with(be, config, data, run_dir, init, Some(dp))
+        let ranks = Ranks {
+            dp: Some(dp),
+            tp: None,
+        };
+        Self::start_ranks(be, config, data, run_dir, init, ranks)
     }
 
-    fn start_with(
+    /// [`Trainer::start`] as one rank of any parallel layout (`ranks`).
+    /// Every rank of every group calls it (and then every step and
+    /// checkpoint) in lockstep.
+    pub fn start_ranks(
         mut be: BackendBox,
         config: TrainConfig,
         data: &Path,
         run_dir: &Path,
         init: Init<'_>,
-        dp: Option<DataParallel>,
+        ranks: Ranks,
     ) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
-        check_parallel_config(&config, &dp)?;
+        let Ranks { dp, tp } = ranks;
+        check_parallel_config(&config, &dp, tp.is_some())?;
         let (rank, world) = DpRank::place(&dp);
+        let leader = rank == 0 && tp.as_ref().is_none_or(|c| c.rank() == 0);
         if let Some((step, dir)) = checkpoint::latest_checkpoint(run_dir)? {
             return Err(TrainError::RunDir {
                 path: run_dir.to_path_buf(),
@@ -200,7 +225,7 @@ impl Trainer {
                 ),
             });
         }
-        let lock = (rank == 0).then(|| claim_run_dir(run_dir)).transpose()?;
+        let lock = leader.then(|| claim_run_dir(run_dir)).transpose()?;
         refuse_incomplete_checkpoints(run_dir, 0, config.steps)?;
         let loader = open_loader(data, &config, rank, world)?;
         let model = match init {
@@ -223,8 +248,9 @@ impl Trainer {
         };
         let mut model = model;
         let (refs, opt) = setup_precision(&mut be, &mut model, &config, None)?;
+        let (model, refs, opt) = split_model(&mut be, model, refs, opt, &config, tp)?;
         let (opt, dp) = shard_optimizer(&mut be, &refs, opt, &config, dp)?;
-        let metrics = if rank == 0 {
+        let metrics = if leader {
             std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
             let metrics_path = run_dir.join("metrics.jsonl");
             Some(MetricsLog::open(&metrics_path, 0).map_err(|e| TrainError::io(&metrics_path, e))?)
@@ -268,7 +294,7 @@ impl Trainer {
         run_dir: &Path,
         ckpt_dir: &Path,
     ) -> Result<Self, TrainError> {
-        Self::resume_with(be, config, data, run_dir, ckpt_dir, None)
+        Self::resume_ranks(be, config, data, run_dir, ckpt_dir, Ranks::default())
     }
 
     /// [`Trainer::resume`] as one rank of a data-parallel run, from a
@@ -283,20 +309,28 @@ impl Trainer {
         ckpt_dir: &Path,
         dp: DataParallel,
     ) -> Result<Self, TrainError> {
-        Self::resume_with(be, config, data, run_dir, ckpt_dir, Some(dp))
+        let ranks = Ranks {
+            dp: Some(dp),
+            tp: None,
+        };
+        Self::resume_ranks(be, config, data, run_dir, ckpt_dir, ranks)
     }
 
-    fn resume_with(
+    /// [`Trainer::resume`] as one rank of any parallel layout, from a
+    /// checkpoint of any layout (it holds the whole model).
+    pub fn resume_ranks(
         mut be: BackendBox,
         config: TrainConfig,
         data: &Path,
         run_dir: &Path,
         ckpt_dir: &Path,
-        dp: Option<DataParallel>,
+        ranks: Ranks,
     ) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
-        check_parallel_config(&config, &dp)?;
+        let Ranks { dp, tp } = ranks;
+        check_parallel_config(&config, &dp, tp.is_some())?;
         let (rank, world) = DpRank::place(&dp);
+        let leader = rank == 0 && tp.as_ref().is_none_or(|c| c.rank() == 0);
         let (state, opt_state) = checkpoint::read_training_state(ckpt_dir)?;
         check_resume_config(&state.config, &global_config(&config, world), ckpt_dir)?;
         if config.steps < state.step {
@@ -308,7 +342,7 @@ impl Trainer {
                 ckpt_dir.display()
             )));
         }
-        let lock = (rank == 0).then(|| claim_run_dir(run_dir)).transpose()?;
+        let lock = leader.then(|| claim_run_dir(run_dir)).transpose()?;
         refuse_incomplete_checkpoints(run_dir, state.step, config.steps)?;
         let mut loader = open_loader(data, &config, rank, world)?;
         loader.seek(&rank_position(&state.loader, rank, world, ckpt_dir)?)?;
@@ -323,8 +357,9 @@ impl Trainer {
         }
         let (refs, opt) =
             setup_precision(&mut be, &mut model, &config, Some((&opt_state, ckpt_dir)))?;
+        let (model, refs, opt) = split_model(&mut be, model, refs, opt, &config, tp)?;
         let (opt, dp) = shard_optimizer(&mut be, &refs, opt, &config, dp)?;
-        let metrics = if rank == 0 {
+        let metrics = if leader {
             let metrics_path = run_dir.join("metrics.jsonl");
             Some(
                 MetricsLog::open(&metrics_path, state.step)
@@ -379,8 +414,23 @@ impl Trainer {
         self.step
     }
 
-    pub fn model_mut(&mut self) -> (&mut Gpt, &mut BackendBox) {
-        (&mut self.model, &mut self.be)
+    /// The whole model and its backend; `None` under tensor parallelism,
+    /// where this rank holds only its shard (load a checkpoint instead).
+    pub fn model_mut(&mut self) -> Option<(&mut Gpt, &mut BackendBox)> {
+        match &mut self.model {
+            Net::Full(m) => Some((m, &mut self.be)),
+            Net::Tensor(_) => None,
+        }
+    }
+
+    /// The model's configuration (the whole model's, on every rank).
+    pub fn model_config(&self) -> &GptConfig {
+        self.model.config()
+    }
+
+    /// Rank 0 of the whole run: the one that reports and writes.
+    fn is_leader(&self) -> bool {
+        DpRank::leader(&self.dp) && self.model.is_tp_leader()
     }
 
     /// Bytes of the optimizer's state (AdamW moments) on the backend.
@@ -428,8 +478,11 @@ impl Trainer {
     }
 
     fn poison_on_error<T>(&self, result: Result<T, TrainError>) -> Result<T, TrainError> {
-        if let (Err(e), Some(d)) = (&result, &self.dp) {
-            d.dp.poison(&e.to_string());
+        if let Err(e) = &result {
+            if let Some(d) = &self.dp {
+                d.dp.poison(&e.to_string());
+            }
+            self.model.poison(&e.to_string());
         }
         result
     }
@@ -479,15 +532,19 @@ impl Trainer {
         // Norm, clipping factor and skip flag on the backend; AdamW reads them
         // there and skips a non-finite step itself.
         match &mut self.dp {
-            None => grad_norm_on_backend(
-                &mut self.be,
-                &self.refs,
-                self.stats.block,
-                self.config.grad_clip,
-                1.0 / loss_scale,
-            )?,
+            None => {
+                self.model
+                    .grad_sumsq_into(&mut self.be, &self.refs, self.stats.block)?;
+                step_control(
+                    &mut self.be,
+                    self.stats.block,
+                    self.config.grad_clip,
+                    1.0 / loss_scale,
+                )?;
+            }
             Some(d) => d.combine_gradients(
                 &mut self.be,
+                &mut self.model,
                 &self.refs,
                 self.stats.block,
                 self.config.grad_clip,
@@ -570,7 +627,7 @@ impl Trainer {
                 .append(&record)
                 .map_err(|e| TrainError::io(metrics.path(), e))?;
         }
-        if DpRank::leader(&self.dp) {
+        if self.is_leader() {
             obs.on_step(&record);
         }
         Ok(record)
@@ -585,7 +642,8 @@ impl Trainer {
 
     fn write_checkpoint(&mut self, obs: &mut dyn Observer) -> Result<PathBuf, TrainError> {
         let gathered = self.gathered_optimizer()?;
-        if !DpRank::leader(&self.dp) {
+        let whole = self.gathered_model()?;
+        if !self.is_leader() {
             return Ok(checkpoint::checkpoint_dir(&self.run_dir, self.step));
         }
         let world = self.world();
@@ -606,15 +664,18 @@ impl Trainer {
             param_names: self.model.params().iter().map(|p| p.name.clone()).collect(),
             loss_scaler: self.scaler,
         };
-        let written = checkpoint::write_checkpoint(
-            &mut self.be,
-            &self.run_dir,
-            &self.model,
-            &state,
-            gathered.as_ref().unwrap_or(&self.opt),
-        );
+        let (model, opt) = match (&whole, &self.model) {
+            (Some((model, opt)), _) => (model, opt),
+            (None, Net::Full(model)) => (model, gathered.as_ref().unwrap_or(&self.opt)),
+            (None, Net::Tensor(_)) => unreachable!("the tensor-parallel leader gathers the model"),
+        };
+        let written = checkpoint::write_checkpoint(&mut self.be, &self.run_dir, model, &state, opt);
         if let Some(full) = gathered {
             full.release(&mut self.be)?;
+        }
+        if let Some((model, opt)) = whole {
+            model.release(&mut self.be)?;
+            opt.release(&mut self.be)?;
         }
         let dir = written?;
         obs.on_checkpoint(self.step, &dir);
@@ -633,6 +694,19 @@ impl Trainer {
     /// This rank (0 without data parallelism).
     pub fn rank(&self) -> usize {
         self.dp.as_ref().map_or(0, |d| d.dp.rank())
+    }
+
+    /// Tensor parallel: the whole model and optimizer, gathered from the
+    /// shards of data-parallel rank 0's group, on its tp rank 0 (`None`
+    /// elsewhere and without tensor parallelism).
+    fn gathered_model(&mut self) -> Result<Option<(Gpt, AdamW)>, TrainError> {
+        let Net::Tensor(rank) = &mut self.model else {
+            return Ok(None);
+        };
+        if !DpRank::leader(&self.dp) {
+            return Ok(None);
+        }
+        rank.gather(&mut self.be, &self.opt, adamw_config(&self.config))
     }
 
     /// ZeRO-1: the full optimizer (on rank 0; `None` on the others and
@@ -664,6 +738,7 @@ impl DpRank {
     fn combine_gradients(
         &mut self,
         be: &mut BackendBox,
+        model: &mut Net,
         refs: &[ParamRef],
         stats: BufId,
         grad_clip: Option<f32>,
@@ -675,7 +750,8 @@ impl DpRank {
             None => {
                 buckets::all_reduce_grads(be, comm, refs, bucket_bytes)?;
                 agree::agree_stats(be, comm, stats, false)?;
-                grad_norm_on_backend(be, refs, stats, grad_clip, inv_loss_scale)?;
+                model.grad_sumsq_into(be, refs, stats)?;
+                step_control(be, stats, grad_clip, inv_loss_scale)?;
             }
             Some(shard) => {
                 shard.reduce_scatter_grads(be, comm, refs)?;
@@ -698,7 +774,21 @@ impl DpRank {
 fn check_parallel_config(
     config: &TrainConfig,
     dp: &Option<DataParallel>,
+    tensor_parallel: bool,
 ) -> Result<(), TrainError> {
+    if tensor_parallel {
+        if config.precision().is_mixed() {
+            return Err(TrainError::Config(format!(
+                "--tp trains in f32 for now; --precision {} needs --tp 1",
+                config.precision
+            )));
+        }
+        if dp.as_ref().is_some_and(|d| d.zero() != Zero::Off) {
+            return Err(TrainError::Config(
+                "--zero 1 with --tp is not supported yet; use --zero 0 with --tp".into(),
+            ));
+        }
+    }
     match dp {
         Some(d) if d.zero() == Zero::Stage1 && config.precision().is_mixed() => {
             Err(TrainError::Config(format!(
@@ -708,6 +798,39 @@ fn check_parallel_config(
         }
         _ => Ok(()),
     }
+}
+
+/// Norm to clip factor and skip flag, on the backend (after the gradient
+/// sum of squares is in the stats block).
+fn step_control(
+    be: &mut BackendBox,
+    stats: BufId,
+    grad_clip: Option<f32>,
+    inv_loss_scale: f32,
+) -> Result<(), TrainError> {
+    be.step_control(stats, clip_limit(grad_clip)?, inv_loss_scale)
+        .ok_or_err()
+        .map_err(ModelError::from)?;
+    Ok(())
+}
+
+/// The model this rank trains: the whole one, or (with a tensor-parallel
+/// group) its shard, cut from the whole one with its optimizer state.
+fn split_model(
+    be: &mut BackendBox,
+    model: Gpt,
+    refs: Vec<ParamRef>,
+    opt: AdamW,
+    config: &TrainConfig,
+    tp: Option<Box<dyn Communicator>>,
+) -> Result<(Net, Vec<ParamRef>, AdamW), TrainError> {
+    let Some(comm) = tp else {
+        return Ok((Net::Full(model), refs, opt));
+    };
+    let state = opt.export_state(be)?;
+    opt.release(be)?;
+    let (rank, refs, opt) = TensorRank::split(be, model, &state, comm, adamw_config(config))?;
+    Ok((Net::Tensor(rank), refs, opt))
 }
 
 /// ZeRO-1: replaces the full optimizer by one over this rank's shard,
@@ -841,17 +964,7 @@ fn open_loader(
 }
 
 fn param_refs(model: &Gpt) -> Vec<ParamRef> {
-    model
-        .params()
-        .iter()
-        .map(|p| ParamRef {
-            value: p.value,
-            grad: p.grad.expect("a trainable parameter has a gradient buffer"),
-            value_16: p.value_16,
-            len: p.shape.iter().product(),
-            decay: p.decay,
-        })
-        .collect()
+    shard_refs(model.params())
 }
 
 fn adamw_config(c: &TrainConfig) -> AdamWConfig {

@@ -2,21 +2,23 @@
 //! shards, with checkpoints, exact `--resume` and metrics.jsonl.
 //!
 //! `--dp N` runs N data-parallel ranks as threads of this process
-//! (`--batch-size` per rank, `--zero 0|1`, `--comm-timeout-s`); rank 0 alone
-//! prints and writes. Built with `--features mpi`, `mpirun -np N kiln
+//! (`--batch-size` per rank, `--zero 0|1`, `--comm-timeout-s`); `--tp M`
+//! splits each rank's model over M tensor-parallel ranks (`--dp N --tp M`
+//! is N x M threads). Rank 0 alone prints and writes. Built with `--features mpi`, `mpirun -np N kiln
 //! pretrain` runs one rank per process instead (cmd/pretrain_mpi.rs). See
 //! docs/parallel.md.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use kiln_model::{GptConfig, SampleOptions};
-use kiln_parallel::comm::{Communicator, ThreadComm};
+use kiln_abi::BackendBox;
+use kiln_model::{Gpt, GptConfig, SampleOptions};
+use kiln_parallel::comm::{Communicator, GridComms, ProcessGrid, ThreadComm};
 use kiln_parallel::data_parallel::{DataParallel, Zero};
 use kiln_train::checkpoint::{latest_checkpoint, read_training_state};
 use kiln_train::loader::{is_val_name, shards_of, TokenSource};
 use kiln_train::progress::Progress;
-use kiln_train::{Init, Quiet, TrainConfig, Trainer};
+use kiln_train::{Init, Quiet, Ranks, TrainConfig, Trainer};
 use serde::Deserialize;
 
 #[derive(clap::Args, Debug)]
@@ -53,6 +55,11 @@ pub struct Args {
     /// per rank (the global batch is N times it). Rank 0 prints and writes.
     #[arg(long, default_value_t = 1, value_name = "N")]
     dp: usize,
+    /// Tensor-parallel ranks per model (Megatron: heads, MLP and vocabulary
+    /// split over them; GPT-2 presets, f32). Under mpirun the data-parallel
+    /// size is the launch's ranks / N.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(super) tp: usize,
     /// ZeRO stage of a data-parallel run: 0 (every rank holds the whole
     /// optimizer state) or 1 (optimizer state and master weights sharded).
     #[arg(long, default_value_t = 0, value_name = "0|1")]
@@ -231,20 +238,33 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     };
 
     let zero = Zero::from_level(args.zero).map_err(anyhow::Error::msg)?;
-    if args.dp == 0 {
-        bail!("--dp 0: a run needs at least one rank");
+    if args.dp == 0 || args.tp == 0 {
+        bail!(
+            "--dp {} --tp {}: a run needs at least one rank of each",
+            args.dp,
+            args.tp
+        );
     }
     // Under mpirun/srun (an MPI build; main refused the launch otherwise)
-    // the launch's world is the data-parallel size.
+    // the launch's world is the data-parallel size times --tp.
     let launch = super::launch::multi_process()?;
     let dp = match &launch {
-        Some(l) if args.dp != 1 && args.dp != l.world => bail!(
-            "--dp {}: this process is {l}; under a launcher every process is one rank, so \
-             --dp must be 1 or the launch's {} ranks",
-            args.dp,
-            l.world
+        Some(l) if !l.world.is_multiple_of(args.tp) => bail!(
+            "--tp {}: this process is {l}, and {} ranks do not split into tensor-parallel \
+             groups of {}; launch a multiple of {} processes",
+            args.tp,
+            l.world,
+            args.tp,
+            args.tp
         ),
-        Some(l) => l.world,
+        Some(l) if args.dp != 1 && args.dp * args.tp != l.world => bail!(
+            "--dp {}: this process is {l}; under a launcher every process is one rank, so \
+             --dp must be 1 or the launch's {} ranks / --tp {}",
+            args.dp,
+            l.world,
+            args.tp
+        ),
+        Some(l) => l.world / args.tp,
         None => args.dp,
     };
     let leader = launch.as_ref().is_none_or(|l| l.rank == 0);
@@ -260,12 +280,12 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     if let Some(l) = &launch {
         return run_mpi(config, &args, &resume_from, settings.threads, zero, l);
     }
-    if args.dp == 1 && zero == Zero::Off {
+    if args.dp == 1 && args.tp == 1 && zero == Zero::Off {
         let be = crate::backend::open(&args.backend, settings.threads)?;
-        let trainer = open_trainer(be, config, &args, &resume_from, None)?;
+        let trainer = open_trainer(be, config, &args, &resume_from, Ranks::default())?;
         return train_and_report(trainer, &args);
     }
-    run_data_parallel(config, &args, &resume_from, settings.threads, zero)
+    run_threads(config, &args, &resume_from, settings.threads, zero)
 }
 
 #[cfg(feature = "mpi")]
@@ -313,67 +333,79 @@ fn resumed_config(settings: &Settings, dir: &Path, dp: usize) -> anyhow::Result<
     Ok(config)
 }
 
-/// A new or resumed trainer (one rank's, with `dp`).
+/// A new or resumed trainer (one rank's, placed by `ranks`).
 pub(super) fn open_trainer(
     be: kiln_abi::BackendBox,
     config: TrainConfig,
     args: &Args,
     resume_from: &Option<(u64, PathBuf)>,
-    dp: Option<DataParallel>,
+    ranks: Ranks,
 ) -> anyhow::Result<Trainer> {
-    let mut trainer = match (resume_from, dp) {
-        (Some((_, dir)), None) => Trainer::resume(be, config, &args.data, &args.out, dir)?,
-        (Some((_, dir)), Some(dp)) => {
-            Trainer::resume_parallel(be, config, &args.data, &args.out, dir, dp)?
-        }
-        (None, dp) => {
+    let mut trainer = match resume_from {
+        Some((_, dir)) => Trainer::resume_ranks(be, config, &args.data, &args.out, dir, ranks)?,
+        None => {
             let init = match &args.init {
                 Some(d) => Init::Checkpoint(d),
                 None => Init::Preset,
             };
-            match dp {
-                None => Trainer::start(be, config, &args.data, &args.out, init)?,
-                Some(dp) => Trainer::start_parallel(be, config, &args.data, &args.out, init, dp)?,
-            }
+            Trainer::start_ranks(be, config, &args.data, &args.out, init, ranks)?
         }
     };
     trainer.set_keep_last(args.keep_last);
     Ok(trainer)
 }
 
-/// `--dp N`: N thread ranks, each with its own backend; rank 0 reports.
-/// The error shown is rank 0's, else the lowest failing rank's (a rank
-/// that failed first is named in the others' messages).
-fn run_data_parallel(
+/// One rank's place in the run from its grid communicators: a
+/// data-parallel group when there are several replicas (or ZeRO asks for
+/// one), a tensor-parallel group when the model is split.
+pub(super) fn ranks_of<C: Communicator + 'static>(comms: GridComms<C>, zero: Zero) -> Ranks {
+    let GridComms { dp, tp, .. } = comms;
+    Ranks {
+        dp: (dp.world() > 1 || zero != Zero::Off).then(|| DataParallel::new(Box::new(dp), zero)),
+        tp: (tp.world() > 1).then(|| Box::new(tp) as Box<dyn Communicator>),
+    }
+}
+
+/// `--dp N --tp M`: N x M thread ranks, each with its own backend; rank 0
+/// reports. The error shown is rank 0's, else the lowest failing rank's (a
+/// rank that failed first is named in the others' messages).
+fn run_threads(
     config: TrainConfig,
     args: &Args,
     resume_from: &Option<(u64, PathBuf)>,
     threads: Option<usize>,
     zero: Zero,
 ) -> anyhow::Result<()> {
-    let n = args.dp;
+    let grid = ProcessGrid {
+        tp: args.tp,
+        dp: args.dp,
+        pp: 1,
+    };
+    let n = grid.world();
     // The cores are shared between the ranks unless --threads says otherwise.
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let threads = threads.unwrap_or((cores / n).max(1));
     let timeout = std::time::Duration::from_secs(args.comm_timeout_s.max(1));
     eprintln!(
-        "data parallel: {n} thread ranks x batch {} (global batch {}), zero {}, {threads} \
-         compute thread(s) per rank, collective timeout {}s",
+        "parallel: {n} thread ranks (dp {} x tp {}), batch {} per data-parallel rank (global \
+         batch {}), zero {}, {threads} compute thread(s) per rank, collective timeout {}s",
+        grid.dp,
+        grid.tp,
         config.batch_size,
-        config.batch_size * n,
+        config.batch_size * grid.dp,
         args.zero,
         timeout.as_secs()
     );
     let results: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ThreadComm::group(n, timeout)
+        let handles: Vec<_> = ThreadComm::grid(grid, timeout)
             .into_iter()
-            .map(|comm| {
+            .enumerate()
+            .map(|(rank, comms)| {
                 let config = config.clone();
                 s.spawn(move || -> anyhow::Result<()> {
-                    let rank = comm.rank();
-                    let dp = DataParallel::new(Box::new(comm), zero);
+                    let ranks = ranks_of(comms, zero);
                     let be = crate::backend::open(&args.backend, Some(threads))?;
-                    let trainer = open_trainer(be, config, args, resume_from, Some(dp))?;
+                    let trainer = open_trainer(be, config, args, resume_from, ranks)?;
                     if rank == 0 {
                         train_and_report(trainer, args)
                     } else {
@@ -390,7 +422,7 @@ fn run_data_parallel(
             .map(|(rank, h)| {
                 h.join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("rank {rank} panicked")))
-                    .with_context(|| format!("data-parallel rank {rank}"))
+                    .with_context(|| format!("parallel rank {rank}"))
             })
             .collect()
     });
@@ -421,6 +453,7 @@ pub(super) fn train_and_report(mut trainer: Trainer, args: &Args) -> anyhow::Res
     let summary = trainer.run(&mut progress);
     progress.finish();
     let summary = summary?;
+    let last_checkpoint = summary.checkpoint.clone();
     println!(
         "done: {} steps, last loss {}, checkpoint {}",
         summary.steps,
@@ -433,17 +466,27 @@ pub(super) fn train_and_report(mut trainer: Trainer, args: &Args) -> anyhow::Res
             .map(|p| p.display().to_string())
             .unwrap_or_default()
     );
-    print_held_out(&mut trainer, &args.data);
-    print_samples(&mut trainer, &args.data)
+    let (seq_len, batch) = (c.seq_len, c.batch_size);
+    if let Some((model, be)) = trainer.model_mut() {
+        print_held_out(model, be, &args.data, seq_len, batch);
+        return print_samples(model, be, &args.data);
+    }
+    // Tensor parallel: this rank holds a shard; the checkpoint is whole.
+    let Some(dir) = last_checkpoint else {
+        return Ok(());
+    };
+    drop(trainer);
+    let mut be = crate::backend::open(&args.backend, None)?;
+    let mut model = Gpt::load_pretrained(&mut be, &dir)?;
+    print_held_out(&mut model, &mut be, &args.data, seq_len, batch);
+    print_samples(&mut model, &mut be, &args.data)
 }
 
 /// The held-out loss on a data directory's validation shards, if it has any.
-fn print_held_out(trainer: &mut Trainer, data: &Path) {
+fn print_held_out(model: &mut Gpt, be: &mut BackendBox, data: &Path, seq_len: usize, batch: usize) {
     if !data.is_dir() || shards_of(data).map_or(true, |(_, val)| val.is_empty()) {
         return;
     }
-    let (seq_len, batch) = (trainer.config().seq_len, trainer.config().batch_size);
-    let (model, be) = trainer.model_mut();
     match kiln_train::eval::evaluate(be, model, data, seq_len, batch) {
         Ok(r) => println!(
             "held-out: loss {:.4}, ppl {:.2} over {} tokens of {}'s validation shards",
@@ -537,12 +580,11 @@ fn vocab_from_data(data: &Path) -> anyhow::Result<usize> {
 
 /// A few continuations of the data's first tokens, as token ids (greedy,
 /// then sampled), so a run ends with something to look at.
-fn print_samples(trainer: &mut Trainer, data: &Path) -> anyhow::Result<()> {
+fn print_samples(model: &mut Gpt, be: &mut BackendBox, data: &Path) -> anyhow::Result<()> {
     let mut source = TokenSource::open(data, 16)?;
     let mut window = vec![0u32; 17];
     source.read_window(0, &mut window)?;
     let prompt = &window[..8];
-    let (model, be) = trainer.model_mut();
     for (label, temperature, top_k) in [("greedy", 0.0, None), ("sampled", 1.0, Some(40))] {
         let opts = SampleOptions {
             max_new_tokens: 24,

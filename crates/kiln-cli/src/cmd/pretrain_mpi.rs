@@ -16,12 +16,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kiln_parallel::comm::MpiRuntime;
-use kiln_parallel::data_parallel::{DataParallel, Zero};
+use kiln_parallel::comm::{MpiRuntime, ProcessGrid};
+use kiln_parallel::data_parallel::Zero;
 use kiln_parallel::launch::Launch;
 use kiln_train::{Quiet, TrainConfig};
 
-use super::pretrain::{open_trainer, train_and_report, Args};
+use super::pretrain::{open_trainer, ranks_of, train_and_report, Args};
 
 /// How long a failing rank waits for the others to print before it ends
 /// the launch.
@@ -38,24 +38,31 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let rt = MpiRuntime::init().map_err(anyhow::Error::msg)?;
     let timeout = Duration::from_secs(args.comm_timeout_s.max(1));
-    let comm = rt.world(timeout);
     let rank = launch.rank;
+    let grid = ProcessGrid {
+        tp: args.tp,
+        dp: launch.world / args.tp,
+        pp: 1,
+    };
     let threads = threads.unwrap_or_else(super::launch::threads_per_rank);
     if rank == 0 {
         eprintln!(
-            "data parallel over MPI: {} ranks x batch {} (global batch {}), zero {}, {threads} \
-             compute thread(s) per rank, collective timeout {}s",
+            "parallel over MPI: {} ranks (dp {} x tp {}), batch {} per data-parallel rank \
+             (global batch {}), zero {}, {threads} compute thread(s) per rank, collective \
+             timeout {}s",
             launch.world,
+            grid.dp,
+            grid.tp,
             config.batch_size,
-            config.batch_size * launch.world,
+            config.batch_size * grid.dp,
             args.zero,
             timeout.as_secs()
         );
     }
     let result = (|| {
-        let dp = DataParallel::new(Box::new(comm), zero);
+        let comms = rt.grid(grid, timeout).map_err(anyhow::Error::msg)?;
         let be = crate::backend::open(&args.backend, Some(threads))?;
-        let mut trainer = open_trainer(be, config, args, resume_from, Some(dp))?;
+        let mut trainer = open_trainer(be, config, args, resume_from, ranks_of(comms, zero))?;
         if rank == 0 {
             train_and_report(trainer, args)
         } else {

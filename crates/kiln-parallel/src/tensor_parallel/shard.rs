@@ -62,7 +62,7 @@ impl ParamLayout {
     }
 
     /// Rank `rank`'s shard of `full` (kiln layout).
-    pub(crate) fn shard(&self, full: &[f32], tp: usize, rank: usize) -> Vec<f32> {
+    pub fn shard(&self, full: &[f32], tp: usize, rank: usize) -> Vec<f32> {
         let (rows, cols) = self.rows_cols();
         match self.split {
             Split::Replicated => full.to_vec(),

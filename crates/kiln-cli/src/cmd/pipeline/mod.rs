@@ -225,7 +225,7 @@ pub fn run(args: Args) -> Result<()> {
                 Trainer::start(be, config.clone(), &train_shard, &run_dir, Init::Preset)?
             }
         };
-        let params = trainer.model_mut().0.config.num_params();
+        let params = trainer.model_config().num_params();
         eprintln!(
             "pretrain: {} model, {params} parameters, {} steps of {} tokens",
             plan.model,
