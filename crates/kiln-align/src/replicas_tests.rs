@@ -1,7 +1,9 @@
 //! Data-parallel exactness of the alignment stages: N thread ranks at batch
 //! B log the same losses (every step, and the held-out ones) as one process
-//! at batch N·B (SFT and DPO within 1e-6 relative; reward within 1e-4, a
-//! known gap) and end with the same weights.
+//! at batch N·B (SFT and DPO within 1e-6 relative; reward within 1e-4
+//! absolute: f32 summation order amplified by AdamW, measured at
+//! `reward_on_2_ranks_matches_one_process_at_the_global_batch`) and end
+//! with the same weights.
 
 use std::time::Duration;
 
@@ -66,8 +68,8 @@ fn run(
 }
 
 /// Absolute bound on the `differences` figures. The reward run drifts to
-/// ~1.3e-5 by step 4 (measured; its first steps agree to 1e-6): KNOWN GAP,
-/// see the closing note of issue 11.
+/// 1.3e-5 by step 4 (its first steps agree to 1e-7): summation order, not a
+/// data-parallel difference; see the measurements at the reward test.
 const DIFF_TOL: f64 = 1e-4;
 
 fn rel(a: f64, b: f64) -> f64 {
@@ -76,8 +78,8 @@ fn rel(a: f64, b: f64) -> f64 {
 
 /// The N-rank run logged the single process's figures: same steps, every
 /// `keys` value within 1e-6 relative, every `differences` value (margins:
-/// differences of rewards, where rounding cancels less) within 1e-5
-/// absolute; the weights within 1e-5.
+/// differences of rewards, where rounding cancels less) within
+/// [`DIFF_TOL`] absolute; the weights within 1e-4 of their largest.
 fn assert_same(single: &Run, parallel: &Run, keys: &[&str], differences: &[&str]) {
     assert_eq!(single.records.len(), parallel.records.len());
     assert!(single.records.len() >= 4, "too short a run to compare");
@@ -214,9 +216,45 @@ fn reward_on_2_ranks_matches_one_process_at_the_global_batch() {
             w
         })
     };
-    // The reward loss agrees to ~2e-6 relative (the head's f64 sums of f32
-    // scores round differently per rank), so it is held to 1e-5 absolute.
-    let keys = ["accuracy"]; // grad_norm: ~2e-6 relative, checked in the weights (1e-5)
+    // Not the 1e-6 relative of SFT and DPO: loss, margin and rewards/chosen
+    // are held to DIFF_TOL (1e-4) absolute, grad_norm only through the
+    // weights. The drift is f32 summation order amplified by AdamW, not a
+    // difference in what the ranks compute. Measured (2 ranks at 2 vs one
+    // process at 4):
+    // - The forward is bit-identical (a pair scores the same bits alone, in
+    //   2 or in 4; padding changes nothing): step 1's loss and grad norm
+    //   agree exactly.
+    // - Step 1's summed gradients: 2.8e-7 relative over all parameters;
+    //   head.w 3.9e-8, head.b bit-identical, wte 7.6e-8 (norms of the
+    //   difference over the norm). The worst tensors (max difference over
+    //   max element) are ln_f.bias 1.9e-6 (7.5e-9 absolute: the chosen and
+    //   rejected terms nearly cancel), h.0.mlp.c_proj.bias 1.8e-6 and
+    //   h.0.attn.c_proj.bias 1.2e-6; 13 of 123,713 elements flip sign.
+    // - The amplifier: step 1's grad norm is 25.9 against a clip of 1, so
+    //   many clipped elements are near AdamW's eps (1e-8), where the first
+    //   update lr·g/(|g| + eps) follows small relative changes of g.
+    //   h.0.mlp.c_proj.weight[5182] has -3.494e-7 vs -3.353e-7 (1.4e-8
+    //   absolute, 2e-8 of that tensor's largest): its weight differs by
+    //   1.0e-5 after step 1, the run's largest weight difference (1.01e-5
+    //   at the end).
+    // - Step 2 is one pair, all on rank 0: the same computation as the one
+    //   process, so its differences (loss 1.7e-7, margin 3.9e-6 relative;
+    //   grad norm 67.6) come from step 1's weights alone.
+    // - Growth, relative loss / grad_norm per step: 0/0, 1.7e-7/0,
+    //   2.1e-6/2.1e-6, 5.1e-6/2.5e-6, 2.7e-6/1.1e-5, 3.8e-6/2.2e-6; held-out
+    //   rewards/chosen absolute at steps 0/2/4/6: 2.2e-8, 3.2e-6, 1.3e-5,
+    //   5.0e-6.
+    // - One process at batch 2 with grad_accum 2 (no data parallelism)
+    //   drifts from one process at batch 4 just as much (rewards/chosen
+    //   5.0e-5 relative, grad_norm 1.1e-5, weights 1.0e-5), while 2 ranks
+    //   stay within 1.3e-6 relative of it (weights 2.5e-6): the ranks
+    //   compute what gradient accumulation does.
+    // - With eps 1e-6 the 2 ranks match one process within 5.1e-7 (loss,
+    //   grad_norm) and 3.9e-6 (rewards/chosen), weights 5.3e-7.
+    // SFT and DPO do not show it: SFT's grad norms are 2.5-5.6 (clip factors
+    // of at least 1/5.6), and DPO's test runs micro-batches of one pair, the
+    // same micro-batches on one process and on the ranks.
+    let keys = ["accuracy"];
     assert_same(
         &reward(1),
         &reward(2),
