@@ -1,5 +1,6 @@
 //! One module per subcommand. Each owns its `Args` (or `Command`) and `run`.
 
+pub mod align_dp;
 pub mod chat;
 pub mod data;
 pub mod data_tokenize;

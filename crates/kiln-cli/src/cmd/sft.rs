@@ -1,14 +1,20 @@
 //! `kiln sft`: supervised fine-tuning of a pretrained model on chats
 //! (JSONL, OpenAI `messages` or prompt/completion), loss on assistant tokens
 //! only. Writes OUT/metrics.jsonl, OUT/summary.json and OUT/model/ (model +
-//! tokenizer.json, loadable by every later stage).
+//! tokenizer.json, loadable by every later stage). `--dp N` trains on N
+//! data-parallel thread ranks (cmd/align_dp.rs).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use kiln_abi::BackendBox;
 use kiln_align::data::{encode_chats, read_chats, OnBad};
 use kiln_align::metrics::{MetricsLog, Progress};
-use kiln_align::sft::{split_eval, train_sft, SftConfig, SftSummary};
+use kiln_align::policy::Policy;
+use kiln_align::sft::{split_eval, train_sft_across, SftConfig, SftSummary};
+
+use super::align_dp::DpArgs;
+use super::lora_args::LoraArgs;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -71,7 +77,9 @@ pub struct Cli {
     #[arg(long)]
     pub packing: bool,
     #[command(flatten)]
-    pub lora: super::lora_args::LoraArgs,
+    pub lora: LoraArgs,
+    #[command(flatten)]
+    pub dp: DpArgs,
 }
 
 /// Reads a TOML settings file of type `T` (unknown keys refused), naming
@@ -121,7 +129,7 @@ fn config_of(args: &Args, packing: bool) -> Result<SftConfig> {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let summary = sft_with(&cli.args, cli.packing, &cli.lora, true)?;
+    let summary = sft_with(&cli.args, cli.packing, &cli.lora, &cli.dp, true)?;
     let written = if cli.lora.is_on() {
         super::lora_args::ADAPTER_DIR
     } else {
@@ -151,31 +159,31 @@ fn fmt_opt(x: Option<f32>) -> String {
 /// The whole command as a function (the pipeline calls it); settings from
 /// the TOML file and `args`.
 pub fn run_sft(args: &Args) -> Result<SftSummary> {
-    sft_with(args, false, &super::lora_args::LoraArgs::default(), false)
+    let one = DpArgs::default();
+    sft_with(args, false, &LoraArgs::default(), &one, false)
 }
 
 /// [`run_sft`], with packing forced on when `packing`, and LoRA adapters
-/// trained instead of the whole model when `lora` says so; `memory` adds
-/// the parameter counts and peak memory to summary.json (the command line
-/// does, the pipeline keeps its summaries as they were).
+/// trained instead of the whole model when `lora` says so, on `dp`'s
+/// ranks; `memory` adds the parameter counts and peak memory to
+/// summary.json (the command line does, the pipeline keeps its summaries
+/// as they were).
 fn sft_with(
     args: &Args,
     packing: bool,
-    lora: &super::lora_args::LoraArgs,
+    lora: &LoraArgs,
+    dp: &DpArgs,
     memory: bool,
 ) -> Result<SftSummary> {
     let config = config_of(args, packing)?;
+    let ranks = dp.ranks(args.threads)?;
     let on_bad = if args.skip_bad {
         OnBad::Skip
     } else {
         OnBad::Error
     };
-    let mut be = crate::backend::open(&args.backend, args.threads)?;
-    super::out_dir::check_finished_model(&args.model)?;
-    let mut policy = lora
-        .load_policy(&mut be, &args.model, args.tokenizer.as_deref())
-        .with_context(|| format!("loading model {}", args.model.display()))?;
-    lora.apply(&mut be, &mut policy.model, config.seed)?;
+    let mut be = crate::backend::open(&args.backend, ranks.threads())?;
+    let mut policy = load_policy(&mut be, args, lora, config.seed)?;
     let chats = read_chats(&args.data, on_bad)?;
     let encoded = encode_chats(
         &policy.tokenizer,
@@ -195,8 +203,9 @@ fn sft_with(
     let metrics_path = args.out.join("metrics.jsonl");
     let mut metrics = MetricsLog::create(&metrics_path)
         .with_context(|| format!("creating {}", metrics_path.display()))?;
-    let steps_per_epoch = train.len().div_ceil(config.chats_per_step()) as u64;
-    let mut total = steps_per_epoch * config.epochs as u64;
+    let world = ranks.world();
+    let per_step = config.chats_per_step() * world;
+    let mut total = train.len().div_ceil(per_step) as u64 * config.epochs as u64;
     if config.max_steps > 0 {
         total = total.min(config.max_steps);
     }
@@ -206,7 +215,7 @@ fn sft_with(
         eval.len(),
         encoded.skipped.len(),
         total,
-        config.chats_per_step(),
+        per_step,
         if config.packing {
             format!(" packed into rows of {}", policy.max_seq_len())
         } else {
@@ -217,15 +226,26 @@ fn sft_with(
         args.model.display(),
         policy.model.num_params()
     );
+    ranks.announce(config.chats_per_step(), "chats");
+    let threads = ranks.threads();
     let progress = Progress::new("sft", total, config.log_every);
-    let result = train_sft(
-        &mut be,
-        &mut policy,
-        &train,
-        &eval,
-        &config,
-        Some(&mut metrics),
-        &progress,
+    let result = ranks.run(
+        |replicas| {
+            let log = Some(&mut metrics);
+            let (be, p) = (&mut be, &mut policy);
+            Ok(train_sft_across(
+                be, p, &train, &eval, &config, log, &progress, replicas,
+            )?)
+        },
+        |replicas| {
+            let mut be = crate::backend::open(&args.backend, threads)?;
+            let mut p = load_policy(&mut be, args, lora, config.seed)?;
+            let hidden = Progress::hidden("sft", total);
+            train_sft_across(
+                &mut be, &mut p, &train, &eval, &config, None, &hidden, replicas,
+            )?;
+            Ok(())
+        },
     );
     progress.finish();
     let summary = result?;
@@ -244,4 +264,15 @@ fn sft_with(
     kiln_stdx::fs::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(summary)
+}
+
+/// `--model` as the policy to train (LoRA adapters added when `lora` says
+/// so); every data-parallel rank loads its own copy the same way.
+fn load_policy(be: &mut BackendBox, args: &Args, lora: &LoraArgs, seed: u64) -> Result<Policy> {
+    super::out_dir::check_finished_model(&args.model)?;
+    let mut policy = lora
+        .load_policy(be, &args.model, args.tokenizer.as_deref())
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    lora.apply(be, &mut policy.model, seed)?;
+    Ok(policy)
 }
