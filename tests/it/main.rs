@@ -12,6 +12,7 @@ mod fault_injection;
 mod gpt2_reference;
 mod hf_models;
 mod lora_cli;
+mod model_parallel_train;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod open_model;
@@ -24,5 +25,4 @@ mod report;
 mod rerun_safety;
 mod resume;
 mod rl_cli;
-mod tensor_parallel_train;
 mod train;

@@ -14,6 +14,8 @@ pub mod eval;
 pub mod guard;
 pub mod loader;
 pub mod metrics;
+mod net;
+mod pipeline;
 pub mod progress;
 pub mod scaler;
 mod tensor;

@@ -10,10 +10,11 @@
 //! model, full optimizer state, the loader position of one rank reading the
 //! global batch), so it resumes at any `--dp` and `--zero`.
 //!
-//! Tensor parallel ([`Trainer::start_ranks`], [`Trainer::resume_ranks`]
-//! with [`Ranks::tp`]): each rank trains its shard of the model (the
-//! `tensor` module); a checkpoint gathers the shards, so it too resumes on
-//! any layout.
+//! Tensor and pipeline parallel ([`Trainer::start_ranks`],
+//! [`Trainer::resume_ranks`] with [`Ranks::tp`] or [`Ranks::pp`]): each
+//! rank trains its shard or stage of the model (the `net`, `tensor` and
+//! `pipeline` modules); a checkpoint gathers the whole model, so it too
+//! resumes on any layout.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -30,8 +31,10 @@ use crate::config::TrainConfig;
 use crate::guard::{NonFiniteGuard, Verdict};
 use crate::loader::{DataLoader, LoaderOptions, LoaderPosition};
 use crate::metrics::{MetricsLog, StepRecord};
+use crate::net::{param_refs, Net};
+use crate::pipeline::PipeRank;
 use crate::scaler::{LossScaler, ScaleChange};
-use crate::tensor::{shard_refs, Net, TensorRank};
+use crate::tensor::TensorRank;
 use crate::TrainError;
 
 /// Where a rank sits in a parallel run: its data-parallel group and its
@@ -41,6 +44,18 @@ pub struct Ranks {
     pub dp: Option<DataParallel>,
     /// The ranks that hold the other shards of this rank's model.
     pub tp: Option<Box<dyn Communicator>>,
+    /// The ranks that run the other stages of this rank's model (rank s
+    /// runs stage s).
+    pub pp: Option<Box<dyn Communicator>>,
+}
+
+impl Ranks {
+    /// Rank 0 of the model-parallel groups (the whole model's holder).
+    fn model_leader(&self) -> bool {
+        [&self.tp, &self.pp]
+            .into_iter()
+            .all(|c| c.as_ref().is_none_or(|c| c.rank() == 0))
+    }
 }
 
 /// Hears what the loop does (progress bars, logs). Every method is optional.
@@ -194,7 +209,7 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         let ranks = Ranks {
             dp: Some(dp),
-            tp: None,
+            ..Ranks::default()
         };
         Self::start_ranks(be, config, data, run_dir, init, ranks)
     }
@@ -211,10 +226,10 @@ impl Trainer {
         ranks: Ranks,
     ) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
-        let Ranks { dp, tp } = ranks;
-        check_parallel_config(&config, &dp, tp.is_some())?;
+        check_parallel_config(&config, &ranks)?;
+        let leader = ranks.model_leader() && ranks.dp.as_ref().is_none_or(|d| d.is_leader());
+        let Ranks { dp, tp, pp } = ranks;
         let (rank, world) = DpRank::place(&dp);
-        let leader = rank == 0 && tp.as_ref().is_none_or(|c| c.rank() == 0);
         if let Some((step, dir)) = checkpoint::latest_checkpoint(run_dir)? {
             return Err(TrainError::RunDir {
                 path: run_dir.to_path_buf(),
@@ -248,7 +263,7 @@ impl Trainer {
         };
         let mut model = model;
         let (refs, opt) = setup_precision(&mut be, &mut model, &config, None)?;
-        let (model, refs, opt) = split_model(&mut be, model, refs, opt, &config, tp)?;
+        let (model, refs, opt) = split_model(&mut be, model, refs, opt, &config, tp, pp)?;
         let (opt, dp) = shard_optimizer(&mut be, &refs, opt, &config, dp)?;
         let metrics = if leader {
             std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
@@ -311,7 +326,7 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         let ranks = Ranks {
             dp: Some(dp),
-            tp: None,
+            ..Ranks::default()
         };
         Self::resume_ranks(be, config, data, run_dir, ckpt_dir, ranks)
     }
@@ -327,10 +342,10 @@ impl Trainer {
         ranks: Ranks,
     ) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
-        let Ranks { dp, tp } = ranks;
-        check_parallel_config(&config, &dp, tp.is_some())?;
+        check_parallel_config(&config, &ranks)?;
+        let leader = ranks.model_leader() && ranks.dp.as_ref().is_none_or(|d| d.is_leader());
+        let Ranks { dp, tp, pp } = ranks;
         let (rank, world) = DpRank::place(&dp);
-        let leader = rank == 0 && tp.as_ref().is_none_or(|c| c.rank() == 0);
         let (state, opt_state) = checkpoint::read_training_state(ckpt_dir)?;
         check_resume_config(&state.config, &global_config(&config, world), ckpt_dir)?;
         if config.steps < state.step {
@@ -357,7 +372,7 @@ impl Trainer {
         }
         let (refs, opt) =
             setup_precision(&mut be, &mut model, &config, Some((&opt_state, ckpt_dir)))?;
-        let (model, refs, opt) = split_model(&mut be, model, refs, opt, &config, tp)?;
+        let (model, refs, opt) = split_model(&mut be, model, refs, opt, &config, tp, pp)?;
         let (opt, dp) = shard_optimizer(&mut be, &refs, opt, &config, dp)?;
         let metrics = if leader {
             let metrics_path = run_dir.join("metrics.jsonl");
@@ -414,12 +429,13 @@ impl Trainer {
         self.step
     }
 
-    /// The whole model and its backend; `None` under tensor parallelism,
-    /// where this rank holds only its shard (load a checkpoint instead).
+    /// The whole model and its backend; `None` under tensor or pipeline
+    /// parallelism, where this rank holds only its part (load a checkpoint
+    /// instead).
     pub fn model_mut(&mut self) -> Option<(&mut Gpt, &mut BackendBox)> {
         match &mut self.model {
             Net::Full(m) => Some((m, &mut self.be)),
-            Net::Tensor(_) => None,
+            Net::Tensor(_) | Net::Pipeline(_) => None,
         }
     }
 
@@ -430,7 +446,7 @@ impl Trainer {
 
     /// Rank 0 of the whole run: the one that reports and writes.
     fn is_leader(&self) -> bool {
-        DpRank::leader(&self.dp) && self.model.is_tp_leader()
+        DpRank::leader(&self.dp) && self.model.is_group_leader()
     }
 
     /// Bytes of the optimizer's state (AdamW moments) on the backend.
@@ -502,6 +518,7 @@ impl Trainer {
             .zero(self.stats.block)
             .ok_or_err()
             .map_err(ModelError::from)?;
+        let mut batches = Vec::with_capacity(k);
         for _ in 0..k {
             let batch = self.loader.next_batch()?;
             if let Some(&bad) = batch
@@ -517,18 +534,16 @@ impl Trainer {
                     self.config.vocab_size
                 )));
             }
-            // The loss stays on the backend: the step reads the host once, below.
-            self.model.forward_loss_into(
-                &mut self.be,
-                &batch.tokens,
-                &batch.targets,
-                b,
-                t,
-                1.0 / k as f32,
-                self.stats.loss_slot,
-            )?;
-            self.model.backward(&mut self.be, loss_scale / k as f32)?;
+            batches.push(batch);
         }
+        // The loss stays on the backend: the step reads the host once, below.
+        self.model.micro_batches(
+            &mut self.be,
+            &batches,
+            (b, t),
+            loss_scale,
+            self.stats.loss_slot,
+        )?;
         // Norm, clipping factor and skip flag on the backend; AdamW reads them
         // there and skips a non-finite step itself.
         match &mut self.dp {
@@ -661,13 +676,13 @@ impl Trainer {
             data: self.data.clone(),
             bad_steps: self.guard.consecutive(),
             rng: self.rng.state(),
-            param_names: self.model.params().iter().map(|p| p.name.clone()).collect(),
+            param_names: self.model.param_names(),
             loss_scaler: self.scaler,
         };
         let (model, opt) = match (&whole, &self.model) {
             (Some((model, opt)), _) => (model, opt),
             (None, Net::Full(model)) => (model, gathered.as_ref().unwrap_or(&self.opt)),
-            (None, Net::Tensor(_)) => unreachable!("the tensor-parallel leader gathers the model"),
+            (None, _) => unreachable!("a model-parallel leader gathers the whole model"),
         };
         let written = checkpoint::write_checkpoint(&mut self.be, &self.run_dir, model, &state, opt);
         if let Some(full) = gathered {
@@ -696,17 +711,15 @@ impl Trainer {
         self.dp.as_ref().map_or(0, |d| d.dp.rank())
     }
 
-    /// Tensor parallel: the whole model and optimizer, gathered from the
-    /// shards of data-parallel rank 0's group, on its tp rank 0 (`None`
-    /// elsewhere and without tensor parallelism).
+    /// Tensor or pipeline parallel: the whole model and optimizer,
+    /// gathered from the parts held by data-parallel rank 0's group, on its
+    /// rank 0 (`None` elsewhere and for a whole model).
     fn gathered_model(&mut self) -> Result<Option<(Gpt, AdamW)>, TrainError> {
-        let Net::Tensor(rank) = &mut self.model else {
-            return Ok(None);
-        };
         if !DpRank::leader(&self.dp) {
             return Ok(None);
         }
-        rank.gather(&mut self.be, &self.opt, adamw_config(&self.config))
+        self.model
+            .gather(&mut self.be, &self.opt, adamw_config(&self.config))
     }
 
     /// ZeRO-1: the full optimizer (on rank 0; `None` on the others and
@@ -771,22 +784,29 @@ impl DpRank {
 }
 
 /// What a data-parallel run cannot do (yet), refused before any work.
-fn check_parallel_config(
-    config: &TrainConfig,
-    dp: &Option<DataParallel>,
-    tensor_parallel: bool,
-) -> Result<(), TrainError> {
-    if tensor_parallel {
+fn check_parallel_config(config: &TrainConfig, ranks: &Ranks) -> Result<(), TrainError> {
+    let split = match (&ranks.tp, &ranks.pp) {
+        (Some(_), Some(_)) => {
+            return Err(TrainError::Config(
+                "--tp and --pp together are not supported yet; use one of them (with --dp)".into(),
+            ))
+        }
+        (Some(_), None) => Some("--tp"),
+        (None, Some(_)) => Some("--pp"),
+        (None, None) => None,
+    };
+    let dp = &ranks.dp;
+    if let Some(flag) = split {
         if config.precision().is_mixed() {
             return Err(TrainError::Config(format!(
-                "--tp trains in f32 for now; --precision {} needs --tp 1",
+                "{flag} trains in f32 for now; --precision {} needs {flag} 1",
                 config.precision
             )));
         }
         if dp.as_ref().is_some_and(|d| d.zero() != Zero::Off) {
-            return Err(TrainError::Config(
-                "--zero 1 with --tp is not supported yet; use --zero 0 with --tp".into(),
-            ));
+            return Err(TrainError::Config(format!(
+                "--zero 1 with {flag} is not supported yet; use --zero 0 with {flag}"
+            )));
         }
     }
     match dp {
@@ -823,14 +843,21 @@ fn split_model(
     opt: AdamW,
     config: &TrainConfig,
     tp: Option<Box<dyn Communicator>>,
+    pp: Option<Box<dyn Communicator>>,
 ) -> Result<(Net, Vec<ParamRef>, AdamW), TrainError> {
-    let Some(comm) = tp else {
+    if tp.is_none() && pp.is_none() {
         return Ok((Net::Full(model), refs, opt));
-    };
+    }
     let state = opt.export_state(be)?;
     opt.release(be)?;
-    let (rank, refs, opt) = TensorRank::split(be, model, &state, comm, adamw_config(config))?;
-    Ok((Net::Tensor(rank), refs, opt))
+    let adamw = adamw_config(config);
+    if let Some(comm) = tp {
+        let (rank, refs, opt) = TensorRank::split(be, model, &state, comm, adamw)?;
+        return Ok((Net::Tensor(rank), refs, opt));
+    }
+    let comm = pp.expect("one of tp and pp");
+    let (rank, refs, opt) = PipeRank::split(be, model, &state, comm, adamw)?;
+    Ok((Net::Pipeline(rank), refs, opt))
 }
 
 /// ZeRO-1: replaces the full optimizer by one over this rank's shard,
@@ -924,7 +951,7 @@ fn setup_precision(
         }
     }
     model.set_precision(be, precision)?;
-    let refs = param_refs(model);
+    let refs = param_refs(model.params());
     let mut opt = AdamW::new(be, &refs, adamw_config(config))?;
     if config.stochastic_rounding {
         opt.set_rounding(kiln_abi::Rounding::Stochastic, config.seed);
@@ -961,10 +988,6 @@ fn open_loader(
             world,
         },
     )?)
-}
-
-fn param_refs(model: &Gpt) -> Vec<ParamRef> {
-    shard_refs(model.params())
 }
 
 fn adamw_config(c: &TrainConfig) -> AdamWConfig {

@@ -4,7 +4,8 @@
 //! `--dp N` runs N data-parallel ranks as threads of this process
 //! (`--batch-size` per rank, `--zero 0|1`, `--comm-timeout-s`); `--tp M`
 //! splits each rank's model over M tensor-parallel ranks (`--dp N --tp M`
-//! is N x M threads). Rank 0 alone prints and writes. Built with `--features mpi`, `mpirun -np N kiln
+//! is N x M threads), `--pp S` into S pipeline stages. Rank 0 alone prints
+//! and writes. Built with `--features mpi`, `mpirun -np N kiln
 //! pretrain` runs one rank per process instead (cmd/pretrain_mpi.rs). See
 //! docs/parallel.md.
 
@@ -60,6 +61,11 @@ pub struct Args {
     /// size is the launch's ranks / N.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub(super) tp: usize,
+    /// Pipeline stages per model (the layers split into N contiguous
+    /// stages, 1F1B over the --grad-accum micro-batches; f32). Under mpirun
+    /// the data-parallel size is the launch's ranks / (tp x pp).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(super) pp: usize,
     /// ZeRO stage of a data-parallel run: 0 (every rank holds the whole
     /// optimizer state) or 1 (optimizer state and master weights sharded).
     #[arg(long, default_value_t = 0, value_name = "0|1")]
@@ -238,33 +244,33 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     };
 
     let zero = Zero::from_level(args.zero).map_err(anyhow::Error::msg)?;
-    if args.dp == 0 || args.tp == 0 {
+    if args.dp == 0 || args.tp == 0 || args.pp == 0 {
         bail!(
-            "--dp {} --tp {}: a run needs at least one rank of each",
+            "--dp {} --tp {} --pp {}: a run needs at least one rank of each",
             args.dp,
-            args.tp
+            args.tp,
+            args.pp
         );
     }
     // Under mpirun/srun (an MPI build; main refused the launch otherwise)
-    // the launch's world is the data-parallel size times --tp.
+    // the launch's world is the data-parallel size times --tp times --pp.
     let launch = super::launch::multi_process()?;
+    let split = args.tp * args.pp;
     let dp = match &launch {
-        Some(l) if !l.world.is_multiple_of(args.tp) => bail!(
-            "--tp {}: this process is {l}, and {} ranks do not split into tensor-parallel \
-             groups of {}; launch a multiple of {} processes",
+        Some(l) if !l.world.is_multiple_of(split) => bail!(
+            "--tp {} --pp {}: this process is {l}, and {} ranks do not split into model \
+             groups of {split}; launch a multiple of {split} processes",
             args.tp,
+            args.pp,
             l.world,
-            args.tp,
-            args.tp
         ),
-        Some(l) if args.dp != 1 && args.dp * args.tp != l.world => bail!(
+        Some(l) if args.dp != 1 && args.dp * split != l.world => bail!(
             "--dp {}: this process is {l}; under a launcher every process is one rank, so \
-             --dp must be 1 or the launch's {} ranks / --tp {}",
+             --dp must be 1 or the launch's {} ranks / (--tp x --pp = {split})",
             args.dp,
             l.world,
-            args.tp
         ),
-        Some(l) => l.world / args.tp,
+        Some(l) => l.world / split,
         None => args.dp,
     };
     let leader = launch.as_ref().is_none_or(|l| l.rank == 0);
@@ -280,7 +286,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     if let Some(l) = &launch {
         return run_mpi(config, &args, &resume_from, settings.threads, zero, l);
     }
-    if args.dp == 1 && args.tp == 1 && zero == Zero::Off {
+    if args.dp == 1 && split == 1 && zero == Zero::Off {
         let be = crate::backend::open(&args.backend, settings.threads)?;
         let trainer = open_trainer(be, config, &args, &resume_from, Ranks::default())?;
         return train_and_report(trainer, &args);
@@ -357,16 +363,18 @@ pub(super) fn open_trainer(
 
 /// One rank's place in the run from its grid communicators: a
 /// data-parallel group when there are several replicas (or ZeRO asks for
-/// one), a tensor-parallel group when the model is split.
+/// one), tensor-parallel and pipeline groups when the model is split.
 pub(super) fn ranks_of<C: Communicator + 'static>(comms: GridComms<C>, zero: Zero) -> Ranks {
-    let GridComms { dp, tp, .. } = comms;
+    let GridComms { dp, tp, pp, .. } = comms;
+    let group = |c: C| (c.world() > 1).then(|| Box::new(c) as Box<dyn Communicator>);
     Ranks {
         dp: (dp.world() > 1 || zero != Zero::Off).then(|| DataParallel::new(Box::new(dp), zero)),
-        tp: (tp.world() > 1).then(|| Box::new(tp) as Box<dyn Communicator>),
+        tp: group(tp),
+        pp: group(pp),
     }
 }
 
-/// `--dp N --tp M`: N x M thread ranks, each with its own backend; rank 0
+/// `--dp N --tp M --pp S`: N x M x S thread ranks, each with its own backend; rank 0
 /// reports. The error shown is rank 0's, else the lowest failing rank's (a
 /// rank that failed first is named in the others' messages).
 fn run_threads(
@@ -379,7 +387,7 @@ fn run_threads(
     let grid = ProcessGrid {
         tp: args.tp,
         dp: args.dp,
-        pp: 1,
+        pp: args.pp,
     };
     let n = grid.world();
     // The cores are shared between the ranks unless --threads says otherwise.
@@ -387,10 +395,12 @@ fn run_threads(
     let threads = threads.unwrap_or((cores / n).max(1));
     let timeout = std::time::Duration::from_secs(args.comm_timeout_s.max(1));
     eprintln!(
-        "parallel: {n} thread ranks (dp {} x tp {}), batch {} per data-parallel rank (global \
-         batch {}), zero {}, {threads} compute thread(s) per rank, collective timeout {}s",
+        "parallel: {n} thread ranks (dp {} x tp {} x pp {}), batch {} per data-parallel rank \
+         (global batch {}), zero {}, {threads} compute thread(s) per rank, collective timeout \
+         {}s",
         grid.dp,
         grid.tp,
+        grid.pp,
         config.batch_size,
         config.batch_size * grid.dp,
         args.zero,
@@ -471,7 +481,8 @@ pub(super) fn train_and_report(mut trainer: Trainer, args: &Args) -> anyhow::Res
         print_held_out(model, be, &args.data, seq_len, batch);
         return print_samples(model, be, &args.data);
     }
-    // Tensor parallel: this rank holds a shard; the checkpoint is whole.
+    // Tensor or pipeline parallel: this rank holds a part; the checkpoint
+    // is whole.
     let Some(dir) = last_checkpoint else {
         return Ok(());
     };

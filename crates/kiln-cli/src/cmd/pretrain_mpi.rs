@@ -41,18 +41,19 @@ pub fn run(
     let rank = launch.rank;
     let grid = ProcessGrid {
         tp: args.tp,
-        dp: launch.world / args.tp,
-        pp: 1,
+        dp: launch.world / (args.tp * args.pp),
+        pp: args.pp,
     };
     let threads = threads.unwrap_or_else(super::launch::threads_per_rank);
     if rank == 0 {
         eprintln!(
-            "parallel over MPI: {} ranks (dp {} x tp {}), batch {} per data-parallel rank \
-             (global batch {}), zero {}, {threads} compute thread(s) per rank, collective \
+            "parallel over MPI: {} ranks (dp {} x tp {} x pp {}), batch {} per data-parallel \
+             rank (global batch {}), zero {}, {threads} compute thread(s) per rank, collective \
              timeout {}s",
             launch.world,
             grid.dp,
             grid.tp,
+            grid.pp,
             config.batch_size,
             config.batch_size * grid.dp,
             args.zero,
