@@ -1,6 +1,7 @@
 //! Workspace integration tests: one crate, one module per area.
 
 mod align_cli;
+mod align_dp_cli;
 mod chat;
 mod cli;
 mod data_cli;

@@ -252,3 +252,50 @@ impl Communicator for SharedComm {
         self.lock().poison(reason);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_ranks() -> Ranks {
+        let dp = DpArgs {
+            dp: 2,
+            zero: 0,
+            comm_timeout_s: 30,
+        };
+        dp.ranks(Some(1)).unwrap()
+    }
+
+    #[test]
+    fn rank_zero_gives_the_result_when_every_rank_succeeds() {
+        let sum = two_ranks().run(
+            |mut r| {
+                let mut v = [1.0];
+                r.sum(&mut v)?;
+                Ok(v[0])
+            },
+            |mut r| Ok(r.sum(&mut [2.0])?),
+        );
+        assert_eq!(sum.unwrap(), 3.0);
+    }
+
+    #[test]
+    fn a_failing_rank_stops_rank_zero_and_is_the_one_named() {
+        let err = two_ranks()
+            .run(
+                // Rank 0 would sum forever; rank 1's poison ends it.
+                |mut r| -> Result<()> {
+                    loop {
+                        r.sum(&mut [1.0])?;
+                    }
+                },
+                |_| bail!("disk full"),
+            )
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.starts_with("data-parallel rank 1 of 2: disk full"),
+            "{msg}"
+        );
+    }
+}

@@ -2,18 +2,24 @@
 //! of an SFT model on `{"prompt", "chosen", "rejected"}` JSONL. The
 //! reference is the SFT model itself; its log-probs are computed once and
 //! cached in OUT/ref_logps.json (reused when model and data are unchanged).
-//! Writes OUT/metrics.jsonl, OUT/summary.json and OUT/model/.
+//! Writes OUT/metrics.jsonl, OUT/summary.json and OUT/model/. `--dp N`
+//! trains on N data-parallel thread ranks (cmd/align_dp.rs), all reading
+//! the reference log-probs computed once before they start.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use kiln_abi::BackendBox;
 use kiln_align::data::{encode_pairs, read_preferences, OnBad};
 use kiln_align::dpo::{
-    lora_reference_logps, out_paths, reference_logps, summary_json, train, DpoConfig, DpoSummary,
-    RefSource,
+    lora_reference_logps, out_paths, reference_logps, summary_json, train_across, DpoConfig,
+    DpoSummary, RefSource,
 };
 use kiln_align::metrics::{MetricsLog, Progress};
+use kiln_align::policy::Policy;
 
+use super::align_dp::DpArgs;
+use super::lora_args::LoraArgs;
 use super::sft::read_toml;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -104,18 +110,20 @@ fn config_of(args: &Args) -> Result<DpoConfig> {
 }
 
 /// `kiln dpo`'s command line: [`Args`] (what the pipeline passes too)
-/// plus the LoRA switches.
+/// plus the LoRA and data-parallel switches.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Cli {
     #[command(flatten)]
     pub args: Args,
     #[command(flatten)]
-    pub lora: super::lora_args::LoraArgs,
+    pub lora: LoraArgs,
+    #[command(flatten)]
+    pub dp: DpArgs,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     let args = cli.args;
-    let s = run_dpo_with(&args, &cli.lora)?;
+    let s = run_dpo_with(&args, &cli.lora, &cli.dp)?;
     let written = if cli.lora.is_on() {
         super::lora_args::ADAPTER_DIR
     } else {
@@ -139,26 +147,34 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// The whole command as a function (the pipeline calls it).
 pub fn run_dpo(args: &Args) -> Result<DpoSummary> {
-    run_dpo_with(args, &super::lora_args::LoraArgs::default())
+    run_dpo_with(args, &LoraArgs::default(), &DpArgs::default())
+}
+
+/// `--model` as the policy to train (LoRA adapters added when `lora` says
+/// so); every data-parallel rank loads its own copy the same way.
+fn load_policy(be: &mut BackendBox, args: &Args, lora: &LoraArgs, seed: u64) -> Result<Policy> {
+    super::out_dir::check_finished_model(&args.model)?;
+    let mut policy = lora
+        .load_policy(be, &args.model, args.tokenizer.as_deref())
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    lora.apply(be, &mut policy.model, seed)?;
+    Ok(policy)
 }
 
 /// [`run_dpo`], training LoRA adapters when `lora` says so: the reference
 /// is then the policy with its adapters off (the frozen base), and the
-/// adapter goes to OUT/adapter/.
-fn run_dpo_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<DpoSummary> {
+/// adapter goes to OUT/adapter/. Trains on `dp`'s ranks.
+fn run_dpo_with(args: &Args, lora: &LoraArgs, dp: &DpArgs) -> Result<DpoSummary> {
     let config = config_of(args)?;
     let kind = config.objective()?;
+    let ranks = dp.ranks(args.threads)?;
     let on_bad = if args.skip_bad {
         OnBad::Skip
     } else {
         OnBad::Error
     };
-    let mut be = crate::backend::open(&args.backend, args.threads)?;
-    super::out_dir::check_finished_model(&args.model)?;
-    let mut policy = lora
-        .load_policy(&mut be, &args.model, args.tokenizer.as_deref())
-        .with_context(|| format!("loading model {}", args.model.display()))?;
-    lora.apply(&mut be, &mut policy.model, config.seed)?;
+    let mut be = crate::backend::open(&args.backend, ranks.threads())?;
+    let mut policy = load_policy(&mut be, args, lora, config.seed)?;
     let pairs = read_preferences(&args.data, on_bad)?;
     let encoded = encode_pairs(
         &policy.tokenizer,
@@ -198,7 +214,7 @@ fn run_dpo_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<DpoSum
     } else {
         (vec![[0.0, 0.0]; encoded.len()], RefSource::NotNeeded)
     };
-    let total = config.total_steps(encoded.len());
+    let total = config.total_steps_across(encoded.len(), ranks.world());
     eprintln!(
         "dpo: {} pairs ({} skipped), loss {} beta {}, {} steps of {} pairs, lr {}, reference log-probs {}",
         encoded.len(),
@@ -206,7 +222,7 @@ fn run_dpo_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<DpoSum
         kind.name(),
         config.beta,
         total,
-        config.batch_size,
+        config.batch_size * ranks.world(),
         config.lr,
         match source {
             RefSource::Computed => format!("computed ({})", cache_path.display()),
@@ -216,16 +232,28 @@ fn run_dpo_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<DpoSum
     );
     let mut metrics = MetricsLog::create(&metrics_path)
         .with_context(|| format!("creating {}", metrics_path.display()))?;
+    ranks.announce(config.batch_size, "pairs");
+    let threads = ranks.threads();
+    let pairs = &encoded.items;
     let progress = Progress::new("dpo", total, config.log_every);
-    let result = train(
-        &mut be,
-        &mut policy.model,
-        &encoded.items,
-        &refs,
-        pad,
-        &config,
-        Some(&mut metrics),
-        &progress,
+    let result = ranks.run(
+        |replicas| {
+            let log = Some(&mut metrics);
+            let (be, model) = (&mut be, &mut policy.model);
+            Ok(train_across(
+                be, model, pairs, &refs, pad, &config, log, &progress, replicas,
+            )?)
+        },
+        |replicas| {
+            let mut be = crate::backend::open(&args.backend, threads)?;
+            let mut p = load_policy(&mut be, args, lora, config.seed)?;
+            let hidden = Progress::hidden("dpo", total);
+            let model = &mut p.model;
+            train_across(
+                &mut be, model, pairs, &refs, pad, &config, None, &hidden, replicas,
+            )?;
+            Ok(())
+        },
     );
     progress.finish();
     let summary = result?;

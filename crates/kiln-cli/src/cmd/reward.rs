@@ -2,7 +2,8 @@
 //! the last token) on preference pairs with the Bradley-Terry loss. Writes
 //! OUT/metrics.jsonl, OUT/summary.json and OUT/model/ (a transformers
 //! `GPT2ForSequenceClassification` with its tokenizer files), the input of
-//! PPO's reward and value models.
+//! PPO's reward and value models. `--dp N` trains on N data-parallel
+//! thread ranks (cmd/align_dp.rs).
 
 use std::path::PathBuf;
 
@@ -10,10 +11,12 @@ use anyhow::{bail, Context, Result};
 use kiln_align::data::{encode_pairs, read_preferences, OnBad};
 use kiln_align::metrics::{MetricsLog, Progress};
 use kiln_align::reward::{
-    read_margins, train_reward, RewardConfig, RewardExample, RewardModel, RewardSummary,
+    read_margins, train_reward_across, RewardConfig, RewardExample, RewardModel, RewardSummary,
 };
 use kiln_align::sft::split_eval;
 
+use super::align_dp::DpArgs;
+use super::lora_args::LoraArgs;
 use super::sft::read_toml;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -101,18 +104,20 @@ fn config_of(args: &Args) -> Result<RewardConfig> {
 }
 
 /// `kiln reward`'s command line: [`Args`] (what the pipeline passes too)
-/// plus the LoRA switches.
+/// plus the LoRA and data-parallel switches.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Cli {
     #[command(flatten)]
     pub args: Args,
     #[command(flatten)]
-    pub lora: super::lora_args::LoraArgs,
+    pub lora: LoraArgs,
+    #[command(flatten)]
+    pub dp: DpArgs,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     let args = cli.args;
-    let s = run_reward_with(&args, &cli.lora)?;
+    let s = run_reward_with(&args, &cli.lora, &cli.dp)?;
     let acc = |e: Option<kiln_align::reward::RewardEval>| {
         e.map_or("-".to_string(), |e| format!("{:.3}", e.accuracy))
     };
@@ -131,19 +136,23 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// The model training starts from: `--model`'s reward model when it is
 /// one (its score head kept), else a fresh head on `--model`'s policy.
+/// `say` tells the user which (data-parallel ranks past 0 load quietly).
 fn load_start(
     be: &mut kiln_abi::BackendBox,
     args: &Args,
-    lora: &super::lora_args::LoraArgs,
+    lora: &LoraArgs,
     seed: u64,
+    say: bool,
 ) -> Result<RewardModel> {
     let context = || format!("loading model {}", args.model.display());
     super::out_dir::check_finished_model(&args.model)?;
     if RewardModel::is_saved_in(&args.model) {
-        eprintln!(
-            "reward: {} is a reward model: training continues from it",
-            args.model.display()
-        );
+        if say {
+            eprintln!(
+                "reward: {} is a reward model: training continues from it",
+                args.model.display()
+            );
+        }
         return RewardModel::load(be, &args.model, args.tokenizer.as_deref()).with_context(context);
     }
     // Frozen under LoRA: the base then never holds gradient buffers.
@@ -155,22 +164,37 @@ fn load_start(
 
 /// The whole command as a function (the pipeline calls it).
 pub fn run_reward(args: &Args) -> Result<RewardSummary> {
-    run_reward_with(args, &super::lora_args::LoraArgs::default())
+    run_reward_with(args, &LoraArgs::default(), &DpArgs::default())
+}
+
+/// The model one rank trains: [`load_start`], then LoRA adapters when
+/// `lora` says so (the same seed on every rank: the same start).
+fn load_model(
+    be: &mut kiln_abi::BackendBox,
+    args: &Args,
+    lora: &LoraArgs,
+    seed: u64,
+    say: bool,
+) -> Result<RewardModel> {
+    let mut rm = load_start(be, args, lora, seed, say)?;
+    lora.apply(be, &mut rm.lm.model, seed)?;
+    Ok(rm)
 }
 
 /// [`run_reward`], training LoRA adapters and the score head (the rest
-/// frozen) when `lora` says so. The adapter goes to OUT/adapter/, and
-/// OUT/model/ holds the merged reward model later stages read as any other.
-fn run_reward_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<RewardSummary> {
+/// frozen) when `lora` says so, on `dp`'s ranks. The adapter goes to
+/// OUT/adapter/, and OUT/model/ holds the merged reward model later stages
+/// read as any other.
+fn run_reward_with(args: &Args, lora: &LoraArgs, dp: &DpArgs) -> Result<RewardSummary> {
     let config = config_of(args)?;
+    let ranks = dp.ranks(args.threads)?;
     let on_bad = if args.skip_bad {
         OnBad::Skip
     } else {
         OnBad::Error
     };
-    let mut be = crate::backend::open(&args.backend, args.threads)?;
-    let mut rm = load_start(&mut be, args, lora, config.seed)?;
-    lora.apply(&mut be, &mut rm.lm.model, config.seed)?;
+    let mut be = crate::backend::open(&args.backend, ranks.threads())?;
+    let mut rm = load_model(&mut be, args, lora, config.seed, true)?;
     let pairs = read_preferences(&args.data, on_bad)?;
     let encoded = encode_pairs(
         &rm.lm.tokenizer,
@@ -200,7 +224,8 @@ fn run_reward_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<Rew
     let metrics_path = args.out.join("metrics.jsonl");
     let mut metrics = MetricsLog::create(&metrics_path)
         .with_context(|| format!("creating {}", metrics_path.display()))?;
-    let mut total = train.len().div_ceil(config.pairs_per_step()) as u64 * config.epochs as u64;
+    let per_step = config.pairs_per_step() * ranks.world();
+    let mut total = train.len().div_ceil(per_step) as u64 * config.epochs as u64;
     if config.max_steps > 0 {
         total = total.min(config.max_steps);
     }
@@ -210,20 +235,31 @@ fn run_reward_with(args: &Args, lora: &super::lora_args::LoraArgs) -> Result<Rew
         eval.len(),
         encoded.skipped.len(),
         total,
-        config.pairs_per_step(),
+        per_step,
         config.lr,
         config.min_lr,
         config.center_coef
     );
+    ranks.announce(config.pairs_per_step(), "pairs");
+    let threads = ranks.threads();
     let progress = Progress::new("reward", total, config.log_every);
-    let result = train_reward(
-        &mut be,
-        &mut rm,
-        &train,
-        &eval,
-        &config,
-        Some(&mut metrics),
-        &progress,
+    let result = ranks.run(
+        |replicas| {
+            let log = Some(&mut metrics);
+            let (be, rm) = (&mut be, &mut rm);
+            Ok(train_reward_across(
+                be, rm, &train, &eval, &config, log, &progress, replicas,
+            )?)
+        },
+        |replicas| {
+            let mut be = crate::backend::open(&args.backend, threads)?;
+            let mut rm = load_model(&mut be, args, lora, config.seed, false)?;
+            let hidden = Progress::hidden("reward", total);
+            train_reward_across(
+                &mut be, &mut rm, &train, &eval, &config, None, &hidden, replicas,
+            )?;
+            Ok(())
+        },
     );
     progress.finish();
     let summary = result?;
