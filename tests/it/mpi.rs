@@ -132,7 +132,9 @@ fn n_processes_at_batch_b_match_one_process_at_batch_n_b() {
         // rank 0 alone reports and writes: one summary, one run directory
         assert_eq!(stdout.matches("done: 4 steps").count(), 1, "{stdout}");
         assert!(
-            stderr.contains(&format!("data parallel over MPI: {np} ranks x batch 2")),
+            stderr.contains(&format!(
+                "parallel over MPI: {np} ranks (dp {np} x tp 1 x pp 1), batch 2"
+            )),
             "{stderr}"
         );
         let got = metrics(&out);
@@ -140,6 +142,44 @@ fn n_processes_at_batch_b_match_one_process_at_batch_n_b() {
         eprintln!("mpirun -np {np} --zero {zero}: max relative difference {diff:e}");
         assert!(diff <= TOL, "np {np} zero {zero}: {diff:e}");
         assert_eq!(latest_checkpoint(&out).unwrap().unwrap().0, 4);
+    }
+}
+
+/// Model parallel across processes: `-np 2 --tp 2`, `-np 2 --pp 2` and
+/// `-np 4 --dp 2 --pp 2` (oversubscribed) against one process at the same
+/// global batch, within the 1e-5.
+#[test]
+fn tensor_and_pipeline_parallel_launches_match_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = byte_shards(dir.path());
+    let data = s(&data);
+    let mut want_args = pretrain_args(data, "", "3");
+    let one = dir.path().join("one");
+    want_args[4] = s(&one);
+    want_args.extend(["--batch-size", "4", "--grad-accum", "2"]);
+    let o = kiln(&want_args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = metrics(&one);
+    for (np, layout, batch) in [
+        (2usize, ["--tp", "2"], "4"),
+        (2, ["--pp", "2"], "4"),
+        (4, ["--pp", "2"], "2"),
+    ] {
+        let out = dir.path().join(format!("np{np}{}", layout.join("")));
+        let mut args = pretrain_args(data, s(&out), "3");
+        args.extend(["--batch-size", batch, "--grad-accum", "2"]);
+        args.extend(layout);
+        args.extend(["--comm-timeout-s", "60"]);
+        let Some(o) = run_ok(np, &args) else { return };
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(stdout.matches("done: 3 steps").count(), 1, "{stdout}");
+        let diff = max_rel_diff(&metrics(&out), &want);
+        eprintln!(
+            "mpirun -np {np} {}: max relative difference {diff:e}",
+            layout.join(" ")
+        );
+        assert!(diff <= 1e-5, "np {np} {layout:?}: {diff:e}");
+        assert_eq!(latest_checkpoint(&out).unwrap().unwrap().0, 3);
     }
 }
 
